@@ -1,0 +1,200 @@
+"""Configuration: TOML files, stated precedence, strict validation.
+
+Precedence, lowest first: built-in defaults < ``/etc/evo-agent/agent.toml`` <
+``/etc/evo-agent/agent.d/*.toml`` (lexical order, later wins) < command line.  ``--config FILE``
+replaces the two system locations by that one file.  ``config/agent.toml`` in the source tree
+documents every option with its default.
+
+Validation is strict: an unknown key is an error (a typo must not silently fall back to a default
+on an unattended appliance), and every error names the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evo_agent.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (tomli is a dependency there only)
+    import tomli as tomllib
+
+DEFAULT_FILE = Path("/etc/evo-agent/agent.toml")
+DEFAULT_DROPIN_DIR = Path("/etc/evo-agent/agent.d")
+
+Validator = Callable[[Any], str | None]
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _absolute(value: Any) -> str | None:
+    return None if str(value).startswith("/") else "must be an absolute path"
+
+
+#: section -> key -> (type, default, extra check). Collector sections come from the collectors.
+SCHEMA: dict[str, dict[str, tuple[type, Any, Validator | None]]] = {
+    "agent": {
+        "enabled": (bool, True, None),
+        "state_dir": (str, "/var/lib/evo-agent", _absolute),
+    },
+    "collectors": {
+        "timeout": (float, 10.0, _positive),
+    },
+}
+
+
+@dataclass
+class Config:
+    """The merged, validated configuration."""
+
+    enabled: bool = True
+    state_dir: Path = Path("/var/lib/evo-agent")
+    collector_timeout: float = 10.0
+    #: collector name -> its options (``enabled`` included).
+    collectors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the files read, in order.
+    sources: list[Path] = field(default_factory=list)
+    #: every value, by section then key, for verbs that need the raw sections.
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _type_ok(expected: type, value: Any) -> bool:
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+_TYPE_NAMES = {bool: "true or false", str: "a string", float: "a number", int: "an integer",
+               list: "a list"}
+
+
+def _check(path: Path | None, key: str, spec: tuple[type, Any, Validator | None], value: Any) -> Any:
+    expected, _default, validator = spec
+    if not _type_ok(expected, value):
+        shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+        raise ConfigError(path, key, f"must be {_TYPE_NAMES.get(expected, expected.__name__)}, "
+                                     f"got {shown}")
+    if expected is float:
+        value = float(value)
+    if validator is not None:
+        problem = validator(value)
+        if problem:
+            raise ConfigError(path, key, f"{problem}, got {value!r}")
+    return value
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, "not valid UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot be read: {exc.strerror}") from None
+
+
+def config_files(explicit: str | Path | None) -> list[Path]:
+    """Return the files to read, in precedence order (lowest first)."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(path, None, "no such file")
+        return [path]
+    files = [DEFAULT_FILE] if DEFAULT_FILE.is_file() else []
+    if DEFAULT_DROPIN_DIR.is_dir():
+        files += sorted(p for p in DEFAULT_DROPIN_DIR.glob("*.toml") if p.is_file())
+    return files
+
+
+def load(
+    explicit: str | Path | None = None,
+    collector_options: Mapping[str, Mapping[str, tuple[type, Any]]] | None = None,
+) -> Config:
+    """Read and validate the configuration.
+
+    ``collector_options`` maps each known collector to its options (from
+    :func:`evo_agent.collector.discover`); when None, collector sections are discovered here.
+    """
+    if collector_options is None:
+        from evo_agent.collector import discover
+
+        collector_options = {name: cls.options for name, cls in discover().items()}
+        defaults_enabled = {name: cls.default_enabled for name, cls in discover().items()}
+    else:
+        defaults_enabled = {name: True for name in collector_options}
+    values: dict[str, dict[str, Any]] = {
+        section: {key: spec[1] for key, spec in keys.items()} for section, keys in SCHEMA.items()
+    }
+    col: dict[str, dict[str, Any]] = {
+        name: {"enabled": defaults_enabled.get(name, True), **{k: d for k, (_t, d) in opts.items()}}
+        for name, opts in collector_options.items()
+    }
+    files = config_files(explicit)
+    for path in files:
+        merge_file(path, _read_toml(path), values, col, collector_options)
+    return Config(
+        enabled=values["agent"]["enabled"],
+        state_dir=Path(values["agent"]["state_dir"]),
+        collector_timeout=values["collectors"]["timeout"],
+        collectors=col,
+        sources=files,
+        values=values,
+    )
+
+
+def merge_file(
+    path: Path | None,
+    data: Mapping[str, Any],
+    values: dict[str, dict[str, Any]],
+    col: dict[str, dict[str, Any]],
+    collector_options: Mapping[str, Mapping[str, tuple[type, Any]]],
+) -> None:
+    """Validate one parsed file and merge it over ``values`` and ``col``."""
+    for section, body in data.items():
+        if section not in SCHEMA:
+            raise ConfigError(path, section, f"unknown section (known: {', '.join(sorted(SCHEMA))})")
+        if not isinstance(body, dict):
+            raise ConfigError(path, section, "must be a table, e.g. [" + section + "]")
+        for key, value in body.items():
+            dotted = f"{section}.{key}"
+            if section == "collectors" and isinstance(value, dict):
+                _merge_collector(path, key, value, col, collector_options)
+                continue
+            spec = SCHEMA[section].get(key)
+            if spec is None:
+                known = ", ".join(sorted(SCHEMA[section]))
+                if section == "collectors":
+                    known += "; collectors: " + ", ".join(sorted(collector_options))
+                raise ConfigError(path, dotted, f"unknown key (known: {known})")
+            values[section][key] = _check(path, dotted, spec, value)
+
+
+def _merge_collector(
+    path: Path | None,
+    name: str,
+    body: Mapping[str, Any],
+    col: dict[str, dict[str, Any]],
+    collector_options: Mapping[str, Mapping[str, tuple[type, Any]]],
+) -> None:
+    if name not in collector_options:
+        raise ConfigError(path, f"collectors.{name}",
+                          f"no such collector (available: {', '.join(sorted(collector_options))})")
+    specs: dict[str, tuple[type, Any, Validator | None]] = {"enabled": (bool, True, None)}
+    specs.update({k: (t, d, None) for k, (t, d) in collector_options[name].items()})
+    for key, value in body.items():
+        dotted = f"collectors.{name}.{key}"
+        spec = specs.get(key)
+        if spec is None:
+            raise ConfigError(path, dotted, f"unknown option (known: {', '.join(sorted(specs))})")
+        col[name][key] = _check(path, dotted, spec, value)

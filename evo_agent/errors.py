@@ -1,0 +1,79 @@
+"""Every error a user can see, and the one table that maps them to exit codes.
+
+Each exception's ``str()`` is the message printed to the user, so it must say what went wrong
+and, where it can, where (file, key) and what to do.  ``cli.main`` is the only place that turns
+them into exit statuses (sysexits.h values, which systemd and shell scripts understand).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class EvoError(Exception):
+    """Base class: an error with a user-facing message and an exit status."""
+
+    exit_code: int = 70  # EX_SOFTWARE
+
+
+class UsageError(EvoError):
+    """The command line is wrong."""
+
+    exit_code = 64  # EX_USAGE
+
+
+class CaptureError(EvoError):
+    """A capture given with --from cannot be read."""
+
+    exit_code = 66  # EX_NOINPUT
+
+
+class OutputError(EvoError):
+    """An output file cannot be created."""
+
+    exit_code = 73  # EX_CANTCREAT
+
+
+class ConfigError(EvoError):
+    """A configuration file is invalid: names the file, the key and what is wrong."""
+
+    exit_code = 78  # EX_CONFIG
+
+    def __init__(self, path: str | os.PathLike[str] | None, key: str | None, problem: str) -> None:
+        self.path = str(path) if path is not None else None
+        self.key = key
+        self.problem = problem
+        where = self.path or "<defaults>"
+        if key:
+            where += f": key '{key}'"
+        super().__init__(f"{where}: {problem}")
+
+
+class PolicyError(EvoError):
+    """The policy file shipped with the agent is malformed (a packaging bug, not a user error)."""
+
+    exit_code = 70  # EX_SOFTWARE
+
+
+class HostReadError(EvoError):
+    """A file or command of the host cannot be read (used inside collectors, never fatal)."""
+
+
+class CommandUnavailable(HostReadError):
+    """A command is not installed, not permitted, or absent from a capture."""
+
+
+class CommandFailed(HostReadError):
+    """A command ran but failed or timed out."""
+
+
+#: Documented exit statuses of ``evo-agent`` (also listed in README and the man page).
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    64: "usage error: wrong command-line arguments",
+    66: "a capture given with --from cannot be read",
+    70: "internal error: a bug in evo-agent or a malformed policy file shipped with it",
+    73: "an output file cannot be created",
+    78: "configuration error: the message names the file and the key",
+    130: "interrupted",
+}

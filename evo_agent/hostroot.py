@@ -1,0 +1,472 @@
+"""The one door through which collectors read the system.
+
+Every file a collector reads and every command it runs goes through a :class:`Host`.  Three kinds
+exist:
+
+* :class:`LiveHost` reads the running system (or a directory tree mounted somewhere, e.g. an image);
+* :class:`RecordingHost` reads the live system and copies everything it hands out into a capture
+  directory, which ``evo-agent capture`` packs as a .tar.gz;
+* :class:`ReplayHost` reads such a capture back, so that ``evo-agent inventory --from`` gives the
+  same inventory as the live run did.
+
+Capture layout: files keep their path relative to ``/`` (``sys/...``, ``proc/...``, ``etc/...``,
+``run/udev/...``); symbolic links are kept as links, because sysfs is made of them and collectors
+follow them (``/sys/class/net/eth0 -> ../../devices/pci0000:00/...``).  The output of a command is
+``commands/<name>.txt``, where the name is the command's base name and its arguments joined with
+``_`` (plain ``dmidecode`` is ``commands/dmidecode.txt``); a command that failed leaves
+``commands/<name>.error`` with its message instead.
+
+A directory listing is replayed from what the capture holds: sub-directories and links are
+recorded when listed, regular files only when read.  Collectors must therefore pick the entries they
+need by name and then read them, which they all do.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+from evo_agent.errors import CaptureError, CommandFailed, CommandUnavailable
+
+#: Largest file a collector may read; sysfs and procfs files are far smaller, and a bound keeps
+#: a corrupt capture or a device node from eating the appliance's memory.
+MAX_READ = 4 * 1024 * 1024
+#: Commands are searched here: the daemon runs with a minimal PATH, and dmidecode lives in sbin.
+COMMAND_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_MAX_SYMLINKS = 40
+
+
+def command_name(argv: Sequence[str]) -> str:
+    """Return the capture file stem for a command line (``dmidecode -t 17`` -> ``dmidecode_-t_17``)."""
+    parts = [os.path.basename(argv[0]), *argv[1:]]
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", "_".join(parts))
+
+
+def _norm(path: str) -> list[str]:
+    """Split an absolute host path into its components, refusing relative paths."""
+    if not path.startswith("/"):
+        raise ValueError(f"host paths are absolute, got {path!r}")
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    return parts
+
+
+class Host(ABC):
+    """Read-only access to one system: its files and the output of its commands."""
+
+    @abstractmethod
+    def read_bytes(self, path: str, max_bytes: int = MAX_READ) -> bytes:
+        """Return the content of a file; raises OSError (FileNotFoundError, PermissionError...)."""
+
+    @abstractmethod
+    def listdir(self, path: str) -> list[str]:
+        """Return the sorted names in a directory; raises OSError."""
+
+    @abstractmethod
+    def realpath(self, path: str) -> str:
+        """Return the host path with every symbolic link resolved (non-existent tail kept)."""
+
+    @abstractmethod
+    def lstat_kind(self, path: str) -> str | None:
+        """Return 'file', 'dir', 'link', 'other', or None when the path does not exist."""
+
+    @abstractmethod
+    def run(self, argv: Sequence[str], timeout: float) -> bytes:
+        """Run a command and return its stdout; raises CommandUnavailable or CommandFailed."""
+
+    def read_text(self, path: str, max_bytes: int = MAX_READ) -> str:
+        """Return a file decoded as UTF-8; undecodable bytes become U+FFFD, never an exception."""
+        return self.read_bytes(path, max_bytes).decode("utf-8", errors="replace")
+
+    def read_attr(self, path: str) -> str | None:
+        """Return a one-value sysfs/procfs file stripped of whitespace, or None if unreadable."""
+        try:
+            return self.read_text(path, 64 * 1024).strip()
+        except OSError:
+            return None
+
+    def exists(self, path: str) -> bool:
+        """Return True when the path exists (links are followed)."""
+        return self.kind(path) is not None
+
+    def is_dir(self, path: str) -> bool:
+        """Return True when the path is a directory (links are followed)."""
+        return self.kind(path) == "dir"
+
+    def kind(self, path: str) -> str | None:
+        """Return the kind of what the path points to, following links."""
+        return self.lstat_kind(self.realpath(path))
+
+    def readlink(self, path: str) -> str | None:
+        """Return the target of a symbolic link, or None when the path is not a link."""
+        return None
+
+    def listdir_or_empty(self, path: str) -> list[str]:
+        """Return the names in a directory, or [] when it cannot be listed."""
+        try:
+            return self.listdir(path)
+        except OSError:
+            return []
+
+
+class _TreeHost(Host):
+    """A host whose files live under a directory of this machine."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def _local(self, parts: Sequence[str]) -> Path:
+        return self.root.joinpath(*parts) if parts else self.root
+
+    def _resolve(self, path: str) -> list[str]:
+        """Resolve links inside the root, as chroot would: absolute targets restart at the root."""
+        pending = _norm(path)
+        done: list[str] = []
+        hops = 0
+        while pending:
+            part = pending.pop(0)
+            if part == "..":
+                if done:
+                    done.pop()
+                continue
+            candidate = [*done, part]
+            local = self._local(candidate)
+            try:
+                st = os.lstat(local)
+            except OSError:
+                return candidate + pending
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > _MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+                target = os.readlink(local)
+                if target.startswith("/"):
+                    done = []
+                pending = [p for p in target.split("/") if p not in ("", ".")] + pending
+            else:
+                done = candidate
+        return done
+
+    def realpath(self, path: str) -> str:
+        return "/" + "/".join(self._resolve(path))
+
+    def lstat_kind(self, path: str) -> str | None:
+        try:
+            st = os.lstat(self._local(_norm(path)))
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            return "link"
+        if stat.S_ISDIR(st.st_mode):
+            return "dir"
+        if stat.S_ISREG(st.st_mode):
+            return "file"
+        return "other"
+
+    def readlink(self, path: str) -> str | None:
+        parent = self._resolve(os.path.dirname(path.rstrip("/")) or "/")
+        local = self._local([*parent, os.path.basename(path.rstrip("/"))])
+        try:
+            return os.readlink(local)
+        except OSError:
+            return None
+
+    def read_bytes(self, path: str, max_bytes: int = MAX_READ) -> bytes:
+        local = self._local(self._resolve(path))
+        # O_NONBLOCK: a FIFO or device node in a hostile capture must not hang the agent.
+        fd = os.open(local, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) and not self._allow_special(path):
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            chunks: list[bytes] = []
+            left = max_bytes
+            while left > 0:
+                chunk = os.read(fd, min(left, 65536))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def _allow_special(self, path: str) -> bool:
+        return False
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(os.listdir(self._local(self._resolve(path))))
+
+
+class LiveHost(_TreeHost):
+    """The running system (root ``/``), or a system image unpacked under another directory."""
+
+    def __init__(self, root: str | os.PathLike[str] = "/", *, allow_commands: bool | None = None) -> None:
+        super().__init__(root)
+        # Commands of this machine describe this machine only: never mix them into another root.
+        self.allow_commands = (str(root) == "/") if allow_commands is None else allow_commands
+
+    def realpath(self, path: str) -> str:
+        if str(self.root) == "/":
+            return os.path.realpath(path)
+        return super().realpath(path)
+
+    def run(self, argv: Sequence[str], timeout: float) -> bytes:
+        if not self.allow_commands:
+            raise CommandUnavailable(f"{argv[0]}: commands are not run against root {self.root}")
+        exe = shutil.which(argv[0], path=COMMAND_PATH)
+        if exe is None:
+            raise CommandUnavailable(f"{argv[0]}: not installed")
+        try:
+            proc = subprocess.run(  # noqa: S603 - argv comes from collectors, never from input
+                [exe, *argv[1:]],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                env={"PATH": COMMAND_PATH, "LC_ALL": "C"},
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise CommandFailed(f"{argv[0]}: no answer within {timeout:g} s") from None
+        except OSError as exc:
+            raise CommandUnavailable(f"{argv[0]}: {exc.strerror}") from None
+        if proc.returncode != 0:
+            err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            detail = err[-1] if err else f"exit status {proc.returncode}"
+            raise CommandFailed(f"{argv[0]}: {detail[:200]}")
+        return proc.stdout
+
+
+class ReplayHost(_TreeHost):
+    """A capture made by ``evo-agent capture`` (or a fixture tree laid out the same way)."""
+
+    def run(self, argv: Sequence[str], timeout: float) -> bytes:
+        name = command_name(argv)
+        base = self.root / "commands"
+        try:
+            return (base / f"{name}.txt").read_bytes()
+        except FileNotFoundError:
+            pass
+        try:
+            message = (base / f"{name}.error").read_text("utf-8", "replace").strip()
+        except FileNotFoundError:
+            raise CommandUnavailable(f"{argv[0]}: not in the capture") from None
+        raise CommandFailed(message)
+
+
+class RecordingHost(Host):
+    """Reads a live host and copies every file, link and command output it hands out."""
+
+    def __init__(self, inner: LiveHost, capture_dir: str | os.PathLike[str]) -> None:
+        self.inner = inner
+        self.out = Path(capture_dir)
+        self._lock = threading.Lock()
+
+    # -- recording ---------------------------------------------------------------------------
+    def _mirror(self, path: str) -> list[str]:
+        """Copy the link chain and directories leading to ``path``; return its resolved parts."""
+        pending = _norm(path)
+        done: list[str] = []
+        hops = 0
+        while pending:
+            part = pending.pop(0)
+            if part == "..":
+                if done:
+                    done.pop()
+                continue
+            candidate = [*done, part]
+            host_path = "/" + "/".join(candidate)
+            kind = self.inner.lstat_kind(host_path)
+            if kind is None:
+                return candidate + pending
+            if kind == "link":
+                hops += 1
+                if hops > _MAX_SYMLINKS:
+                    break
+                target = self.inner.readlink(host_path) or ""
+                dest = self.out.joinpath(*candidate)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if not os.path.lexists(dest):
+                    os.symlink(target, dest)
+                if target.startswith("/"):
+                    done = []
+                pending = [p for p in target.split("/") if p not in ("", ".")] + pending
+            else:
+                if kind == "dir":
+                    self.out.joinpath(*candidate).mkdir(parents=True, exist_ok=True)
+                done = candidate
+        return done
+
+    def read_bytes(self, path: str, max_bytes: int = MAX_READ) -> bytes:
+        data = self.inner.read_bytes(path, max_bytes)
+        with self._lock:
+            parts = self._mirror(path)
+            dest = self.out.joinpath(*parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.exists():
+                dest.write_bytes(data)
+        return data
+
+    def listdir(self, path: str) -> list[str]:
+        names = self.inner.listdir(path)
+        with self._lock:
+            parts = self._mirror(path)
+            self.out.joinpath(*parts).mkdir(parents=True, exist_ok=True)
+            base = "/" + "/".join(parts)
+            for name in names:
+                child = f"{base.rstrip('/')}/{name}"
+                if self.inner.lstat_kind(child) in ("dir", "link"):
+                    self._mirror(child)
+        return names
+
+    def realpath(self, path: str) -> str:
+        with self._lock:
+            self._mirror(path)
+        return self.inner.realpath(path)
+
+    def lstat_kind(self, path: str) -> str | None:
+        kind = self.inner.lstat_kind(path)
+        if kind in ("dir", "link"):
+            with self._lock:
+                self._mirror(path)
+        return kind
+
+    def readlink(self, path: str) -> str | None:
+        target = self.inner.readlink(path)
+        if target is not None:
+            with self._lock:
+                self._mirror(path)
+        return target
+
+    def run(self, argv: Sequence[str], timeout: float) -> bytes:
+        name = command_name(argv)
+        commands = self.out / "commands"
+        try:
+            data = self.inner.run(argv, timeout)
+        except CommandUnavailable:
+            raise
+        except CommandFailed as exc:
+            with self._lock:
+                commands.mkdir(parents=True, exist_ok=True)
+                (commands / f"{name}.error").write_text(str(exc) + "\n", "utf-8")
+            raise
+        with self._lock:
+            commands.mkdir(parents=True, exist_ok=True)
+            (commands / f"{name}.txt").write_bytes(data)
+        return data
+
+
+# -- capture archives ------------------------------------------------------------------------
+def pack_capture(capture_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
+    """Pack a capture directory as a .tar.gz readable only by its owner (it holds raw values)."""
+    out = Path(output)
+    tmp = out.with_name(f".{out.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+            for entry in sorted(Path(capture_dir).rglob("*")):
+                arcname = entry.relative_to(capture_dir).as_posix()
+                info = tar.gettarinfo(str(entry), arcname)
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                if info.isreg():
+                    with entry.open("rb") as fh:
+                        tar.addfile(info, fh)
+                else:
+                    tar.addfile(info)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, out)
+    except BaseException:
+        with _suppress_oserror():
+            os.unlink(tmp)
+        raise
+
+
+class _suppress_oserror:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
+
+
+def unpack_capture(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Unpack a capture safely: only files, directories and links, nothing outside ``dest``.
+
+    Python 3.11.2 (Debian 12) has no tarfile extraction filters, so the checks are done here:
+    absolute names and ``..`` are refused, and no member is written through a link, because a
+    capture may come from anywhere (a technician's laptop, an e-mail).
+    """
+    root = Path(dest)
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (OSError, tarfile.TarError) as exc:
+        raise CaptureError(f"{archive}: not a readable capture archive ({exc})") from None
+    with tar:
+        try:
+            members = tar.getmembers()
+        except (OSError, tarfile.TarError, EOFError) as exc:
+            raise CaptureError(f"{archive}: damaged capture archive ({exc})") from None
+        for member in members:
+            parts = [p for p in member.name.split("/") if p not in ("", ".")]
+            if not parts or member.name.startswith("/") or ".." in parts:
+                raise CaptureError(f"{archive}: unsafe member name {member.name!r}")
+            parent = root
+            for part in parts[:-1]:
+                parent = parent / part
+                if parent.is_symlink():
+                    raise CaptureError(f"{archive}: member {member.name!r} goes through a link")
+                parent.mkdir(exist_ok=True)
+            target = parent / parts[-1]
+            if os.path.lexists(target) and not target.is_dir():
+                raise CaptureError(f"{archive}: member {member.name!r} appears twice")
+            if member.isdir():
+                target.mkdir(exist_ok=True)
+            elif member.issym():
+                os.symlink(member.linkname, target)
+            elif member.isreg():
+                src = tar.extractfile(member)
+                if src is None:
+                    continue
+                with src, open(target, "xb") as fh:
+                    shutil.copyfileobj(src, fh)
+            # hard links, devices and FIFOs are skipped: no collector reads them from a capture
+
+
+class CaptureSource:
+    """Opens ``--from`` (a directory or a .tar.gz) as a ReplayHost; use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> ReplayHost:
+        if self.path.is_dir():
+            return ReplayHost(self.path)
+        if not self.path.exists():
+            raise CaptureError(f"{self.path}: no such capture (give a directory or a .tar.gz)")
+        self._tmp = tempfile.TemporaryDirectory(prefix="evo-capture-")
+        unpack_capture(self.path, self._tmp.name)
+        return ReplayHost(self._tmp.name)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()

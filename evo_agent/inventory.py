@@ -1,0 +1,148 @@
+"""Runs the collectors and builds the report that would leave the device.
+
+Collectors run side by side in threads, each with a deadline: one that raises, hangs or meets
+garbage gets status ``error`` (or ``no_data``) and the report carries on with the others.  The
+report is then built by the privacy filter alone (``evo_agent.policy``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from evo_agent import __version__
+from evo_agent.collector import Collector, Raw
+from evo_agent.errors import EvoError
+from evo_agent.hostroot import Host
+from evo_agent.policy import Policy, apply
+
+LOG = logging.getLogger(__name__)
+
+SCHEMA_ID = "evo-inventory/1"
+TRIGGERS = ("boot", "daily", "manual", "manufacturing")
+
+
+@dataclass
+class Outcome:
+    """What one collector gave."""
+
+    name: str
+    status: str  # ok | no_data | error
+    duration_ms: int
+    raw: Raw | None
+    #: short machine code for the report (never a value from the system)
+    error_code: str | None = None
+    #: full message, shown locally only (it may quote what the hardware said)
+    error_message: str | None = None
+
+
+@dataclass
+class Inventory:
+    """All outcomes of one run, in collector-name order."""
+
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    def raw(self) -> dict[str, Raw | None]:
+        """Return raw values by collector."""
+        return {name: o.raw for name, o in self.outcomes.items()}
+
+
+def _has_data(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any(_has_data(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_data(v) for v in value)
+    return value not in (None, "")
+
+
+def error_code(exc: BaseException) -> str:
+    """Return a value-free code for an exception: its class name in snake case."""
+    name = type(exc).__name__
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()[:64]
+
+
+def _run_one(collector: Collector, host: Host) -> Outcome:
+    start = time.monotonic()
+    try:
+        raw = collector.collect(host)
+        if not isinstance(raw, dict):
+            raise TypeError(f"collect() returned {type(raw).__name__}, not dict")
+    except Exception as exc:  # a broken collector never kills the report
+        LOG.warning("collector %s failed: %s", collector.name, exc)
+        LOG.debug("collector %s traceback", collector.name, exc_info=True)
+        ms = int((time.monotonic() - start) * 1000)
+        message = str(exc) if isinstance(exc, EvoError) else f"{type(exc).__name__}: {exc}"
+        return Outcome(collector.name, "error", ms, None, error_code(exc), message[:500])
+    ms = int((time.monotonic() - start) * 1000)
+    status = "ok" if _has_data(raw) else "no_data"
+    if status == "no_data":
+        LOG.debug("collector %s found nothing on this host", collector.name)
+    return Outcome(collector.name, status, ms, raw)
+
+
+def collect(collectors: list[Collector], host: Host, deadline: float) -> Inventory:
+    """Run every collector against ``host``; each gets ``deadline`` seconds."""
+    results: dict[str, Outcome] = {}
+    threads: dict[str, threading.Thread] = {}
+    started = time.monotonic()
+
+    def work(c: Collector) -> None:
+        results[c.name] = _run_one(c, host)
+
+    for c in collectors:
+        # Daemon threads: a collector stuck in a read of a wedged device must not keep the
+        # process alive; it is abandoned and reported as timed out.
+        t = threading.Thread(target=work, args=(c,), name=f"collector-{c.name}", daemon=True)
+        threads[c.name] = t
+        t.start()
+    for name, t in threads.items():
+        t.join(max(0.0, deadline - (time.monotonic() - started)))
+        if t.is_alive() or name not in results:
+            LOG.warning("collector %s gave no answer within %.0f s", name, deadline)
+            results[name] = Outcome(name, "error", int(deadline * 1000), None, "timeout",
+                                    f"no answer within {deadline:g} s")
+    return Inventory({c.name: results[c.name] for c in sorted(collectors, key=lambda c: c.name)})
+
+
+def rfc3339(now: datetime) -> str:
+    """Return a UTC RFC 3339 timestamp with second precision."""
+    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_report(
+    inventory: Inventory,
+    policy: Policy,
+    *,
+    trigger: str = "manual",
+    sequence: int = 0,
+    report_id: str | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+) -> tuple[dict[str, Any], Counter[str]]:
+    """Return the evo-inventory/1 document and the names of the dropped fields."""
+    if trigger not in TRIGGERS:
+        raise ValueError(f"unknown trigger {trigger!r}")
+    filtered = apply(policy, inventory.raw())
+    report: dict[str, Any] = {
+        "schema": SCHEMA_ID,
+        "policy_version": policy.version,
+        "report_id": report_id or str(uuid.uuid4()),
+        "sequence": sequence,
+        "trigger": trigger,
+        "collected_at": rfc3339(clock()),
+        "agent_version": __version__,
+        "functional": filtered.functional,
+        "hardware": filtered.hardware,
+        "collectors": {
+            name: {"status": o.status, "duration_ms": o.duration_ms, "error": o.error_code}
+            for name, o in inventory.outcomes.items()
+        },
+    }
+    return report, filtered.dropped

@@ -1,0 +1,90 @@
+"""Readable renderings of a report for people at a terminal (technicians, the line)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from evo_agent.policy import Policy
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _flatten(prefix: str, value: Any, rows: list[tuple[str, str]]) -> None:
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else key, sub, rows)
+    elif isinstance(value, list):
+        rows.append((f"{prefix} ({len(value)})", ""))
+        for item in value:
+            if isinstance(item, dict):
+                rows.append(("", "  " + "  ".join(_fmt(v) for v in item.values())))
+            else:
+                rows.append(("", "  " + _fmt(item)))
+    else:
+        rows.append((prefix, _fmt(value)))
+
+
+def report_table(report: dict[str, Any]) -> str:
+    """Return the report as two aligned columns, section by section."""
+    lines = [f"evo-inventory report (schema {report['schema']}, policy {report['policy_version']}, "
+             f"trigger {report['trigger']}, {report['collected_at']})"]
+    for section in ("functional", "hardware"):
+        rows: list[tuple[str, str]] = []
+        _flatten("", report[section], rows)
+        width = max((len(k) for k, _ in rows), default=0)
+        lines.append("")
+        lines.append(section.capitalize())
+        lines += [f"  {k:<{width}}  {v}".rstrip() for k, v in rows]
+    lines.append("")
+    lines.append("Collectors")
+    for name, c in report["collectors"].items():
+        err = f"  ({c['error']})" if c["error"] else ""
+        lines.append(f"  {name:<10} {c['status']:<8} {c['duration_ms']:>6} ms{err}")
+    return "\n".join(lines) + "\n"
+
+
+def explain_rows(report: dict[str, Any], policy: Policy) -> list[dict[str, Any]]:
+    """Return one row per declared field: path, value, policy line, section, purposes."""
+    rows = []
+    for rule in policy.fields:
+        node: Any = report
+        for part in rule.report.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        rows.append({
+            "field": rule.report,
+            "value": node,
+            "source": f"{rule.collector}.{rule.key}",
+            "policy_line": rule.line,
+            "section": policy.sections[rule.section]["heading"],
+            "purposes": list(rule.purposes),
+        })
+    return rows
+
+
+def explain_text(rows: list[dict[str, Any]], policy: Policy, dropped: Counter[str]) -> str:
+    """Return the explain rows as text, then what the registry derives and what is not sent."""
+    out = [f"What leaves this device, and why (privacy policy of {policy.version})", ""]
+    for r in rows:
+        value = r["value"]
+        if isinstance(value, list):
+            shown = f"{len(value)} item(s)"
+        else:
+            shown = _fmt(value)
+        out.append(f"{r['field']} = {shown}")
+        out.append(f"    policy: \"{r['policy_line']}\" ({r['section']})")
+        for purpose in r["purposes"]:
+            out.append(f"    purpose: {purpose}")
+    out.append("")
+    out.append("Derived by the registry, never sent by the device:")
+    for d in policy.derived:
+        out.append(f"  \"{d.line}\": {d.by}")
+    out.append("")
+    if dropped:
+        out.append("Collected on this device but never sent (not in the policy):")
+        out += [f"  {name} ({count})" for name, count in sorted(dropped.items())]
+    else:
+        out.append("Nothing else was collected.")
+    return "\n".join(out) + "\n"
