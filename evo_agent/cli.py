@@ -30,12 +30,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="read this file instead of /etc/evo-agent/agent.toml and agent.d/")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="log what happens, to stderr")
-    source = argparse.ArgumentParser(add_help=False)
+    source = _Parser(add_help=False)
     source.add_argument("--from", dest="source", metavar="CAPTURE",
                         help="replay a capture (.tar.gz or directory) instead of this machine")
 

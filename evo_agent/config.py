@@ -95,7 +95,8 @@ def _check(path: Path | None, key: str, spec: tuple[type, Any, Validator | None]
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            data: dict[str, Any] = tomllib.load(fh)
+            return data
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not valid TOML: {exc}") from None
     except UnicodeDecodeError:

@@ -33,7 +33,7 @@ import tarfile
 import tempfile
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from evo_agent.errors import CaptureError, CommandFailed, CommandUnavailable
@@ -90,6 +90,15 @@ class Host(ABC):
     @abstractmethod
     def run(self, argv: Sequence[str], timeout: float) -> bytes:
         """Run a command and return its stdout; raises CommandUnavailable or CommandFailed."""
+
+    @abstractmethod
+    def probe(self, name: str, func: Callable[[], bytes]) -> bytes:
+        """Return what an in-process probe of the live system gives (e.g. netlink addresses).
+
+        For reads that are neither a file nor a command: live, ``func()`` is called; a capture
+        stores its result as ``commands/<name>.txt``, and a replay returns that file.  ``func``
+        raises CommandUnavailable or CommandFailed like a command would.
+        """
 
     def read_text(self, path: str, max_bytes: int = MAX_READ) -> str:
         """Return a file decoded as UTF-8; undecodable bytes become U+FFFD, never an exception."""
@@ -234,7 +243,7 @@ class LiveHost(_TreeHost):
         if exe is None:
             raise CommandUnavailable(f"{argv[0]}: not installed")
         try:
-            proc = subprocess.run(  # noqa: S603 - argv comes from collectors, never from input
+            proc = subprocess.run(
                 [exe, *argv[1:]],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
@@ -253,8 +262,18 @@ class LiveHost(_TreeHost):
         return proc.stdout
 
 
+    def probe(self, name: str, func: Callable[[], bytes]) -> bytes:
+        if not self.allow_commands:
+            raise CommandUnavailable(f"{name}: probes of this machine are not run against root "
+                                     f"{self.root}")
+        return func()
+
+
 class ReplayHost(_TreeHost):
     """A capture made by ``evo-agent capture`` (or a fixture tree laid out the same way)."""
+
+    def probe(self, name: str, func: Callable[[], bytes]) -> bytes:
+        return self.run([name], 0)
 
     def run(self, argv: Sequence[str], timeout: float) -> bytes:
         name = command_name(argv)
@@ -355,10 +374,15 @@ class RecordingHost(Host):
         return target
 
     def run(self, argv: Sequence[str], timeout: float) -> bytes:
-        name = command_name(argv)
+        return self._record_command(command_name(argv), lambda: self.inner.run(argv, timeout))
+
+    def probe(self, name: str, func: Callable[[], bytes]) -> bytes:
+        return self._record_command(command_name([name]), lambda: self.inner.probe(name, func))
+
+    def _record_command(self, name: str, call: Callable[[], bytes]) -> bytes:
         commands = self.out / "commands"
         try:
-            data = self.inner.run(argv, timeout)
+            data = call()
         except CommandUnavailable:
             raise
         except CommandFailed as exc:

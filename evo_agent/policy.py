@@ -323,7 +323,7 @@ def apply(policy: Policy, raw: Mapping[str, Mapping[str, Any] | None]) -> Filter
     result: dict[str, dict[str, Any]] = {"functional": {}, "hardware": {}}
     dropped: Counter[str] = Counter()
     for rule in policy.fields:
-        values = raw.get(rule.collector) or {}
+        values: Mapping[str, Any] = raw.get(rule.collector) or {}
         value = values.get(rule.key)
         cleaned: Any
         if rule.type == "list":
@@ -335,8 +335,8 @@ def apply(policy: Policy, raw: Mapping[str, Mapping[str, Any] | None]) -> Filter
             raise PolicyError(f"policy.toml: report path {rule.report!r} outside functional/hardware")
         _put(result[top], rest, cleaned)
     allowed = policy.sources()
-    for collector, values in raw.items():
-        for key, value in (values or {}).items():
+    for collector, found in raw.items():
+        for key, value in (found or {}).items():
             if (collector, key) not in allowed and value not in (None, "", [], {}):
                 dropped[f"{collector}.{key}"] += 1
     if dropped:
