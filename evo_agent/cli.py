@@ -101,7 +101,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from evo_agent.config import load
 
     classes = discover()
-    cfg = load(getattr(args, "config", None), {n: c.options for n, c in classes.items()})
+    cfg = load(getattr(args, "config", None), classes)
     return cfg, classes
 
 

@@ -442,7 +442,7 @@ def unpack_capture(archive: str | os.PathLike[str], dest: str | os.PathLike[str]
     root = Path(dest)
     try:
         tar = tarfile.open(archive, "r:*")
-    except (OSError, tarfile.TarError) as exc:
+    except (OSError, tarfile.TarError, EOFError) as exc:
         raise CaptureError(f"{archive}: not a readable capture archive ({exc})") from None
     with tar:
         try:
@@ -470,8 +470,11 @@ def unpack_capture(archive: str | os.PathLike[str], dest: str | os.PathLike[str]
                 src = tar.extractfile(member)
                 if src is None:
                     continue
-                with src, open(target, "xb") as fh:
-                    shutil.copyfileobj(src, fh)
+                try:
+                    with src, open(target, "xb") as fh:
+                        shutil.copyfileobj(src, fh)
+                except (OSError, tarfile.TarError, EOFError) as exc:
+                    raise CaptureError(f"{archive}: damaged capture archive ({exc})") from None
             # hard links, devices and FIFOs are skipped: no collector reads them from a capture
 
 
@@ -488,7 +491,11 @@ class CaptureSource:
         if not self.path.exists():
             raise CaptureError(f"{self.path}: no such capture (give a directory or a .tar.gz)")
         self._tmp = tempfile.TemporaryDirectory(prefix="evo-capture-")
-        unpack_capture(self.path, self._tmp.name)
+        try:
+            unpack_capture(self.path, self._tmp.name)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
         return ReplayHost(self._tmp.name)
 
     def __exit__(self, *exc: object) -> None:
