@@ -73,11 +73,15 @@ def _type_ok(expected: type, value: Any) -> bool:
     return isinstance(value, expected)
 
 
-_TYPE_NAMES = {bool: "true or false", str: "a string", float: "a number", int: "an integer",
-               list: "a list"}
+_TYPE_NAMES = {
+    bool: "true or false", str: "a string", float: "a number", int: "an integer", list: "a list",
+}
 
 
-def _check(path: Path | None, key: str, spec: tuple[type, Any, Validator | None], value: Any) -> Any:
+Spec = tuple[type, Any, Validator | None]
+
+
+def _check(path: Path | None, key: str, spec: Spec, value: Any) -> Any:
     expected, _default, validator = spec
     if not _type_ok(expected, value):
         shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
@@ -170,7 +174,8 @@ def merge_file(
     """Validate one parsed file and merge it over ``values`` and ``col``."""
     for section, body in data.items():
         if section not in SCHEMA:
-            raise ConfigError(path, section, f"unknown section (known: {', '.join(sorted(SCHEMA))})")
+            known = ", ".join(sorted(SCHEMA))
+            raise ConfigError(path, section, f"unknown section (known: {known})")
         if not isinstance(body, dict):
             raise ConfigError(path, section, "must be a table, e.g. [" + section + "]")
         for key, value in body.items():

@@ -15,5 +15,5 @@ SHARED_POLICY = REPO.parent / "shared" / "policy" / "432evo-privacy-policy.txt"
 @pytest.fixture(scope="session")
 def corpus() -> Path:
     """Return the shared corpus directory; its absence is a broken checkout, not a skip."""
-    assert CORPUS.is_dir(), f"the shared corpus is missing at {CORPUS} (clone shared/ beside the repo)"
+    assert CORPUS.is_dir(), f"the shared corpus is missing at {CORPUS} (shared/ goes beside)"
     return CORPUS

@@ -101,11 +101,11 @@ def test_disabled_collector_is_not_run(capture: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "off.toml"
     cfg.write_text("[collectors.identity]\nenabled = false\n")
-    code, out, _ = run(["inventory", "--json", "--config", str(cfg), "--from", str(capture)], capsys)
+    _, out, _ = run(["inventory", "--json", "--config", str(cfg), "--from", str(capture)], capsys)
     report = json.loads(out)
     assert "identity" not in report["collectors"]
     assert report["functional"]["vpnid"] is None
-    code, out, _ = run(["collectors", "--json", "--config", str(cfg), "--from", str(capture)],
+    _code, out, _ = run(["collectors", "--json", "--config", str(cfg), "--from", str(capture)],
                        capsys)
     assert {r["name"]: r["status"] for r in json.loads(out)}["identity"] == "disabled"
 

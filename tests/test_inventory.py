@@ -13,8 +13,8 @@ import jsonschema
 
 from evo_agent.collector import Collector, Raw
 from evo_agent.hostroot import Host, ReplayHost
-from evo_agent.inventory import collect, error_code
 from evo_agent.inventory import build_report as build
+from evo_agent.inventory import collect, error_code
 from evo_agent.policy import load_policy
 from tests.conftest import REPO
 

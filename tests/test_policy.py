@@ -1,10 +1,9 @@
-"""The privacy filter and its policy file: bound to the published text, an allowlist, clean values."""
+"""The privacy filter and its policy file: bound to the published text, an allowlist."""
 
 from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -88,7 +87,7 @@ def test_report_paths_are_the_schema_properties() -> None:
 
 @pytest.mark.parametrize("value", [
     "To Be Filled By O.E.M.", "to be filled by o.e.m.", "Default string", "System Serial Number",
-    "0123456789", "Not Specified", "  None  ", "00000000", "FFFFFFFFFFFF", "\ufffd\ufffd\ufffd\ufffd",
+    "0123456789", "Not Specified", "  None  ", "00000000", "FFFFFFFFFFFF", "\ufffd\ufffd\ufffd",
     "..........", "", "   ", "NO DIMM", "[Empty]", "Undefined", "Unknown", "\x00\x00",
 ])
 def test_placeholders_become_null(value: str) -> None:
@@ -153,14 +152,16 @@ def test_undeclared_fields_are_dropped_and_counted_by_name_only(
 
 
 def test_lists_are_bounded() -> None:
-    raw = {"usb": {"devices": [{"vendor_id": "046d", "product_id": f"{i:04x}"} for i in range(300)]}}
+    devices = [{"vendor_id": "046d", "product_id": f"{i:04x}"} for i in range(300)]
+    raw = {"usb": {"devices": devices}}
     result = apply(load_policy(), raw)
     assert len(result.hardware["usb_devices"]) == 128
     assert result.dropped["usb.devices[] beyond 128"] == 172
 
 
 scalar = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-          | st.text(max_size=40) | st.binary(max_size=40).map(lambda b: b.decode("utf-8", "replace")))
+          | st.text(max_size=40)
+          | st.binary(max_size=40).map(lambda b: b.decode("utf-8", "replace")))
 json_like = scalar | st.lists(scalar, max_size=4) | st.dictionaries(st.text(max_size=8), scalar,
                                                                      max_size=4)
 
