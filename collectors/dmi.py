@@ -134,7 +134,9 @@ def parse_cpuinfo(text: str) -> dict[str, Any]:
                 physical = core = None
             continue
         key, value = key.strip(), value.strip()
-        if key == "processor":
+        # Each logical CPU opens with "processor" (x86, arm) or "cpu number" (s390x, whose
+        # "processor N:" lines are a summary; ghw's linux-s390x snapshot).
+        if key in ("processor", "cpu number"):
             close()
             physical = core = None
             threads += 1
