@@ -30,10 +30,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+# re.ASCII everywhere: "\d" would also match digits of other scripts, which are no SMBIOS number.
 _HANDLE = re.compile(
-    r"^Handle (0x[0-9A-Fa-f]{1,8})(?:, DMI type (\d{1,3}), (\d{1,5}) bytes?)?\.?$"
+    r"^Handle (0x[0-9A-Fa-f]{1,8})(?:, DMI type (\d{1,3}), (\d{1,5}) bytes?)?\.?$", re.ASCII
 )
-_OLD_TYPE = re.compile(r"^DMI type (\d{1,3}), (\d{1,5}) bytes?\.?$")
+_OLD_TYPE = re.compile(r"^DMI type (\d{1,3}), (\d{1,5}) bytes?\.?$", re.ASCII)
 # Lines dmidecode prints about the table rather than in it (always at column 0).
 _NOTE = re.compile(
     r"^(?:#|Invalid entry length|Wrong DMI structures|DMI table is broken|Table is unreachable"
@@ -140,10 +141,12 @@ def parse(text: str) -> list[Record]:
 
 # ---- values ---------------------------------------------------------------------------------
 
-_SIZE = re.compile(r"^(\d{1,15})\s*(bytes?|kB|KB|K|MB|M|Mbyte|GB|G|Gbyte|TB|T|kbyte|Kbyte)\b")
+_SIZE = re.compile(
+    r"^(\d{1,15})\s*(bytes?|kB|KB|K|MB|M|Mbyte|GB|G|Gbyte|TB|T|kbyte|Kbyte)\b", re.ASCII
+)
 _UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SPEED = re.compile(r"^(\d{1,7})\s*(MT/s|MHz)\b")
-_INT = re.compile(r"^(\d{1,9})$")
+_SPEED = re.compile(r"^(\d{1,7})\s*(MT/s|MHz)\b", re.ASCII)
+_INT = re.compile(r"^(\d{1,9})$", re.ASCII)
 
 
 def parse_size(value: str | None) -> int | None:
@@ -230,7 +233,9 @@ JEP106: dict[tuple[int, int], str] = {
     (10, 0x11): "CXMT",
 }
 
-_HEX_ID = re.compile(r"^(?:0x)?([0-9A-Fa-f]{4}|[0-9A-Fa-f]{12}|[0-9A-Fa-f]{16})$")
+_HEX_ID = re.compile(
+    r"^(?:0x)?([0-9A-Fa-f]{4}|[0-9A-Fa-f]{12}|[0-9A-Fa-f]{16})$", re.ASCII
+)
 
 
 def _odd_parity(byte: int) -> bool:

@@ -21,6 +21,7 @@ canaries there to prove it.  Only the standard library is imported: the agent mu
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from collectors._dmidecode import parse, summarize, usable
@@ -168,6 +169,10 @@ def read_cpuinfo(host: Host) -> dict[str, Any]:
 
 
 MEMORY_BLOCKS = "/sys/devices/system/memory"
+# ASCII digits only: str.isdigit() accepts "²" and "፩", which int() refuses (a crash that
+# tests/test_dmi_fuzz.py keeps a regression test for).
+_MEMTOTAL = re.compile(r"^MemTotal:[ \t]*([0-9]{1,15})[ \t]*kB[ \t]*$", re.MULTILINE)
+_BLOCK = re.compile(r"^memory[0-9]{1,9}$")
 
 
 def read_ram_size(host: Host) -> int | None:
@@ -188,7 +193,7 @@ def read_ram_size(host: Host) -> int | None:
             block = 0
         count = sum(
             1 for name in host.listdir_or_empty(MEMORY_BLOCKS)
-            if name.startswith("memory") and name[6:].isdigit()
+            if _BLOCK.match(name)
         )
         if block > 0 and count:
             return block * count
@@ -196,11 +201,8 @@ def read_ram_size(host: Host) -> int | None:
         meminfo = host.read_text("/proc/meminfo", 64 * 1024)
     except OSError:
         return None
-    for line in meminfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "MemTotal":
-            parts = value.split()
-            if parts and parts[0].isdigit():
-                kib = int(parts[0])
-                return kib * 1024 if kib > 0 else None
+    m = _MEMTOTAL.search(meminfo)
+    if m:
+        kib = int(m.group(1))
+        return kib * 1024 if kib > 0 else None
     return None
