@@ -221,6 +221,7 @@ JEP106: dict[tuple[int, int], str] = {
     (3, 0x0B): "Nanya Technology",
     (3, 0x16): "Netlist",
     (3, 0x25): "Kingmax Semiconductor",
+    (4, 0x16): "Positivo Informatica Ltd",
     (4, 0x43): "Ramaxel Technology",
     (4, 0x4B): "A-DATA Technology",
     (4, 0x4D): "G Skill Intl",
@@ -240,6 +241,18 @@ _HEX_ID = re.compile(
 
 def _odd_parity(byte: int) -> bool:
     return bin(byte).count("1") % 2 == 1
+
+
+_MODULE_ID = re.compile(r"^Bank (\d{1,2}), Hex 0x([0-9A-Fa-f]{2})$", re.ASCII)
+
+
+def module_id_name(value: str | None) -> str | None:
+    """Return the JEP106 name of dmidecode's "Module Manufacturer ID: Bank 6, Hex 0x9B"."""
+    m = _MODULE_ID.match(value.strip()) if value else None
+    if not m or int(m.group(1)) < 1:
+        return None
+    code = int(m.group(2), 16)
+    return JEP106.get((int(m.group(1)) - 1, code & 0x7F)) if _odd_parity(code) else None
 
 
 def jedec_name(value: str | None) -> str | None:
@@ -342,6 +355,13 @@ def _modules(records: list[Record], non_system: set[int]) -> list[dict[str, Any]
         if size is None:
             continue  # "No Module Installed": an empty slot
         maker = rec.get("Manufacturer")
+        maker = jedec_name(maker) or maker
+        if maker in (None, "Unknown", "Not Specified"):
+            # SMBIOS 3.2 added the module maker's JEDEC ID, which dmidecode >= 3.2 prints even
+            # where the firmware left the name unset: "Unknown" beside "Bank 6, Hex 0x9B" for a
+            # Crucial CT16G4SFS832A in an AZW GTR, beside "Bank 3, Hex 0x9E" for a Corsair
+            # CMK64GX5M2B6000Z30 on an ASRock B650M Pro RS (linuxhw).
+            maker = module_id_name(rec.get("Module Manufacturer ID")) or maker
         speed = parse_speed(rec.get("Speed"))
         if speed is None:
             speed = parse_speed(rec.get("Configured Memory Speed", "Configured Clock Speed"))
@@ -352,7 +372,7 @@ def _modules(records: list[Record], non_system: set[int]) -> list[dict[str, Any]
             "form_factor": rec.get("Form Factor"),
             "size_bytes": size,
             "speed_mts": speed,
-            "manufacturer": jedec_name(maker) or maker,
+            "manufacturer": maker,
             "part_number": rec.get("Part Number"),
             "serial_number": rec.get("Serial Number"),
             "asset_tag": rec.get("Asset Tag"),

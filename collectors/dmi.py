@@ -68,7 +68,8 @@ class Dmi(Collector):
         "ram_total_bytes": "RAM size: the installed modules' sizes added up",
         "memory_modules": "installed RAM modules (type 17; empty slots left out)",
         "oem_strings": "OEM strings, type 11 (never sent)",
-        "source": "where the values come from: dmidecode, sysfs, or None",
+        "source": "dmidecode or sysfs: where the board, system and BIOS values come from "
+                  "(CPU and RAM size may come from /proc and /sys when the table lacks them)",
     }
 
     def collect(self, host: Host) -> Raw:

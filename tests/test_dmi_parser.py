@@ -15,6 +15,7 @@ import pytest
 from collectors._dmidecode import (
     JEP106,
     jedec_name,
+    module_id_name,
     parse,
     parse_count,
     parse_size,
@@ -200,6 +201,18 @@ def test_jedec_codes_become_names() -> None:
         "Kingston", "Samsung", "Samsung"]
 
 
+@needs_corpus
+def test_module_manufacturer_id_names_an_unknown_maker() -> None:
+    gtr = summary_of(next((TXT / "linuxhw-DMI/Mini Pc/AZW/GTR/GTR").iterdir()))
+    assert [(m["manufacturer"], m["part_number"]) for m in gtr["memory_modules"]] == [
+        ("Crucial Technology", "CT16G4SFS832A.C8FE")] * 2
+    b650 = summary_of(next((TXT / "linuxhw-DMI/Desktop/ASRock/B650M/B650M Pro RS").iterdir()))
+    assert {m["manufacturer"] for m in b650["memory_modules"]} == {"Corsair"}
+    # A name the firmware did give is kept, even where the ID would decode.
+    x11 = summary_of(next((TXT / "linuxhw-DMI/Server/Supermicro/X11/X11DPi-N").iterdir()))
+    assert {m["manufacturer"] for m in x11["memory_modules"]} == {"Micron"}  # not "... Technology"
+
+
 # ---- SMBIOS dumps through the installed dmidecode ---------------------------------------------
 
 def _verify_rows() -> list[dict[str, str]]:
@@ -231,6 +244,23 @@ def test_every_smbios_dump_parses(row: dict[str, str]) -> None:
     assert (out["sys_vendor"], out["product_name"]) == (vendor, product)
     assert out["memory_modules"], "every dump of the corpus has memory devices"
     assert out["ram_total_bytes"] == sum(m["size_bytes"] for m in out["memory_modules"])
+
+
+@needs_corpus
+def test_every_dump_of_the_corpus_is_in_verify_tsv() -> None:
+    """No dump escapes the test above: each is listed, or is half of a pair that is."""
+    listed = {row["file"] for row in _verify_rows()}
+    assert len(listed) == 68
+    for path in sorted(BIN.rglob("*")):
+        rel = str(path.relative_to(BIN))
+        if not path.is_file() or rel == "VERIFY.tsv" or rel.startswith("_derived/"):
+            continue
+        if path.name in ("smbios_entry_point", "entry.bin", "entry_v3.bin",
+                         "entry_v3_short.bin"):
+            continue  # the entry point of a sysfs pair, whose table file is listed
+        if "/entries/" in rel:
+            continue  # /sys/firmware/dmi/entries/N-0/raw: one structure, no table to decode
+        assert rel in listed, rel
 
 
 UROOT = [r for r in _verify_rows() if r["file"].startswith("u-root/")
@@ -354,6 +384,9 @@ def test_jedec_decoding_is_strict() -> None:
     assert jedec_name("0x0198") == "Kingston"
     assert jedec_name("859B") == "Crucial Technology"
     assert jedec_name("7F7F9E0000000000") == "Corsair"
+    assert module_id_name("Bank 6, Hex 0x9B") == "Crucial Technology"
+    for value in ("Unknown", "Bank 0, Hex 0x9B", "Bank 6, Hex 0x1B", "Bank 99, Hex 0x9B", None):
+        assert module_id_name(value) is None
     # Even parity on the code, banks past the table, names, padding that is not padding: kept.
     for value in ("80CF", "ABCD", "1315", "0000", "Samsung", "Kingston", "7F98001200000000",
                   "FFFFFFFFFFFFFFFF", "", None, "80CE0"):
