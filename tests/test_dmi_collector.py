@@ -363,3 +363,28 @@ def test_module_imports_no_heavy_library() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           check=True, timeout=60)
     assert proc.stdout.split() == []
+
+
+def test_cli_inventory_from_canary_capture(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`evo-agent inventory --from CAPTURE --json`: the document that would be sent."""
+    import jsonschema  # type: ignore[import-untyped]  # no stubs in the test environment
+
+    from evo_agent.cli import main
+
+    capture = capture_with_dmidecode(tmp_path / "capture",
+                                     (DATA / "supermicro-x9dbl-canaries.txt").read_bytes())
+    config = tmp_path / "agent.toml"
+    config.write_text("", "utf-8")
+    assert main(["inventory", "--from", str(capture), "--json", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    for canary in CANARIES:
+        assert canary not in out, canary
+    assert "cnry" not in out.lower()
+    doc = json.loads(out)
+    schema = json.loads((REPO / "evo_agent" / "schemas" / "evo-inventory-1.schema.json")
+                        .read_text("utf-8"))
+    jsonschema.validate(doc, schema)
+    assert doc["hardware"]["motherboard"]["serial"] == "VM147S018307"
+    assert doc["hardware"]["cpu"]["cores"] == 8
+    assert doc["collectors"]["dmi"]["status"] == "ok"
