@@ -50,6 +50,7 @@ class Record:
     type: int | None
     title: str = ""
     values: dict[str, str] = field(default_factory=dict)
+    #: Deeper lines under a "Key:" line, by key; lines with no key at all under "".
     lists: dict[str, list[str]] = field(default_factory=dict)
 
     def get(self, *keys: str) -> str | None:
@@ -125,7 +126,10 @@ class _Parser:
         name, sep, value = stripped.partition(":")
         name = name.strip()
         if not sep or not name:
-            self.key = None  # a bare word at property depth: not a key/value
+            # A line without a key at property depth: "Inactive", or one of the strings that
+            # dmidecode 2.2 listed bare under "OEM Data" (glpi-agent/vmware-esx-2.5).
+            self.key = None
+            rec.lists.setdefault("", []).append(stripped)
             return
         self.key = name
         rec.values.setdefault(name, value.strip())
@@ -403,8 +407,9 @@ def _oem_strings(records: list[Record]) -> list[str]:
         for key, value in rec.values.items():
             if key.startswith("String") and value:
                 strings.append(value)
-        # dmidecode -u and some versions list them under "Strings:" instead.
-        strings.extend(s for s in rec.lists.get("Strings", []) if s)
+        # dmidecode -u lists them under "Strings:", dmidecode 2.2 bare under "OEM Data".
+        strings.extend(rec.lists.get("Strings", []))
+        strings.extend(rec.lists.get("", []))
     return strings
 
 

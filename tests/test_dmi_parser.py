@@ -180,6 +180,8 @@ def test_oldest_dmidecode_formats() -> None:
     assert rhel21["cpu_model"] == "Pentium 4"
     esx = summary_of(TXT / "glpi-agent" / "vmware-esx-2.5")
     assert esx["cpu_model"] == "Pentium(R) III" and esx["cpu_sockets"] == 1
+    assert esx["oem_strings"] == ["[MS_VM_CERT/SHA1/27d66596a61c48dd3dc7216fd715126e33f59ae7]",
+                                  "Welcome to the Virtual Machine"]
     # dmidecode 2.6, space-indented.
     obsd = summary_of(TXT / "glpi-agent" / "openbsd-3.7")
     assert (obsd["board_vendor"], obsd["board_name"]) == ("Tekram Technology Co., Ltd.", "P6PROA5")
