@@ -191,6 +191,7 @@ def parse_count(value: str | None) -> int | None:
 
 
 def _handle(value: str | None) -> int | None:
+    """Return a handle ("0x002D") as a number, or None."""
     if not value:
         return None
     try:
@@ -244,6 +245,7 @@ _HEX_ID = re.compile(
 
 
 def _odd_parity(byte: int) -> bool:
+    """Return whether a JEDEC code byte has odd parity, as every valid one does."""
     return bin(byte).count("1") % 2 == 1
 
 
@@ -294,8 +296,9 @@ def _populated(rec: Record) -> bool:
     """Return whether a processor socket holds an enabled CPU."""
     status = rec.get("Status")
     if status is None:
-        # dmidecode < 2.2 printed no Status: count a socket that names a processor (vmware-esx-2.5
-        # lists 8 sockets; the 7 empty ones read "Processor Manufacturer: 000000000000").
+        # The oldest outputs (glpi-agent/vmware-esx-2.5, rhel-2.1) have no Status: count a socket
+        # that names a processor (vmware-esx-2.5 lists 8 sockets; the 7 empty ones read
+        # "Processor Manufacturer: 000000000000").
         ident = rec.get("Version", "Processor Version", "Manufacturer", "Processor Manufacturer")
         return bool(ident and ident.strip("0 "))
     # "Populated, Disabled By BIOS" marks the unused virtual sockets of VMware (126 of 128 in
@@ -304,6 +307,7 @@ def _populated(rec: Record) -> bool:
 
 
 def _board_record(records: list[Record]) -> Record | None:
+    """Return the motherboard's type 2 record (IBM x3650 also lists risers and backplanes)."""
     boards = [r for r in records if r.type == 2]
     for rec in boards:
         if rec.get("Type") == "Motherboard":
@@ -312,10 +316,12 @@ def _board_record(records: list[Record]) -> Record | None:
 
 
 def _first(records: list[Record], kind: int) -> Record | None:
+    """Return the first record of a type."""
     return next((r for r in records if r.type == kind), None)
 
 
 def _cpu(records: list[Record]) -> dict[str, Any]:
+    """Return the CPU model of the first enabled socket, and counts summed over the sockets."""
     cpus = [r for r in records if r.type == 4 and r.get("Type", "Processor Type") not in _NOT_CPU]
     used = [r for r in cpus if _populated(r)]
     model = next((v for r in used if (v := r.get("Version", "Processor Version"))), None)
@@ -349,6 +355,7 @@ def _system_arrays(records: list[Record]) -> tuple[set[int], set[int]]:
 
 
 def _modules(records: list[Record], non_system: set[int]) -> list[dict[str, Any]]:
+    """Return the installed memory devices of the system memory arrays."""
     modules = []
     for rec in records:
         if rec.type != 17:
@@ -386,6 +393,7 @@ def _modules(records: list[Record], non_system: set[int]) -> list[dict[str, Any]
 
 def _ram_total(records: list[Record], modules: list[dict[str, Any]],
                non_system: set[int]) -> int | None:
+    """Return the installed RAM: the modules' sizes, else the mapped ranges'."""
     sizes: list[int] = [m["size_bytes"] for m in modules if m["size_bytes"]]
     if sizes:
         return sum(sizes)
@@ -400,6 +408,7 @@ def _ram_total(records: list[Record], modules: list[dict[str, Any]],
 
 
 def _oem_strings(records: list[Record]) -> list[str]:
+    """Return the non-empty OEM strings of type 11."""
     strings: list[str] = []
     for rec in records:
         if rec.type != 11:
