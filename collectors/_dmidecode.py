@@ -64,8 +64,15 @@ class Record:
 
 def _indent(line: str) -> int:
     """Return the column of the first non-blank character (tabs every 8 columns)."""
-    expanded = line.expandtabs(8)
-    return len(expanded) - len(expanded.lstrip())
+    column = 0
+    for char in line:  # not expandtabs(): a garbage line of tabs would grow eight-fold
+        if char == "\t":
+            column = (column // 8 + 1) * 8
+        elif char.isspace():
+            column += 1
+        else:
+            break
+    return column
 
 
 class _Parser:
