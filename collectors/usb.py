@@ -32,7 +32,11 @@ _DEVICE = re.compile(r"^[0-9]+-[0-9]+(?:\.[0-9]+)*$")
 # shared/corpus/udev/checkbox/CAPTURE_METADATA.txt and DELL_INSPIRON_3048.txt have a serial-like
 # "CN0CW54MLOG0079LB04LA00" as manufacturer string).
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[A-Za-z]{2,}")
-_PATH = re.compile(r"(?:^|\s)(?:~|/|[A-Za-z]:\\|\\\\)\S*[/\\]|/home/|/root/|\\Users\\", re.I)
+# A path: "/Users/john/..." (a Parallels virtual printer's product string, lsusb output in
+# shared/corpus/lsusb/cyme/lsusb_list.txt), "~/x", "C:\\x", "\\\\server".  The first component must
+# start with a letter so that model names such as "AHA-2940U2/U2W /7890/7891" (pci.ids) pass.
+_PATH = re.compile(r"(?:^|[\s(\[\"'=:,])(?:~[^\s/\\]*/|\.{0,2}/[A-Za-z_.][^\s/\\]*[/\\]"
+                   r"|[A-Za-z]:\\|\\\\[A-Za-z])")
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.I)
 _SERIAL_LIKE = re.compile(r"^(?=(?:.*[0-9]){4})(?=(?:.*[A-Z]){2})[A-Z0-9]{16,}$")
 
