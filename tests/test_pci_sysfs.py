@@ -180,9 +180,10 @@ def _lspci_records(text: str) -> dict[str, dict[str, str]]:
 def test_live_machine_matches_lspci(tmp_path: Path) -> None:
     """On this machine, IDs and names equal what lspci -vmmnD / -vmmD print; replay equals live."""
     live = Pci().collect(LiveHost("/"))["devices"]
-    ids = _lspci_records(subprocess.run(["lspci", "-vmmnD"], capture_output=True, text=True,
+    lspci = shutil.which("lspci") or "lspci"
+    ids = _lspci_records(subprocess.run([lspci, "-vmmnD"], capture_output=True, text=True,
                                         check=True).stdout)
-    names = _lspci_records(subprocess.run(["lspci", "-vmmD"], capture_output=True, text=True,
+    names = _lspci_records(subprocess.run([lspci, "-vmmD"], capture_output=True, text=True,
                                           check=True).stdout)
     assert [d["address"] for d in live] == sorted(ids)
     for dev in live:
