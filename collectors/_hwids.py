@@ -11,6 +11,9 @@ Format (both files): a vendor line is ``vvvv  Name`` at column 0, its devices fo
 ``\\tdddd  Name`` and their subsystems as ``\\t\\tssss ssss  Name``; ``#`` starts a comment; the
 vendor list ends where the class list begins (``C xx  Name``), after which usb.ids has more
 sections whose lines are not vendors.
+
+Where no database names a device, its own strings (USB descriptors, which snd-usb-audio also uses
+as the sound card's name) are the name; :func:`plausible_name` keeps personal data out of them.
 """
 
 from __future__ import annotations
@@ -145,3 +148,30 @@ def pci_ids(host: Host) -> IdsFile:
 def usb_ids(host: Host) -> IdsFile:
     """Return a lazy usb.ids reader for one run."""
     return IdsFile(host, USB_IDS_PATHS)
+
+
+# Descriptor strings are free text written by the maker (or by the owner: some devices let the
+# user set them).  Used as a name only when no database knows the ID, they must not carry
+# personal data: some put an e-mail address, a path, a URL with a user, or the unit's serial in
+# them (the Dell webcams of shared/corpus/udev/checkbox/CAPTURE_METADATA.txt and six other
+# machines there have a serial-like "CN0CW54MLOG0079LB04LA00" as manufacturer string).
+_EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[A-Za-z]{2,}")
+# A path: "/Users/john/..." (a Parallels virtual printer's product string, lsusb output in
+# shared/corpus/lsusb/cyme/lsusb_list.txt), "~/x", "C:\\x", "\\\\server".  The first component must
+# start with a letter so that model names such as "AHA-2940U2/U2W /7890/7891" (pci.ids) pass.
+_PATH = re.compile(r"(?:^|[\s(\[\"'=:,])(?:~[^\s/\\]*/|\.{0,2}/[A-Za-z_.][^\s/\\]*[/\\]"
+                   r"|[A-Za-z]:\\|\\\\[A-Za-z])")
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.I)
+_SERIAL_LIKE = re.compile(r"^(?=(?:.*[0-9]){4})(?=(?:.*[A-Z]){2})[A-Z0-9]{16,}$")
+
+
+def plausible_name(text: str | None) -> str | None:
+    """Return a descriptor string usable as a device name, or None when it may be personal data."""
+    if text is None:
+        return None
+    text = text.strip()
+    if not text:
+        return None
+    if _EMAIL.search(text) or _PATH.search(text) or _URL.search(text) or _SERIAL_LIKE.match(text):
+        return None
+    return text

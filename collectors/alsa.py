@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 
-from collectors._hwids import hex_id
+from collectors._hwids import hex_id, plausible_name
 from evo_agent.collector import Collector, Raw
 from evo_agent.hostroot import Host
 
@@ -121,5 +121,11 @@ def describe_card(host: Host, card: dict[str, object]) -> dict[str, object]:
             usb_id = f"{vid}:{pid}" if vid and pid else None
     if bus is None and (usb_id is not None or _USB_LONGNAME.search(str(card["long_name"] or ""))):
         bus = "usb"
-    return {**card, "id": card_id, "driver": driver, "bus": bus, "usb_id": usb_id,
+    # snd-usb-audio names a card after the device's product string, and the kernel makes the
+    # card id from that name's last word (sound/core/init.c retrieve_id_from_card_name()): a
+    # name that may be personal data takes its id along.  Driver-made names always pass.
+    name = card["name"]
+    if isinstance(name, str) and plausible_name(name) is None:
+        name = card_id = None
+    return {**card, "id": card_id, "name": name, "driver": driver, "bus": bus, "usb_id": usb_id,
             "pci_address": pci_address}

@@ -13,7 +13,7 @@ import logging
 import re
 
 from collectors import _udevdb
-from collectors._hwids import IdsFile, hex_id, usb_ids
+from collectors._hwids import IdsFile, hex_id, plausible_name, usb_ids
 from evo_agent.collector import Collector, Raw
 from evo_agent.hostroot import Host
 
@@ -26,31 +26,6 @@ USB_DEVICES = "/sys/bus/usb/devices"
 # or audio device) do sit on a port and are kept.  Interfaces ("1-1.2:1.0") are not devices.
 _ROOT_HUB = re.compile(r"^usb[0-9]+$")
 _DEVICE = re.compile(r"^[0-9]+-[0-9]+(?:\.[0-9]+)*$")
-# Descriptor strings are free text written by the maker.  Used as a name only when no database
-# knows the ID, they must not carry personal data: some makers put an e-mail address, a path, a
-# URL with a user, or the unit's serial in them (the Dell webcams of
-# shared/corpus/udev/checkbox/CAPTURE_METADATA.txt and DELL_INSPIRON_3048.txt have a serial-like
-# "CN0CW54MLOG0079LB04LA00" as manufacturer string).
-_EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[A-Za-z]{2,}")
-# A path: "/Users/john/..." (a Parallels virtual printer's product string, lsusb output in
-# shared/corpus/lsusb/cyme/lsusb_list.txt), "~/x", "C:\\x", "\\\\server".  The first component must
-# start with a letter so that model names such as "AHA-2940U2/U2W /7890/7891" (pci.ids) pass.
-_PATH = re.compile(r"(?:^|[\s(\[\"'=:,])(?:~[^\s/\\]*/|\.{0,2}/[A-Za-z_.][^\s/\\]*[/\\]"
-                   r"|[A-Za-z]:\\|\\\\[A-Za-z])")
-_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.I)
-_SERIAL_LIKE = re.compile(r"^(?=(?:.*[0-9]){4})(?=(?:.*[A-Z]){2})[A-Z0-9]{16,}$")
-
-
-def plausible_name(text: str | None) -> str | None:
-    """Return a descriptor string usable as a device name, or None when it may be personal data."""
-    if text is None:
-        return None
-    text = text.strip()
-    if not text:
-        return None
-    if _EMAIL.search(text) or _PATH.search(text) or _URL.search(text) or _SERIAL_LIKE.match(text):
-        return None
-    return text
 
 
 class Usb(Collector):
