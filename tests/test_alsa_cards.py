@@ -46,7 +46,7 @@ def build_tree(info: Path, root: Path) -> None:
     by_path = dict((int(n), p) for p, n in re.findall(r"(\S+) ->\s*\.\./controlC(\d+)", text))
     usb_ids = re.findall(r"USB Mixer: usb_id=0x([0-9a-f]{4})([0-9a-f]{4})", text)
     usb_cards = [c for c in cards if str(by_path.get(int(str(c["card"])), "")).count("-usb-")]
-    for card, driver in zip(cards, drivers):
+    for card, driver in zip(cards, drivers, strict=True):
         n = int(str(card["card"]))
         (asound / f"card{n}").mkdir()
         (asound / f"card{n}/id").write_text(f"{card['id']}\n")
@@ -90,7 +90,7 @@ def test_every_cards_file_parses(path: Path) -> None:
     cards = parse_cards(text)
     lines = [line for line in text.splitlines() if _CARD_LINE.match(line)]
     assert len(cards) == len(lines) >= 1
-    for card, line in zip(cards, lines):
+    for card, line in zip(cards, lines, strict=True):
         assert card["card"] == int(line.split("[")[0])
         assert card["id"] and " " not in str(card["id"])
         assert card["alsa_driver"] and card["name"] and card["long_name"]
