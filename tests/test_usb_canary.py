@@ -171,3 +171,33 @@ def test_cli_inventory_json_holds_no_canary(tmp_path: Path) -> None:
         assert canary not in out.getvalue()
     assert [d["vendor_id"] for d in report["hardware"]["usb_devices"]] == ["f1e2", "0d8c"]
     assert report["collectors"]["usb"]["status"] == "ok"
+
+
+def test_capture_of_this_tree_replays_the_same(tmp_path: Path) -> None:
+    """Recording the three collectors' reads and replaying the capture gives the same raw values.
+
+    A capture lists directories only through what was read (see evo_agent.hostroot), so this
+    checks that the collectors pick entries by name and read them, and that usb.ids/pci.ids
+    read through the host are captured too.
+    """
+    from evo_agent.hostroot import LiveHost, RecordingHost
+
+    tree = tmp_path / "machine"
+    plant(tree)
+    ids = Path("/usr/share/misc/usb.ids")
+    if ids.is_file():  # so that the ID file fallback is exercised and recorded as well
+        (tree / "usr/share/misc").mkdir(parents=True)
+        (tree / "usr/share/misc/usb.ids").write_bytes(ids.read_bytes())
+    live = LiveHost(tree)
+    capture = tmp_path / "capture"
+    recording = RecordingHost(live, capture)
+    recorded = {"usb": Usb().collect(recording), "pci": Pci().collect(recording),
+                "alsa": Alsa().collect(recording)}
+    assert recorded == _raw(tree)
+    replay = ReplayHost(capture)
+    replayed = {"usb": Usb().collect(replay), "pci": Pci().collect(replay),
+                "alsa": Alsa().collect(replay)}
+    assert replayed == recorded
+    assert (capture / "run/udev/data/c189:3").is_file()
+    assert not (capture / "sys/devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0/"
+                          "bInterfaceClass").exists()  # never read, never captured
