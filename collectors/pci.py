@@ -56,15 +56,40 @@ def _modalias_ids(text: str | None) -> dict[str, str]:
             "subsystem_device": sd[-4:], "class": f"{bc}{sc}{pi}"}
 
 
+def _uevent_ids(text: str | None) -> dict[str, str]:
+    """Return the IDs and driver a PCI uevent file holds, keyed like the sysfs attributes."""
+    found: dict[str, str] = {}
+    for line in (text or "").splitlines():
+        key, _, value = line.partition("=")
+        value = value.strip()
+        if key == "PCI_ID" and ":" in value:
+            found["vendor"], _, found["device"] = value.partition(":")
+        elif key == "PCI_SUBSYS_ID" and ":" in value:
+            found["subsystem_vendor"], _, found["subsystem_device"] = value.partition(":")
+        elif key == "PCI_CLASS" and value:
+            found["class"] = value
+        elif key == "DRIVER" and value:
+            found["driver"] = value
+    return found
+
+
 def read_device(host: Host, name: str, ids: IdsFile) -> dict[str, object] | None:
     """Return one PCI function's raw values, or None when it has no readable vendor ID."""
     # Resolve the bus link once: the attributes are then read without walking it every time.
     base = host.realpath(f"{PCI_DEVICES}/{name}")
-    attr = {key: host.read_attr(f"{base}/{key}") for key in
-            ("vendor", "device", "class", "revision", "subsystem_vendor", "subsystem_device")}
+    # One read of the uevent file (drivers/pci/pci-driver.c pci_uevent()) gives the IDs, the
+    # class and the driver; on a server with 500 functions that is three times fewer reads.
+    # Attribute files are the fallback: sysfs snapshots often lack uevent (ghw's do).
+    uevent = host.read_attr(f"{base}/uevent")
+    attr: dict[str, str | None] = dict(_uevent_ids(uevent))
+    for key in ("vendor", "device", "class", "subsystem_vendor", "subsystem_device"):
+        if attr.get(key) is None:
+            attr[key] = host.read_attr(f"{base}/{key}")
+    attr["revision"] = host.read_attr(f"{base}/revision")  # not in the uevent
     # Some sysfs snapshots (ghw's, e.g.) hold only the modalias for the subsystem IDs; the
     # kernel builds it from the same config-space registers, so it is an exact fallback.
-    if any(value is None for value in attr.values()):
+    if any(attr.get(key) is None for key in ("vendor", "device", "class", "subsystem_vendor",
+                                             "subsystem_device")):
         for key, value in _modalias_ids(host.read_attr(f"{base}/modalias")).items():
             if attr.get(key) is None:
                 attr[key] = value
@@ -77,8 +102,12 @@ def read_device(host: Host, name: str, ids: IdsFile) -> dict[str, object] | None
     udev = _udevdb.properties(host, _udevdb.pci_record(name))
     vendor = udev.get("ID_VENDOR_FROM_DATABASE") or ids.vendor(vendor_id)
     device = udev.get("ID_MODEL_FROM_DATABASE") or ids.device(vendor_id, device_id)
-    driver_link = host.readlink(f"{base}/driver")
-    driver = driver_link.rstrip("/").rsplit("/", 1)[-1] if driver_link else None
+    if uevent is not None:
+        # the kernel writes DRIVER= into the uevent exactly when a driver is bound
+        driver = attr.get("driver")
+    else:
+        driver_link = host.readlink(f"{base}/driver")
+        driver = driver_link.rstrip("/").rsplit("/", 1)[-1] if driver_link else None
     return {
         "address": name,
         "vendor_id": vendor_id,

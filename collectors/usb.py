@@ -55,24 +55,66 @@ def _path_key(path: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.split(r"[-.]", path) if p.isdigit())
 
 
+def _uevent(text: str | None) -> dict[str, str]:
+    """Return the KEY=VALUE lines of a uevent file."""
+    found: dict[str, str] = {}
+    for line in (text or "").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            found[key.strip()] = value.strip()
+    return found
+
+
+def _from_uevent(uevent: dict[str, str]) -> dict[str, str | None]:
+    """Return idVendor, idProduct, bDeviceClass and dev as a USB device's uevent gives them."""
+    # drivers/usb/core/usb.c usb_dev_uevent(): PRODUCT=%x/%x/%x (idVendor, idProduct,
+    # bcdDevice, without leading zeros) and TYPE=%d/%d/%d (class, subclass, protocol).
+    product = uevent.get("PRODUCT", "").split("/")
+    dev_type = uevent.get("TYPE", "").split("/")
+    major, minor = uevent.get("MAJOR", ""), uevent.get("MINOR", "")
+    return {
+        "idVendor": product[0] if len(product) == 3 else None,
+        "idProduct": product[1] if len(product) == 3 else None,
+        "bDeviceClass": (f"{int(dev_type[0]):x}" if len(dev_type) == 3
+                         and dev_type[0].isdigit() and len(dev_type[0]) <= 3 else None),
+        "dev": f"{major}:{minor}" if major.isdigit() and minor.isdigit() else None,
+    }
+
+
 def read_device(host: Host, name: str, ids: IdsFile) -> dict[str, object] | None:
     """Return one USB device's raw values, or None when it has no vendor ID (not a device)."""
     base = host.realpath(f"{USB_DEVICES}/{name}")
-    vendor_id = hex_id(host.read_attr(f"{base}/idVendor"))
+    # The uevent file holds the IDs, class, driver and device number in one read; attribute
+    # files are the fallback (trees and snapshots without uevent).
+    uevent_text = host.read_attr(f"{base}/uevent")
+    uevent = _uevent(uevent_text)
+    attr = _from_uevent(uevent)
+    for key in ("idVendor", "idProduct", "bDeviceClass"):
+        if attr[key] is None:
+            attr[key] = host.read_attr(f"{base}/{key}")
+    vendor_id = hex_id(attr["idVendor"])
     if vendor_id is None:
         return None
-    product_id = hex_id(host.read_attr(f"{base}/idProduct"))
+    product_id = hex_id(attr["idProduct"])
     manufacturer = host.read_attr(f"{base}/manufacturer") or None
     product = host.read_attr(f"{base}/product") or None
     serial = host.read_attr(f"{base}/serial") or None
-    record = _udevdb.usb_record(host.read_attr(f"{base}/dev"), host.read_attr(f"{base}/busnum"),
-                                host.read_attr(f"{base}/devnum"))
+    if attr["dev"] is not None:
+        record = _udevdb.usb_record(attr["dev"], None, None)
+    else:
+        record = _udevdb.usb_record(host.read_attr(f"{base}/dev"),
+                                    host.read_attr(f"{base}/busnum"),
+                                    host.read_attr(f"{base}/devnum"))
     udev = _udevdb.properties(host, record) if record else {}
     vendor = (udev.get("ID_VENDOR_FROM_DATABASE") or ids.vendor(vendor_id)
               or plausible_name(manufacturer))
     model = (udev.get("ID_MODEL_FROM_DATABASE") or ids.device(vendor_id, product_id)
              or plausible_name(product))
-    driver_link = host.readlink(f"{base}/driver")
+    if uevent_text is not None:
+        driver = uevent.get("DRIVER")  # present exactly when a driver is bound
+    else:
+        link = host.readlink(f"{base}/driver")
+        driver = link.rstrip("/").rsplit("/", 1)[-1] if link else None
     return {
         "path": name,
         "vendor_id": vendor_id,
@@ -82,7 +124,7 @@ def read_device(host: Host, name: str, ids: IdsFile) -> dict[str, object] | None
         "manufacturer_string": manufacturer,
         "product_string": product,
         "serial": serial,
-        "device_class": hex_id(host.read_attr(f"{base}/bDeviceClass"), 2),
+        "device_class": hex_id(attr["bDeviceClass"], 2),
         "speed": host.read_attr(f"{base}/speed") or None,
-        "driver": driver_link.rstrip("/").rsplit("/", 1)[-1] if driver_link else None,
+        "driver": driver or None,
     }

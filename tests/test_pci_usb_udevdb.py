@@ -4,9 +4,11 @@ Each corpus file is the ``udevadm info --export-db`` of one machine (GPL-3.0, ca
 read in place, never copied).  :func:`build_tree` turns one into the two things the collectors read
 on such a machine: the udev database records (``/run/udev/data/+pci:<slot>``, ``c189:<minor>``,
 holding the record's ``E:`` properties) and the minimal sysfs tree those records describe
-(``/sys/bus/pci/devices/<slot>`` with vendor/device/class/subsystem IDs and the driver link, taken
-from the uevent properties PCI_ID, PCI_CLASS, PCI_SUBSYS_ID, DRIVER; ``/sys/bus/usb/devices/<name>``
-with idVendor/idProduct/bDeviceClass from PRODUCT and TYPE, the string descriptors from
+(``/sys/bus/pci/devices/<slot>`` with its uevent file, which is where the record's DRIVER, PCI_ID,
+PCI_CLASS, PCI_SUBSYS_ID, PCI_SLOT_NAME and MODALIAS come from, and the same values as the
+vendor/device/class/subsystem attribute files and driver link; ``/sys/bus/usb/devices/<name>``
+with its uevent file (MAJOR, MINOR, DRIVER, PRODUCT, TYPE, BUSNUM, DEVNUM...), the same values
+as idVendor/idProduct/bDeviceClass attribute files, the string descriptors from
 ID_VENDOR_ENC/ID_MODEL_ENC/ID_SERIAL_SHORT, and busnum/devnum/dev).  The tree is derived, not
 captured: the attributes export-db does not show (PCI revision, USB speed) are absent, and the
 collectors must cope with that too.
@@ -98,6 +100,11 @@ def build_tree(export: Path, root: Path) -> None:
                 _write(sysdir / "subsystem_device", f"0x{sdid.lower()}\n")
             if "DRIVER" in props:
                 _link(sysdir / "driver", f"{up}bus/pci/drivers/{props['DRIVER']}")
+            # these properties of the record are the kernel's uevent file, as it was
+            _write(sysdir / "uevent", "".join(
+                f"{key}={props[key]}\n" for key in
+                ("DRIVER", "PCI_CLASS", "PCI_ID", "PCI_SUBSYS_ID", "PCI_SLOT_NAME", "MODALIAS")
+                if key in props))
             _link(root / "sys/bus/pci/devices" / slot, f"../../../{devpath.lstrip('/')}")
             _write(root / "run/udev/data" / f"+pci:{slot}", _db_record(props))
         elif props.get("SUBSYSTEM") == "usb" and props.get("DEVTYPE") == "usb_device":
@@ -128,6 +135,10 @@ def build_tree(export: Path, root: Path) -> None:
                        _db_record(props))
             if "DRIVER" in props:
                 _link(sysdir / "driver", f"{up}bus/usb/drivers/{props['DRIVER']}")
+            _write(sysdir / "uevent", "".join(
+                f"{key}={props[key]}\n" for key in
+                ("MAJOR", "MINOR", "DEVNAME", "DEVTYPE", "DRIVER", "PRODUCT", "TYPE", "BUSNUM",
+                 "DEVNUM") if key in props))
             _link(root / "sys/bus/usb/devices" / name, f"../../../{devpath.lstrip('/')}")
 
 
