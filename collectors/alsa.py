@@ -98,6 +98,28 @@ def _link_name(host: Host, path: str) -> str | None:
     return name or None
 
 
+def _sysfs_device(host: Host, n: object, usb_id: str | None
+                  ) -> tuple[str | None, str | None, str | None, str | None]:
+    """Return bus, driver, PCI address and USB ID of the device behind /sys/class/sound/cardN."""
+    device = f"{CLASS_SOUND}/card{n}/device"
+    if not host.exists(device):
+        return None, None, None, usb_id
+    real = host.realpath(device)
+    bus = _link_name(host, f"{real}/subsystem")
+    driver = _link_name(host, f"{real}/driver")
+    pci_address = None
+    if bus == "pci":
+        pci_address = real.rsplit("/", 1)[-1]
+    elif bus == "usb" and usb_id is None:
+        # The card hangs on a USB interface ("1-1.2:1.0"); the IDs are on its device, the
+        # parent directory.
+        parent = real.rsplit("/", 1)[0]
+        vid = hex_id(host.read_attr(f"{parent}/idVendor"))
+        pid = hex_id(host.read_attr(f"{parent}/idProduct"))
+        usb_id = f"{vid}:{pid}" if vid and pid else None
+    return bus, driver, pci_address, usb_id
+
+
 def describe_card(host: Host, card: dict[str, object]) -> dict[str, object]:
     """Add what /proc/asound/cardN and the card's sysfs device tell about one parsed card."""
     n = card["card"]
@@ -105,20 +127,10 @@ def describe_card(host: Host, card: dict[str, object]) -> dict[str, object]:
     card_id = host.read_attr(f"{card_dir}/id") or card["id"]
     usb_id = _usb_id(host.read_attr(f"{card_dir}/usbid"))
     bus = driver = pci_address = None
-    device = f"{CLASS_SOUND}/card{n}/device"
-    if host.exists(device):
-        real = host.realpath(device)
-        bus = _link_name(host, f"{real}/subsystem")
-        driver = _link_name(host, f"{real}/driver")
-        if bus == "pci":
-            pci_address = real.rsplit("/", 1)[-1]
-        elif bus == "usb" and usb_id is None:
-            # The card hangs on a USB interface ("1-1.2:1.0"); the IDs are on its device, the
-            # parent directory.
-            parent = real.rsplit("/", 1)[0]
-            vid = hex_id(host.read_attr(f"{parent}/idVendor"))
-            pid = hex_id(host.read_attr(f"{parent}/idProduct"))
-            usb_id = f"{vid}:{pid}" if vid and pid else None
+    try:
+        bus, driver, pci_address, usb_id = _sysfs_device(host, n, usb_id)
+    except OSError as exc:  # a link loop in a damaged capture: the card without its device
+        LOG.debug("sound card %s: sysfs unreadable: %s", n, exc)
     if bus is None and (usb_id is not None or _USB_LONGNAME.search(str(card["long_name"] or ""))):
         bus = "usb"
     # snd-usb-audio names a card after the device's product string, and the kernel makes the

@@ -38,10 +38,17 @@ class Pci(Collector):
 
     def collect(self, host: Host) -> Raw:
         ids = pci_ids(host)
-        devices = [
-            dev for name in host.listdir_or_empty(PCI_DEVICES)
-            if _ADDRESS.match(name) and (dev := read_device(host, name, ids)) is not None
-        ]
+        devices = []
+        for name in host.listdir_or_empty(PCI_DEVICES):
+            if not _ADDRESS.match(name):
+                continue
+            try:
+                dev = read_device(host, name, ids)
+            except OSError as exc:  # a link loop in a damaged capture: skip this one only
+                LOG.debug("pci %s unreadable: %s", name, exc)
+                continue
+            if dev is not None:
+                devices.append(dev)
         devices.sort(key=lambda d: str(d["address"]))
         return {"devices": devices}
 

@@ -43,7 +43,11 @@ class Usb(Collector):
         for name in host.listdir_or_empty(USB_DEVICES):
             if _ROOT_HUB.match(name) or not _DEVICE.match(name):
                 continue
-            dev = read_device(host, name, ids)
+            try:
+                dev = read_device(host, name, ids)
+            except OSError as exc:  # a link loop in a damaged capture: skip this one only
+                LOG.debug("usb %s unreadable: %s", name, exc)
+                continue
             if dev is not None:
                 devices.append(dev)
         devices.sort(key=lambda d: _path_key(str(d["path"])))

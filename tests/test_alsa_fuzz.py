@@ -104,3 +104,15 @@ def test_regression_replacement_characters_in_cards(tmp_path: Path) -> None:
         b" 0 [Audio          ]: USB-Audio - DAC \xff\xfe Pro\n      long\n")
     (card,) = Alsa().collect(ReplayHost(tmp_path))["cards"]
     assert card["name"] == "DAC \ufffd\ufffd Pro"
+
+
+def test_link_loop_in_sysfs_keeps_the_card(tmp_path: Path) -> None:
+    """/sys/class/sound/card0 looping on itself (a damaged capture): the card stays, no device."""
+    (tmp_path / "proc/asound").mkdir(parents=True)
+    (tmp_path / "proc/asound/cards").write_text(REAL)
+    cls = tmp_path / "sys/class/sound"
+    cls.mkdir(parents=True)
+    (cls / "card0").symlink_to("card0")
+    cards = Alsa().collect(ReplayHost(tmp_path))["cards"]
+    assert [(c["card"], c["id"], c["bus"]) for c in cards] == [(0, "PCH", None),
+                                                              (29, "ThinkPadEC", None)]

@@ -225,3 +225,16 @@ def test_read_device_uses_ids_file_only_when_udev_has_no_name(tmp_path: Path) ->
     assert got is not None
     assert (got["vendor"], got["device"]) == ("Red Hat, Inc.", "Virtio 1.0 network device")
     assert ids._loaded is False
+
+
+def test_link_loop_skips_that_function_only(tmp_path: Path) -> None:
+    """A link loop in a damaged capture (ELOOP on replay) costs one entry, not the list."""
+    good = tmp_path / "sys/devices/pci0000:00/0000:00:02.0"
+    good.mkdir(parents=True)
+    (good / "vendor").write_text("0x1af4\n")
+    bus = tmp_path / "sys/bus/pci/devices"
+    bus.mkdir(parents=True)
+    (bus / "0000:00:02.0").symlink_to("../../../devices/pci0000:00/0000:00:02.0")
+    (bus / "0000:00:03.0").symlink_to("0000:00:03.0")  # points at itself
+    devices = Pci().collect(ReplayHost(tmp_path))["devices"]
+    assert [d["address"] for d in devices] == ["0000:00:02.0"]

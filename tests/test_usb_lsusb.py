@@ -247,3 +247,15 @@ def test_no_usb_bus_is_empty(tmp_path: Path) -> None:
 def test_plausible_name(text: str, kept: bool) -> None:
     """Descriptor strings become names unless they look like personal data."""
     assert (plausible_name(text) is not None) is kept
+
+
+def test_link_loop_skips_that_device_only(tmp_path: Path) -> None:
+    """A link loop in a damaged capture costs one device, not the list."""
+    d = tmp_path / "sys/devices/x/1-1"
+    d.mkdir(parents=True)
+    (d / "idVendor").write_text("0d8c\n")
+    bus = tmp_path / "sys/bus/usb/devices"
+    bus.mkdir(parents=True)
+    (bus / "1-1").symlink_to("../../../devices/x/1-1")
+    (bus / "1-2").symlink_to("1-2")
+    assert [d["path"] for d in Usb().collect(ReplayHost(tmp_path))["devices"]] == ["1-1"]
