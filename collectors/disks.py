@@ -85,8 +85,9 @@ def parse_mountinfo(text: str) -> list[Mount]:
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key that puts sr2 before sr10 and nvme0n1 before nvme1n1."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part)
-                 for part in re.split(r"(\d+)", name) if part)
+    # ASCII digits only: "¹".isdigit() is True but int("¹") raises (found by hypothesis)
+    return tuple((0, int(part)) if part.isascii() and part.isdigit() else (1, part)
+                 for part in re.split(r"([0-9]+)", name) if part)
 
 
 def parse_vpd_pg80(data: bytes) -> str | None:
