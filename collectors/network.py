@@ -35,6 +35,9 @@ _NOT_ETHERNET_DEVTYPES = frozenset({"wlan", "wwan", "bridge", "bond", "vlan", "m
                                     "dsa", "wireguard", "vxlan", "gre", "ipip", "sit"})
 _PCI_ADDRESS = re.compile(r"^([0-9a-f]{4,8}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
 _BUS_RANK = {"pci": 0, "platform": 1, "usb": 3}
+#: Kernel name templates of non-Ethernet links (can%d, ib%d, wlan%d...): used only when sysfs
+#: gives no ARPHRD type (partial snapshots), never over the type the kernel reports.
+_NOT_ETHERNET_NAMES = re.compile(r"^(can|vcan|slcan|ib|wlan|wwan|ppp|sl|tun|tap|sit|ip6tnl|gre)\d")
 # if_inet6 flags (include/uapi/linux/if_addr.h) of addresses not fit to be "the" LAN address:
 # temporary (privacy extensions, rotated daily), DAD failed, tentative.
 _IFA_F_SKIP = 0x01 | 0x08 | 0x40
@@ -268,9 +271,10 @@ def read_interface(host: Host, name: str) -> dict[str, Any]:
         bus = "pci"  # virtio-net included: its virtio device sits on a PCI function
     elif "/platform/" in real:
         bus = "platform"
+    elif has_device and host.lstat_kind(f"{base}/device/subsystem") is not None:
+        bus = os.path.basename(host.realpath(f"{base}/device/subsystem")) or None  # vio, ccwgroup
     else:
-        sub = host.realpath(f"{base}/device/subsystem") if has_device else ""
-        bus = os.path.basename(sub) or None
+        bus = None
     driver = None
     if has_device and host.lstat_kind(f"{base}/device/driver") is not None:
         driver = os.path.basename(host.realpath(f"{base}/device/driver")) or None
@@ -279,6 +283,18 @@ def read_interface(host: Host, name: str) -> dict[str, Any]:
         master = os.path.basename(host.realpath(f"{base}/master")) or None
     carrier = host.read_attr(f"{base}/carrier")  # EINVAL while the link is down: None
     assign = host.read_attr(f"{base}/addr_assign_type")
+    arphrd = host.read_attr(f"{base}/type")
+    # Firmware that names a NIC as built in (ACPI _DSM index, SMBIOS type 41: what udev turns
+    # into "eno<N>") is believed first: BMC USB NICs and add-in cards may have lower addresses
+    # (bmc_network_vs_network: the onboard atlantic NIC sits behind the Mellanox card's domain).
+    firmware_onboard = has_device and any(
+        _int(host.read_attr(f"{base}/device/{attr}")) > 0 for attr in ("acpi_index", "index"))
+    onboard_ok = physical and bus != "usb"
+    if physical and bus == "usb":
+        # a USB NIC wired to a hub port the hub declares non-removable is part of the board
+        # (Raspberry Pi 2/3: smsc95xx/lan78xx behind the on-board LAN9514/LAN7515 hub)
+        usb_dev = os.path.dirname(host.realpath(f"{base}/device"))
+        onboard_ok = host.read_attr(f"{usb_dev}/removable") == "fixed"
     return {
         "name": name,
         "mac": _mac(host.read_attr(f"{base}/address")),
@@ -293,9 +309,11 @@ def read_interface(host: Host, name: str) -> dict[str, Any]:
         # private keys, removed before returning
         # a missing type file (partial snapshots such as ghw's) does not disqualify hardware
         "_ethernet": (physical and not wireless and devtype not in _NOT_ETHERNET_DEVTYPES
-                      and host.read_attr(f"{base}/type") in (_ARPHRD_ETHER, None)),
-        "_sort": (_BUS_RANK.get(bus or "", 2), _pci_key(real) or (0, 0, 0, 0), real,
-                  _int(host.read_attr(f"{base}/dev_port")), name),
+                      and (arphrd == _ARPHRD_ETHER
+                           or (arphrd is None and not _NOT_ETHERNET_NAMES.match(name)))),
+        "_onboard_ok": onboard_ok,
+        "_sort": (not firmware_onboard, _BUS_RANK.get(bus or "", 2), _pci_key(real) or (0, 0, 0, 0),
+                  real, _int(host.read_attr(f"{base}/dev_port")), name),
         "_master": master,
     }
 
@@ -331,8 +349,8 @@ class Network(Collector):
     name = "network"
     description = "onboard NIC MAC, LAN IP, fiber dongle's LAN IP, and all interfaces"
     fields = {
-        "mac_address": "MAC of the onboard NIC (first wired non-USB NIC by bus address), "
-                       "the burnt-in one when readable",
+        "mac_address": "MAC of the onboard NIC (firmware-named onboard first, then the first "
+                       "wired non-USB NIC by bus address), the burnt-in one when readable",
         "lan_ip": "primary IPv4 of the onboard NIC (or of its bridge), else a global IPv6",
         "lan_ip_secondary": "primary IPv4 of the second wired NIC (the fiber dongle)",
         "interfaces": "every interface: name, mac, permanent, bus, driver, operstate, carrier, "
@@ -350,7 +368,7 @@ class Network(Collector):
         wired = sorted((i for i in ifaces if i["_ethernet"]), key=lambda i: i["_sort"])
         # The onboard NIC is never a USB one: a dongle plugged in (or out) must not change the
         # device's MAC address.  PCI first, by PCI address: stable across reboots and renames.
-        onboard = next((i for i in wired if i["bus"] != "usb"), None)
+        onboard = next((i for i in wired if i["_onboard_ok"]), None)
         secondary = None
         others = [i for i in wired if i is not onboard]
         if others:
@@ -368,7 +386,7 @@ class Network(Collector):
                 and secondary["_master"] == onboard["_master"]):
             lan_ip_secondary = None  # both in one bridge: one LAN presence, not a second one
         for i in ifaces:
-            for key in ("_ethernet", "_sort", "_master"):
+            for key in ("_ethernet", "_onboard_ok", "_sort", "_master"):
                 i.pop(key)
         return {
             "mac_address": onboard["mac"] if onboard else None,

@@ -1,4 +1,4 @@
-"""Garbage from hardware never crashes the disks parsers (hypothesis), and regressions found so far."""
+"""Garbage from hardware never crashes the disks parsers (hypothesis); regressions found so far."""
 
 from __future__ import annotations
 
@@ -51,11 +51,11 @@ def test_natural_key_is_total(name: str) -> None:
 
 
 @settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.too_slow])
 @given(mountinfo=st.binary(max_size=300), udev=st.binary(max_size=200),
        dev=st.binary(max_size=12), size=st.binary(max_size=12), vpd=st.binary(max_size=40))
-def test_collector_on_garbage_tree(tmp_path_factory: object, mountinfo: bytes, udev: bytes,
-                                   dev: bytes, size: bytes, vpd: bytes) -> None:
+def test_collector_on_garbage_tree(*, mountinfo: bytes, udev: bytes, dev: bytes, size: bytes,
+                                   vpd: bytes) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -385,3 +386,127 @@ def test_canaries_never_leave(tmp_path: Path) -> None:
     assert out.functional["lan_ip_secondary"] == "10.43.2.20"
     assert out.hardware["mac_address"] == "a4:bb:6d:12:34:56"
     assert out.dropped["network.interfaces"] == 1
+
+
+# ---- checkbox udev databases (GPL-3.0, read in place): ~50 real machines' interfaces -----------
+CHECKBOX = CORPUS / "udev" / "checkbox"
+
+
+def net_tree_from_export_db(text: str, root: Path, *, skip_usb: bool = False) -> list[str]:
+    """Lay out the net devices of ``udevadm info --export-db`` as sysfs shows them.
+
+    Each record's path becomes /sys/devices/<path> with /sys/class/net/<name> pointing at it, a
+    ``device`` link to its parent and a ``driver`` link from ID_NET_DRIVER (hardware only), and a
+    uevent with the record's INTERFACE/IFINDEX/DEVTYPE.  The MAC is written only where udev's
+    ID_NET_NAME_MAC gives it (enx<12 hex>); the records hold no ARPHRD type, so no ``type``.
+    """
+    names = []
+    for chunk in text.split("\n\n"):
+        lines = chunk.strip().splitlines()
+        props = dict(line[3:].partition("=")[::2] for line in lines if line.startswith("E: "))
+        devpath = next((line[3:] for line in lines if line.startswith("P: ")), "")
+        if props.get("SUBSYSTEM") != "net" or "/net/" not in devpath:
+            continue
+        if skip_usb and "/usb" in devpath:  # the same machine with its USB NICs unplugged
+            continue
+        name = props.get("INTERFACE") or devpath.rsplit("/", 1)[-1]
+        netdir = root / "sys" / devpath.lstrip("/")
+        netdir.mkdir(parents=True, exist_ok=True)
+        uevent = [f"INTERFACE={name}", f"IFINDEX={props.get('IFINDEX', '0')}"]
+        if props.get("DEVTYPE"):
+            uevent.append(f"DEVTYPE={props['DEVTYPE']}")
+        (netdir / "uevent").write_text("\n".join(uevent) + "\n")
+        # net_id names only Ethernet links "en..." (wl for wlan, ww for wwan): such a name is
+        # the kernel's ARPHRD_ETHER seen through udev
+        if any(props.get(k, "").startswith("en") for k in
+               ("ID_NET_NAME_MAC", "ID_NET_NAME_PATH", "ID_NET_NAME_SLOT", "ID_NET_NAME_ONBOARD")):
+            (netdir / "type").write_text("1\n")
+        onboard_name = props.get("ID_NET_NAME_ONBOARD", "")
+        mac = props.get("ID_NET_NAME_MAC", "")
+        if len(mac) == 15 and mac.startswith("enx"):
+            (netdir / "address").write_text(
+                ":".join(mac[3 + i:5 + i] for i in range(0, 12, 2)) + "\n")
+        _link(root / "sys" / "class" / "net" / name, netdir)
+        parent = devpath.split("/net/")[0]
+        if not devpath.startswith("/devices/virtual/"):
+            _link(netdir / "device", root / "sys" / parent.lstrip("/"))
+            index = re.match(r"^eno(\d+)", onboard_name)
+            if index:  # udev made eno<N> from the PCI function's firmware index
+                (root / "sys" / parent.lstrip("/") / "index").write_text(index.group(1) + "\n")
+            if props.get("ID_NET_DRIVER"):
+                drv = root / "sys" / "bus" / "x" / "drivers" / props["ID_NET_DRIVER"]
+                drv.mkdir(parents=True, exist_ok=True)
+                _link(root / "sys" / parent.lstrip("/") / "driver", drv)
+        names.append(name)
+    return names
+
+
+def _net_captures() -> list[str]:
+    if not CHECKBOX.is_dir():
+        return []
+    return sorted(p.stem for p in CHECKBOX.glob("*.txt")
+                  if "SUBSYSTEM=net" in p.read_text("utf-8", "replace"))
+
+
+# Read by eye from each capture's net records (ID_NET_NAME_ONBOARD, ID_PATH, ID_NET_NAME_MAC).
+ONBOARD_NICS = {
+    # the firmware names eno3 onboard; the Mellanox card and the BMC's USB NIC are not
+    "bmc_network_vs_network": ("eno3", "4c:bb:47:b1:12:cb"),
+    # eno1-4 (firmware onboard) beat the add-in card ens1f0 at a lower PCI bus; RNDIS is USB
+    "RNDIS": ("eno1", "40:f2:e9:b9:38:a0"),
+    "DELL_IDRAC_2": ("eno1", "f4:8e:38:c0:9e:c4"),  # not the iDRAC's USB cdc_ether "idrac"
+    "DELL_MICROCHIP_USB_TO_SPI": ("eno1", "88:88:88:88:87:88"),  # two r8152 dongles plugged in
+    "DISK_SAMSUNG_KIOXIA": ("eno3", "5c:ff:35:fe:29:02"),
+    "TOSHIBA_NVME": ("enp0s31f6", "18:db:f2:24:d1:7a"),  # e1000e; iwlwifi at a higher address
+    "QEMU_KVM": ("eth0", "04:01:26:04:72:01"),
+    "RPI4B4G": ("eth0", "dc:a6:32:37:fa:a6"),  # bcmgenet, a platform device
+    "ZCU104": ("eth0", "ae:dc:78:b9:d3:09"),  # macb; can0 (xilinx_can) is no Ethernet
+    "CARA_T_SOCKETCAN": ("eth0", "14:b3:1f:09:25:b0"),  # r8169; can0 is a USB CAN adapter
+    # a laptop with only a USB r8152 dongle: no onboard NIC, the dongle is the secondary
+    "HP_ELITEBOOK_835_13_INCH_G10": (None, None),
+}
+
+
+@pytest.mark.parametrize("capture", sorted(ONBOARD_NICS))
+def test_onboard_nic_named_captures(tmp_path: Path, capture: str) -> None:
+    if not CHECKBOX.is_dir():
+        pytest.skip("shared/corpus not beside the repo")
+    net_tree_from_export_db((CHECKBOX / f"{capture}.txt").read_text("utf-8", "replace"), tmp_path)
+    raw = collect(tmp_path)
+    onboard = next((i["name"] for i in raw["interfaces"] if i["role"] == "onboard"), None)
+    assert (onboard, raw["mac_address"]) == ONBOARD_NICS[capture]
+
+
+@pytest.mark.parametrize("capture", _net_captures())
+def test_every_capture_usb_hotplug_keeps_the_mac(tmp_path: Path, capture: str) -> None:
+    text = (CHECKBOX / f"{capture}.txt").read_text("utf-8", "replace")
+    names = net_tree_from_export_db(text, tmp_path / "plugged")
+    net_tree_from_export_db(text, tmp_path / "unplugged", skip_usb=True)
+    plugged, unplugged = collect(tmp_path / "plugged"), collect(tmp_path / "unplugged")
+    assert sorted(i["name"] for i in plugged["interfaces"]) == sorted(names)
+    onboard = [i for i in plugged["interfaces"] if i["role"] == "onboard"]
+    assert len(onboard) <= 1
+    for nic in onboard:
+        assert nic["bus"] not in ("usb", "virtual")
+        assert not nic["name"].startswith(("wl", "ww", "lo", "docker", "vmnet", "sit"))
+    assert plugged["mac_address"] == unplugged["mac_address"]
+    assert [i["name"] for i in plugged["interfaces"] if i["role"] == "onboard"] == [
+        i["name"] for i in unplugged["interfaces"] if i["role"] == "onboard"]
+
+
+def test_usb_nic_on_a_fixed_port_is_onboard(tmp_path: Path) -> None:
+    # Raspberry Pi 3B: smsc95xx behind the on-board LAN9514 hub, whose port 1 is declared
+    # non-removable ("fixed"); a dongle on an external port stays a dongle
+    rpi_eth = "platform/soc/3f980000.usb/usb1/1-1/1-1.1/1-1.1:1.0"
+    add_nic(tmp_path, "eth0", rpi_eth, mac="b8:27:eb:12:34:56", driver="smsc95xx", bus="usb")
+    (tmp_path / "sys" / "devices" / "platform/soc/3f980000.usb/usb1/1-1/1-1.1" / "removable"
+     ).write_text("fixed\n")
+    dongle = "platform/soc/3f980000.usb/usb1/1-1/1-1.3/1-1.3:1.0"
+    add_nic(tmp_path, "eth1", dongle, mac="00:e0:4c:68:00:01", driver="r8152", bus="usb")
+    (tmp_path / "sys" / "devices" / "platform/soc/3f980000.usb/usb1/1-1/1-1.3" / "removable"
+     ).write_text("removable\n")
+    write_addresses(tmp_path, {"eth0": {"ipv4": ["192.168.1.90"], "ipv6": []},
+                               "eth1": {"ipv4": ["10.43.2.20"], "ipv6": []}})
+    raw = collect(tmp_path)
+    assert raw["mac_address"] == "b8:27:eb:12:34:56"
+    assert (raw["lan_ip"], raw["lan_ip_secondary"]) == ("192.168.1.90", "10.43.2.20")
