@@ -278,8 +278,10 @@ def _udev_serial(props: dict[str, str]) -> str | None:
         # NVMe serials are space-padded on the left in some firmware (With_VRAID: SK hynix PC801
         # "   SYBBN00931050BB0T"): stripped.
         return short
-    if props.get("ID_NAME"):
-        # MMC: ID_SERIAL is the CID serial alone (EMMC_AS_MAIN_DRIVE: "0xb7223e1a").
+    if props.get("ID_NAME") or not props.get("ID_MODEL"):
+        # Without a model, ID_SERIAL is the serial alone, not "<model>_<serial>": MMC copies the
+        # CID serial (EMMC_AS_MAIN_DRIVE: "0xb7223e1a"), virtio-blk the -device serial= value
+        # (60-persistent-storage.rules: ENV{ID_SERIAL}="$attr{serial}" for vd*).
         serial = props.get("ID_SERIAL", "").strip()
         return serial or None
     return None
@@ -352,7 +354,9 @@ def drive_info(host: Host, name: str, syspath: str | None = None) -> dict[str, A
     # device/model shows says "QEMU DVD-ROM": udev is preferred for that reason too.
     model = _udev_model(props) or _sysfs_text(host, f"{dev}/model") or _sysfs_text(
         host, f"{dev}/name")
-    serial = _udev_serial(props) or _sysfs_serial(host, dev)
+    # virtio-blk puts its serial on the disk itself (/sys/block/vda/serial), NVMe and MMC on the
+    # device below it
+    serial = _udev_serial(props) or _sysfs_text(host, f"{base}/serial") or _sysfs_serial(host, dev)
     wwn = (props.get("ID_WWN_WITH_EXTENSION") or props.get("ID_WWN") or "").strip() or (
         _sysfs_text(host, f"{dev}/wwid") or _sysfs_text(host, f"{base}/wwid"))
     size = _int_attr(host, f"{base}/size")

@@ -428,6 +428,62 @@ def test_qemu_ide_cd_prefers_udev_identity(tmp_path: Path) -> None:
     assert sr0.exists()
 
 
+def test_virtio_blk_serial(tmp_path: Path) -> None:
+    # QEMU -device virtio-blk-pci,serial=EVO-BOOT-0001: udev sets ID_SERIAL only (no model), and
+    # virtio_blk shows it as /sys/block/vda/serial
+    vda = _kernel_block(tmp_path, "/devices/pci0000:00/0000:00:04.0/virtio1/block/vda", "254:0")
+    (vda / "serial").write_text("EVO-BOOT-0001\n")
+    _kernel_block(tmp_path, "/devices/pci0000:00/0000:00:04.0/virtio1/block/vda/vda1", "254:1",
+                  partition=1)
+    write_mountinfo(tmp_path, [root_line("254:1", "ext4", "/dev/vda1")])
+    raw = Disks().collect(ReplayHost(tmp_path))
+    assert (raw["boot_drive_device"], raw["boot_drive_serial"]) == ("vda", "EVO-BOOT-0001")
+    data = tmp_path / "run" / "udev" / "data" / "b254:0"
+    data.parent.mkdir(parents=True)
+    data.write_text("S:disk/by-id/virtio-EVO-BOOT-0002\nE:ID_SERIAL=EVO-BOOT-0002\n"
+                    "E:ID_PATH=pci-0000:00:04.0\n")
+    raw = Disks().collect(ReplayHost(tmp_path))
+    assert raw["boot_drive_serial"] == "EVO-BOOT-0002"  # udev first
+
+
+# ---- every checkbox capture: the boot chain from each machine's first ext4 partition -----------
+def _first_root_candidate(text: str) -> tuple[str, str, str] | None:
+    """Return (MAJ:MIN, partition name, disk name) of the capture's first ext4/xfs partition."""
+    for rec in export_db_records(text):
+        env = rec["E"]
+        if (env.get("SUBSYSTEM") == "block" and env.get("DEVTYPE") == "partition"
+                and env.get("ID_FS_TYPE") in ("ext4", "xfs", "btrfs") and "MAJOR" in env
+                and not rec["P"].startswith("/devices/virtual/")):
+            parts = rec["P"].split("/")
+            return f"{env['MAJOR']}:{env['MINOR']}", parts[-1], parts[-2]
+    return None
+
+
+def _captures_with_partitions() -> list[str]:
+    if not CHECKBOX.is_dir():
+        return []
+    return sorted(p.stem for p in CHECKBOX.glob("*.txt")
+                  if _first_root_candidate(p.read_text("utf-8", "replace")))
+
+
+@needs_corpus
+@pytest.mark.parametrize("capture", _captures_with_partitions())
+def test_boot_chain_every_capture(tmp_path: Path, capture: str) -> None:
+    text = (CHECKBOX / f"{capture}.txt").read_text("utf-8", "replace")
+    found = _first_root_candidate(text)
+    assert found
+    devnum, part, disk = found
+    raw = collect_checkbox(tmp_path, capture, root_line(devnum, "ext4", f"/dev/{part}"))
+    assert raw["boot_drive_device"] == disk
+    disk_rec = next(r for r in export_db_records(text) if r["P"].endswith(f"/{disk}")
+                    and r["E"].get("SUBSYSTEM") == "block")
+    short = disk_rec["E"].get("ID_SERIAL_SHORT", "").strip() or None
+    if short:
+        assert raw["boot_drive_serial"] == short
+    if disk_rec["E"].get("ID_MODEL_ENC"):
+        assert raw["boot_drive_model"]
+
+
 # ---- ghw snapshots (Apache-2.0): real sysfs block trees without udev ---------------------------
 def _ghw(tmp_path: Path, name: str) -> ReplayHost:
     import tarfile
