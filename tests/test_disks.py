@@ -23,7 +23,7 @@ import pytest
 
 from collectors._blockudev import decode_udev_escapes, parse_udev_data
 from collectors.disks import Disks, natural_key, parse_mountinfo, parse_vpd_pg80
-from evo_agent.hostroot import ReplayHost
+from evo_agent.hostroot import LiveHost, RecordingHost, ReplayHost
 from evo_agent.policy import apply, load_policy
 from tests.ttar import unpack
 
@@ -506,6 +506,13 @@ def test_ghw_snapshot_drives(tmp_path: Path) -> None:
     assert sda["transport"] == "scsi"
     assert raw["rip_drive_device"] == "sr0"  # no udev, no device/type: the sr driver's name
     assert raw["boot_drive_device"] is None  # the snapshot has /proc/self/mounts, no mountinfo
+
+
+def test_live_record_and_replay_agree(tmp_path: Path) -> None:
+    # this machine through the real capture path: the replay gives what the live run gave
+    live = Disks().collect(RecordingHost(LiveHost("/"), tmp_path))
+    assert Disks().collect(ReplayHost(tmp_path)) == live
+    assert {d["name"] for d in live["drives"]} <= set(os.listdir("/sys/block"))
 
 
 # ---- parsers ----------------------------------------------------------------------------------
