@@ -212,10 +212,13 @@ class _Resolver:
         """Return the device under an overlay root: the filesystem of its lowest layer."""
         lower = None
         for opt in mount.super_options.split(","):
+            # Layers are ':'-separated, top first; the last is the base image (live-boot's
+            # squashfs, a container's first layer).  Layers added one by one with the new mount
+            # API show as repeated "lowerdir+=" options (Linux 6.8), the last being the lowest.
             if opt.startswith("lowerdir="):
-                # Layers are ':'-separated, top first; the last is the base image (live-boot's
-                # squashfs, a container's first layer).
                 lower = opt[len("lowerdir="):].split(":")[-1]
+            elif opt.startswith("lowerdir+="):
+                lower = opt[len("lowerdir+="):]
         if not lower:
             return None
         holder = _mount_containing(self.mounts, lower, mount)

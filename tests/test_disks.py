@@ -399,6 +399,21 @@ def test_live_boot_overlay_squashfs_loop_iso(tmp_path: Path) -> None:
     assert raw["rip_drive_device"] == "sr0"  # the same drive: sysfs SCSI type 5
 
 
+def test_overlay_layers_added_one_by_one(tmp_path: Path) -> None:
+    # Linux >= 6.8 shows layers given with fsconfig(FSCONFIG_SET_STRING, "lowerdir+") one by one
+    _scsi_disk(tmp_path, 0, "sda", "8:0", "Samsung SSD 870")
+    _kernel_block(tmp_path, "/devices/pci0000:00/0000:00:17.0/ata1/host0/target0:0:0/0:0:0:0/"
+                  "block/sda/sda3", "8:3", partition=3)
+    write_mountinfo(tmp_path, [
+        "21 30 8:3 / /media/os ro - ext4 /dev/sda3 ro",
+        "22 30 0:31 / /media/rw rw - tmpfs tmpfs rw",
+        "30 1 0:32 / / rw - overlay overlay rw,lowerdir+=/media/rw/top,lowerdir+=/media/os/image,"
+        "upperdir=/media/rw/upper,workdir=/media/rw/work",
+    ])
+    raw = Disks().collect(ReplayHost(tmp_path))
+    assert raw["boot_drive_device"] == "sda"
+
+
 def test_tmpfs_root_has_no_boot_drive(tmp_path: Path) -> None:
     _scsi_disk(tmp_path, 0, "sda", "8:0", "Samsung SSD 870")
     write_mountinfo(tmp_path, ["2 1 0:2 / / rw - rootfs rootfs rw",
