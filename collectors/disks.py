@@ -317,7 +317,9 @@ class Disks(Collector):
         if root_dev:
             disk = resolver.physical_disk(root_dev)
             if disk:
-                boot = drive_info(host, os.path.basename(disk), disk)
+                name = os.path.basename(disk)
+                boot = next((d for d in drives if d["name"] == name), None) or drive_info(
+                    host, name, disk)
         rip = next((d for d in drives if d["optical"]), None)
         for d in drives:
             del d["optical"]
