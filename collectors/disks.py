@@ -137,6 +137,7 @@ class _Resolver:
         return self._devnum_index().get(devnum)
 
     def _devnum_index(self) -> dict[str, str]:
+        """Return MAJ:MIN -> sysfs directory of every disk and partition under /sys/block."""
         if self._index is None:
             self._index = {}
             for disk in self.host.listdir_or_empty("/sys/block"):
@@ -256,10 +257,12 @@ _NO_MOUNT = Mount(-1, -1, 0, 0, "", "", "", "", "")
 
 
 def _collapse(text: str) -> str:
+    """Collapse runs of whitespace into one space and trim."""
     return re.sub(r"\s+", " ", text).strip()
 
 
 def _udev_model(props: dict[str, str]) -> str | None:
+    """Return the model udev read from the drive, decoded."""
     enc = props.get("ID_MODEL_ENC")
     if enc:
         model = _collapse(decode_udev_escapes(enc))
@@ -276,6 +279,7 @@ def _udev_model(props: dict[str, str]) -> str | None:
 
 
 def _udev_serial(props: dict[str, str]) -> str | None:
+    """Return the serial udev read from the drive, without the model prefix."""
     short = props.get("ID_SERIAL_SHORT", "").strip()
     if short:
         # NVMe serials are space-padded on the left in some firmware (With_VRAID: SK hynix PC801
@@ -296,7 +300,8 @@ class Disks(Collector):
     fields = {
         "boot_drive_model": "model of the disk holding the root filesystem",
         "boot_drive_serial": "serial number of that disk",
-        "boot_drive_device": "kernel name of that disk (nvme0n1, sda, mmcblk0)",
+        "boot_drive_device": "kernel name of that disk (nvme0n1, sda, mmcblk0); the last layer "
+                             "reached (dm-0) when sysfs shows nothing below it",
         "rip_drive_model": "model of the optical drive (the first, sorted by name)",
         "rip_drive_serial": "serial number of the optical drive",
         "rip_drive_device": "kernel name of the optical drive (sr0)",
@@ -388,6 +393,7 @@ def drive_info(host: Host, name: str, syspath: str | None = None) -> dict[str, A
 
 
 def _sysfs_text(host: Host, path: str) -> str | None:
+    """Return a printable sysfs string attribute, whitespace collapsed, or None."""
     value = host.read_attr(path)
     if not value:
         return None
@@ -396,6 +402,7 @@ def _sysfs_text(host: Host, path: str) -> str | None:
 
 
 def _sysfs_serial(host: Host, dev: str) -> str | None:
+    """Return the serial sysfs shows for a drive's device, or None."""
     # NVMe controllers and MMC cards have a serial attribute; SCSI disks have VPD page 0x80.
     serial = _sysfs_text(host, f"{dev}/serial")
     if serial:
@@ -407,6 +414,7 @@ def _sysfs_serial(host: Host, dev: str) -> str | None:
 
 
 def _int_attr(host: Host, path: str) -> int | None:
+    """Return a non-negative integer attribute, or None."""
     value = host.read_attr(path)
     if value is None or not value.isdigit():
         return None
@@ -414,6 +422,7 @@ def _int_attr(host: Host, path: str) -> int | None:
 
 
 def _transport(name: str, syspath: str, props: dict[str, str]) -> str | None:
+    """Return how the drive is attached (usb, nvme, sata, virtio, mmc, scsi...), as lsblk's TRAN."""
     if "/usb" in syspath or props.get("ID_BUS") == "usb":
         return "usb"
     if name.startswith("nvme"):
