@@ -28,6 +28,10 @@ LOG = logging.getLogger(__name__)
 _MAX_DEPTH = 12
 #: Block devices that are never a drive of their own: they sit on top of other devices or memory.
 _VIRTUAL_NAME = re.compile(r"^(loop|ram|zram|dm-|md|nbd|drbd|rbd|bcache|ubiblock|mtdblock)\d")
+#: Block devices that are another view of a drive listed already: eMMC hardware partitions
+#: (EMMC_AS_MAIN_DRIVE: mmcblk0boot0, mmcblk0boot1, mmcblk0rpmb) and the per-controller paths
+#: of NVMe multipath namespaces (DISK_SAMSUNG_KIOXIA: nvme2c2n1 behind nvme2n1).
+_SECONDARY_VIEW = re.compile(r"^(mmcblk\d+(boot\d+|rpmb|gp\d+)|nvme\d+c\d+n\d+)$")
 #: File systems with no block device of their own below them.
 _NO_DEVICE_FS = frozenset({"tmpfs", "ramfs", "rootfs", "devtmpfs", "nfs", "nfs4", "cifs", "smb3",
                            "9p", "virtiofs", "fuse", "zfs"})
@@ -343,7 +347,9 @@ def list_drives(host: Host) -> list[str]:
     """Return the names of the block devices that are drives (not loop, dm, md, zram...)."""
     names = []
     for name in host.listdir_or_empty("/sys/block"):
-        if _VIRTUAL_NAME.match(name):
+        if _VIRTUAL_NAME.match(name) or _SECONDARY_VIEW.match(name):
+            continue
+        if host.read_attr(f"/sys/block/{name}/hidden") == "1":  # GENHD_FL_HIDDEN: no /dev node
             continue
         # NVMe multipath namespaces live under /devices/virtual/nvme-subsystem and are real
         # drives (DISK_SAMSUNG_KIOXIA); only /devices/virtual/block is made of virtual devices.

@@ -82,7 +82,14 @@ def tree_from_export_db(text: str, root: Path) -> list[str]:
                 sysdir.mkdir(parents=True, exist_ok=True)
                 (sysdir / "type").write_text(f"{int(m.group(1), 16)}\n")
             continue
-        if env.get("SUBSYSTEM") != "block" or "MAJOR" not in env or "MINOR" not in env:
+        if env.get("SUBSYSTEM") != "block":
+            continue
+        if "MAJOR" not in env or "MINOR" not in env:
+            # a hidden disk (NVMe multipath controller path nvmeXcYnZ): in /sys/block with
+            # hidden=1, but no device number and no /dev node, hence no N: line
+            sysdir.mkdir(parents=True, exist_ok=True)
+            (sysdir / "hidden").write_text("1\n")
+            _link(sys_root / "block" / os.path.basename(devpath), sysdir)
             continue
         name = rec["N"] or os.path.basename(devpath)
         devnum = f"{env['MAJOR']}:{env['MINOR']}"
@@ -220,8 +227,11 @@ def test_boot_nvme_partition_samsung_kioxia(tmp_path: Path) -> None:
     assert (raw["boot_drive_device"], raw["boot_drive_model"], raw["boot_drive_serial"]) == (
         "nvme0n1", "SAMSUNG MZ1L21T9HCLS-00A07", "S666NT0X601348")
     names = [d["name"] for d in raw["drives"]]
-    # multipath namespaces under /devices/virtual/nvme-subsystem are drives
+    # multipath namespaces under /devices/virtual/nvme-subsystem are drives; their hidden
+    # per-controller paths (nvme2c2n1...) are not
     assert "nvme2n1" in names
+    assert (tmp_path / "sys/block/nvme2c2n1/hidden").exists()
+    assert not [n for n in names if re.fullmatch(r"nvme\d+c\d+n\d+", n)]
     kioxia = next(d for d in raw["drives"] if d["name"] == "nvme2n1")
     assert kioxia["model"] == "KIOXIA KCMYDRUG3T84" and kioxia["transport"] == "nvme"
 
@@ -234,6 +244,8 @@ def test_boot_emmc(tmp_path: Path) -> None:
     assert (raw["boot_drive_device"], raw["boot_drive_model"], raw["boot_drive_serial"]) == (
         "mmcblk0", "DF4032", "0xb7223e1a")
     assert raw["rip_drive_device"] is None
+    # boot0/boot1/rpmb are hardware partitions of the same eMMC, not drives
+    assert [d["name"] for d in raw["drives"]] == ["mmcblk0"]
 
 
 @needs_corpus
