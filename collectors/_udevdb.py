@@ -6,7 +6,9 @@ among them the names the hardware database (hwdb) assigns to a PCI or USB ID
 pyudev keeps the collectors free of a heavy import and lets a capture replay them like any other
 file.  Record names: ``c<major>:<minor>`` / ``b<major>:<minor>`` for devices with a device node (a
 USB device is ``c189:N``), ``+<subsystem>:<sysname>`` for the others (``+pci:0000:00:1f.3``).
-A record is lines of ``<letter>:<data>``; properties are ``E:KEY=VALUE``.
+A record is lines of ``<letter>:<data>``; properties are ``E:KEY=VALUE`` (systemd
+src/libsystemd/sd-device/device-private.c).  ``udevadm info --export-db`` prints the same properties
+as ``E: KEY=VALUE`` (with a space), so the parser accepts both.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ UDEV_DATA = "/run/udev/data"
 MAX_RECORD = 256 * 1024
 # udev property names: what systemd's udev accepts in ENV{} keys, in practice.
 _KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_HEX_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
+_DEVNUM = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")  # ASCII only: \\d takes any script's digits
 # The device number of a USB device node: major 189 (usb_device), and the minor the kernel
 # derives from bus and device numbers (drivers/usb/core/usb.c: (busnum - 1) * 128 + devnum - 1).
 USB_DEVICE_MAJOR = 189
@@ -34,7 +38,7 @@ def parse_properties(text: str) -> dict[str, str]:
     for line in text.splitlines():
         if not line.startswith("E:"):
             continue
-        key, sep, value = line[2:].partition("=")
+        key, sep, value = line[2:].lstrip(" ").partition("=")
         if not sep or not _KEY.match(key):
             continue
         props[key] = value
@@ -68,3 +72,16 @@ def usb_record(dev: str | None, busnum: str | None, devnum: str | None) -> str |
         if bus >= 1 and 1 <= num <= 128:
             return f"c{USB_DEVICE_MAJOR}:{(bus - 1) * 128 + num - 1}"
     return None
+
+
+def block_properties(host: Host, devnum: str | None) -> dict[str, str]:
+    """Return the udev properties of the block device ``MAJ:MIN``, or {} when udev has none."""
+    if not devnum or not _DEVNUM.fullmatch(devnum):
+        return {}
+    return properties(host, f"b{devnum}")
+
+
+def decode_escapes(value: str) -> str:
+    r"""Decode udev's ``\xNN`` escapes (``ID_MODEL_ENC``...) as UTF-8; bad bytes -> U+FFFD."""
+    raw = value.encode("utf-8", "surrogateescape")
+    return _HEX_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), raw).decode("utf-8", "replace")

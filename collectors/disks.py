@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from collectors._blockudev import decode_udev_escapes, read_block_udev
+from collectors._udevdb import block_properties, decode_escapes
 from evo_agent.collector import Collector, Raw
 from evo_agent.hostroot import Host
 
@@ -269,7 +269,7 @@ def _udev_model(props: dict[str, str]) -> str | None:
     """Return the model udev read from the drive, decoded."""
     enc = props.get("ID_MODEL_ENC")
     if enc:
-        model = _collapse(decode_udev_escapes(enc))
+        model = _collapse(decode_escapes(enc))
         if model:
             return model
     raw = props.get("ID_MODEL", "")
@@ -363,7 +363,7 @@ def drive_info(host: Host, name: str, syspath: str | None = None) -> dict[str, A
     """Return what is known of one disk: identity from udev first, then sysfs."""
     base = syspath or host.realpath(f"/sys/block/{name}")
     devnum = host.read_attr(f"{base}/dev")
-    props = read_block_udev(host, devnum)
+    props = block_properties(host, devnum)
     dev = f"{base}/device"
     # QEMU's ide-cd shows the model and serial given on the command line in its ATA identity
     # (udev's ID_MODEL/ID_SERIAL_SHORT, /dev/disk/by-id) while the SCSI INQUIRY that sysfs

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from collectors._blockudev import decode_udev_escapes, parse_udev_data
+from collectors._udevdb import decode_escapes
+from collectors._udevdb import parse_properties as parse_udev_data
 from collectors.disks import Disks, natural_key, parse_mountinfo, parse_vpd_pg80
 from evo_agent.hostroot import LiveHost, RecordingHost, ReplayHost
 from evo_agent.policy import apply, load_policy
@@ -575,7 +576,7 @@ def test_udev_data_parser_on_node_exporter_file(tmp_path: Path) -> None:
     unpack(DATA / "node_exporter_udev.ttar", tmp_path)
     props = parse_udev_data((tmp_path / "udev/data/b11:0").read_text())
     assert props["ID_CDROM"] == "1" and props["ID_SERIAL_SHORT"] == "AAAABBBBCCCC1"
-    assert decode_udev_escapes(props["ID_MODEL_ENC"]) == "Virtual CDROM0  "
+    assert decode_escapes(props["ID_MODEL_ENC"]) == "Virtual CDROM0  "
     assert props["ID_FS_TYPE"] == ""
 
 
