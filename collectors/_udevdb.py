@@ -26,7 +26,7 @@ MAX_RECORD = 256 * 1024
 # udev property names: what systemd's udev accepts in ENV{} keys, in practice.
 _KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _HEX_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
-_DEVNUM = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")  # ASCII only: \\d takes any script's digits
+_DEVNUM = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")  # ASCII: \d takes any script's digits
 # The device number of a USB device node: major 189 (usb_device), and the minor the kernel
 # derives from bus and device numbers (drivers/usb/core/usb.c: (busnum - 1) * 128 + devnum - 1).
 USB_DEVICE_MAJOR = 189
