@@ -158,6 +158,11 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {col[0]: row[i] for i, col in enumerate(cursor.description)}
 
 
+def _is_closed(conn: Any) -> bool:
+    closed = getattr(conn, "closed", False)  # psycopg has it; sqlite3 connections do not
+    return bool(closed)
+
+
 _SQLITE_URL = re.compile(r"^sqlite:(?://)?(?P<path>.*)$")
 
 
@@ -167,6 +172,9 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self._local = threading.local()
+        # Every connection opened, whatever its thread, so that close() can close them all.
+        self._opened: list[Any] = []
+        self._opened_lock = threading.Lock()
         if url.startswith(("postgresql://", "postgres://")):
             self.dialect = "postgresql"
             self.path: Path | None = None
@@ -216,6 +224,8 @@ class Database:
         if conn is None:
             conn = self._connect()
             self._local.conn = conn
+            with self._opened_lock:
+                self._opened = [c for c in self._opened if not _is_closed(c)] + [conn]
         return conn
 
     @contextmanager
@@ -243,11 +253,12 @@ class Database:
         conn.execute("COMMIT")
 
     def close(self) -> None:
-        """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Close every connection (at shutdown: the threads that used them are done)."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
             conn.close()
-            self._local.conn = None
+        self._local.conn = None
 
     def migrate(self) -> list[int]:
         """Apply the migrations not yet applied; return their versions."""

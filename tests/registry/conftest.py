@@ -198,8 +198,14 @@ class Server:
             conn.close()
 
     def close(self) -> None:
-        self._server.close()
-        self._thread.join(5)
+        from waitress import wasyncore
+
+        # Let running requests finish, then close every socket from inside the server's own
+        # loop thread (closing them from here races with its poll() and raises EBADF there).
+        self._server.task_dispatcher.shutdown()
+        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._server._map))
+        self._thread.join(10)
+        assert not self._thread.is_alive(), "the server did not stop"
 
 
 @pytest.fixture
@@ -223,6 +229,7 @@ def server(settings: Settings, clock: Clock) -> Iterator[Server]:
     yield srv
     srv.close()
     app.geo.close()
+    db.close()
 
 
 # ---- devices ---------------------------------------------------------------------------------
