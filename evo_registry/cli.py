@@ -71,14 +71,21 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         settings = _settings(args)
         if args.command == "migrate":
-            applied = Database(settings.database).migrate()
+            db = Database(settings.database)
+            try:
+                applied = db.migrate()
+            finally:
+                db.close()
             print(f"applied migrations: {applied or 'none (up to date)'}", file=out)
             return 0
         if args.command == "prune":
             db = Database(settings.database)
-            db.migrate()
-            gone = Store(db).prune(datetime.now(timezone.utc),
-                                   timedelta(days=settings.retention_days))
+            try:
+                db.migrate()
+                gone = Store(db).prune(datetime.now(timezone.utc),
+                                       timedelta(days=settings.retention_days))
+            finally:
+                db.close()
             print(f"pruned: {gone}", file=out)
             return 0
         return serve(settings)
@@ -127,6 +134,7 @@ def serve(settings: Settings) -> int:
     try:
         sock.bind((host, port))
     except OSError as exc:
+        sock.close()
         raise RegistryError(f"cannot listen on {settings.listen}: {exc.strerror}") from exc
     sock.listen(1024)
     LOG.info("evo-registry %s serving on %s:%s with %s worker(s)", __version__, host,
