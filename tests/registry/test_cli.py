@@ -76,8 +76,6 @@ def _post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[i
 @pytest.mark.parametrize("workers", [1, 3])
 def test_serve_process_takes_reports(tmp_path: Path, db_url: str, geo_db: Path,
                                      workers: int) -> None:
-    if workers > 1 and db_url.startswith("sqlite"):
-        pytest.skip("several processes are the PostgreSQL set-up (SQLite allows it, but slowly)")
     cfg = _config(tmp_path, db_url, geo_db)
     with _serving(["serve", "--config", str(cfg), "--listen", "127.0.0.1:0",
                    "--workers", str(workers)]) as port:

@@ -141,6 +141,27 @@ def test_registration_form_pdf(server: Server) -> None:
         assert expected in text, expected
 
 
+def test_registration_form_qr_decodes_to_the_vpnid(server: Server, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    pdftoppm, zbarimg = shutil.which("pdftoppm"), shutil.which("zbarimg")
+    if pdftoppm is None or zbarimg is None:
+        pytest.skip("pdftoppm/zbarimg absent: apt-get install poppler-utils zbar-tools")
+    dev = Device("EVO-400010")
+    assert enroll(server, dev).status == 201
+    reply = server.request("GET", f"/v1/devices/{dev.vpnid}/registration-form.pdf",
+                           headers={"Authorization": f"Bearer {SUPPORT}"})
+    (tmp_path / "form.pdf").write_bytes(reply.body)
+    subprocess.run([pdftoppm, "-r", "150", "-png", "-singlefile", str(tmp_path / "form.pdf"),
+                    str(tmp_path / "page")], check=True, capture_output=True)
+    out = subprocess.run([zbarimg, "--quiet", "--raw", "-Sdisable", "-Sqrcode.enable",
+                          str(tmp_path / "page.png")], capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [dev.vpnid]
+
+
 def _pdf_text(pdf: bytes) -> str:
     """Return the text of a PDF with pdftotext (poppler-utils) when present, else the raw text."""
     import shutil
