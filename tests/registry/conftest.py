@@ -15,17 +15,11 @@ import base64
 import copy
 import gzip
 import http.client
-import itertools
 import json
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +32,7 @@ from evo_registry.app import Registry
 from evo_registry.config import Settings
 from evo_registry.db import Database
 from evo_registry.geo import Geo
+from tests.registry.pgserver import PgServer, pg_bin, postgres
 
 FACTORY = "factory-token-for-tests"
 SUPPORT = "support-token-for-tests"
@@ -49,65 +44,13 @@ UNKNOWN_WAN = "100.64.0.1"  # not in the GEO database
 
 
 # ---- PostgreSQL ------------------------------------------------------------------------------
-def _pg_bin() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(os.path.realpath(found)).parent
-    for cand in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (cand / "pg_ctl").exists():
-            return cand
-    return None
-
-
-@dataclass
-class PgServer:
-    """A throw-away PostgreSQL server on a unix socket."""
-
-    socket_dir: Path
-    user: str
-    counter: Iterator[int] = field(default_factory=itertools.count)
-
-    def url(self, dbname: str) -> str:
-        return f"postgresql://{self.user}@/{dbname}?host={self.socket_dir}"
-
-    def create_database(self) -> str:
-        import psycopg
-
-        name = f"t{os.getpid()}_{next(self.counter)}"
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
-
-
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    bindir = _pg_bin()
+    bindir = pg_bin()
     if bindir is None:
         pytest.skip("PostgreSQL binaries absent: apt-get install postgresql (see README)")
-    base = Path(tempfile.mkdtemp(prefix="evo-pg-"))
-    data = base / "data"
-    # initdb refuses to run as root: the server runs as an unprivileged user.
-    kwargs: dict[str, Any] = {}
-    run_as = None
-    if os.geteuid() == 0:
-        run_as = pwd.getpwnam("nobody")
-        os.chown(base, run_as.pw_uid, run_as.pw_gid)
-        kwargs = {"user": run_as.pw_uid, "group": run_as.pw_gid, "extra_groups": []}
-    env = {**os.environ, "LC_ALL": "C.UTF-8", "TZ": "UTC"}
-    subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "evo", "--auth=trust",
-                    "-E", "UTF8", "--no-sync"], check=True, capture_output=True, env=env,
-                   cwd=base, **kwargs)
-    opts = (f"-c listen_addresses='' -c unix_socket_directories='{base}' -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-    subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
-                    str(base / "log"), "-w", "-t", "60", "start"], check=True,
-                   capture_output=True, env=env, cwd=base, **kwargs)
-    try:
-        yield PgServer(base, "evo")
-    finally:
-        subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
-                        "stop"], check=False, capture_output=True, env=env, cwd=base, **kwargs)
-        shutil.rmtree(base, ignore_errors=True)
+    with postgres(bindir) as server:
+        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import ipaddress
 import zlib
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from evo_registry import rules, wire
 from evo_registry.errors import HttpError
+from tests.registry.conftest import base_report
 
 TRUSTED = [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")]
 
@@ -83,3 +85,39 @@ def test_fingerprint_of_anything(doc: Any) -> None:
 @given(st.text(max_size=12), st.text(max_size=3))
 def test_psu_suits_never_crashes(psu: str, country: str) -> None:
     assert rules.psu_suits(psu, country) in (True, False, None)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+_REPORT = base_report("EVO-FUZZ")
+_PATHS = _paths(_REPORT)[1:]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(_PATHS), json_values | st.sampled_from(
+    ["192.0.2.1", "::1", "999.1.1.1", "00ff", "ab:cd:ef:01:23:45", "", "x" * 200]))
+def test_inlined_schema_judges_like_the_original(path: tuple[Any, ...], value: Any) -> None:
+    from jsonschema import Draft202012Validator
+
+    doc = copy.deepcopy(_REPORT)
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    original = Draft202012Validator(wire.load_schema(),
+                                    format_checker=Draft202012Validator.FORMAT_CHECKER)
+    assert original.is_valid(doc) == wire.validator().is_valid(doc)
+    assert (wire.schema_errors(doc) is None) == original.is_valid(doc)
+
+
+def test_template_report_is_valid() -> None:
+    assert wire.schema_errors(_REPORT) is None
