@@ -53,6 +53,24 @@ from tests.registry.pgserver import pg_bin, postgres  # noqa: E402
 Work = list[tuple[str, bytes, str]]  # (vpnid, gzip body, signature)
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """Return the user+system CPU seconds of a process and its living children (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                kids = (task / "children").read_text().split()
+                todo += [int(k) for k in kids]
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -84,8 +102,8 @@ def prepare(db_url: str, devices: int, per_device: int) -> list[Work]:
 
 
 @contextmanager
-def registry(config: Path, workers: int, threads: int) -> Iterator[int]:
-    """Run `evo-registry serve` and yield its port."""
+def registry(config: Path, workers: int, threads: int) -> Iterator[tuple[int, int]]:
+    """Run `evo-registry serve` and yield its port and pid."""
     proc = subprocess.Popen([sys.executable, "-m", "evo_registry.cli", "serve", "--config",
                              str(config), "--listen", "127.0.0.1:0", "--workers", str(workers),
                              "--threads", str(threads)], cwd=REPO, stderr=subprocess.PIPE,
@@ -101,7 +119,7 @@ def registry(config: Path, workers: int, threads: int) -> Iterator[int]:
     # Keep reading its log so that it never blocks on a full pipe.
     threading.Thread(target=lambda: [None for _ in proc.stderr or []], daemon=True).start()
     try:
-        yield port
+        yield port, proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -275,8 +293,17 @@ def main() -> int:
             work = prepare(db_url, args.devices, args.reports_per_device)
             print(f"[{backend}] prepared {args.devices} devices x {args.reports_per_device} "
                   f"reports in {time.perf_counter() - t0:.1f} s", flush=True)
-            with registry(config, args.workers, args.server_threads) as port:
+            with registry(config, args.workers, args.server_threads) as (port, pid):
+                pg_pid = _postmaster(pg)
+                cpu0, pg0 = tree_cpu_seconds(pid), tree_cpu_seconds(pg_pid) if pg_pid else 0.0
                 res: dict[str, Any] = {"reports": load(port, work, args.clients, args.threads)}
+                n = res["reports"]["requests"]
+                res["reports"]["registry_cpu_ms_per_report"] = round(
+                    (tree_cpu_seconds(pid) - cpu0) * 1000 / n, 3)
+                if pg_pid:
+                    res["reports"]["postgres_cpu_ms_per_report"] = round(
+                        (tree_cpu_seconds(pg_pid) - pg0) * 1000 / n, 3)
+                res["load_average_after"] = os.getloadavg()
                 print(f"[{backend}] reports: {res['reports']}", flush=True)
                 if pg is not None:
                     res["pgbench_insert"] = pgbench_inserts(pg, db_url,
@@ -293,6 +320,13 @@ def main() -> int:
     path.write_text(json.dumps(results, indent=1) + "\n")
     print(f"written {path}")
     return 0
+
+
+def _postmaster(pg: Any) -> int | None:
+    if pg is None:
+        return None
+    pidfile = pg.socket_dir / "data" / "postmaster.pid"
+    return int(pidfile.read_text().split()[0])
 
 
 @contextmanager

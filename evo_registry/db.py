@@ -228,6 +228,21 @@ class Database:
                 self._opened = [c for c in self._opened if not _is_closed(c)] + [conn]
         return conn
 
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run one read-only statement outside an explicit transaction (one round trip)."""
+        conn = self._conn()
+        tx = _Tx(conn, self.dialect)
+        if self.dialect == "postgresql":
+            import psycopg
+
+            try:
+                return tx.query(sql, params)
+            except psycopg.OperationalError:
+                if conn.closed or conn.broken:
+                    self._local.conn = None
+                raise
+        return tx.query(sql, params)
+
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[Cursor]:
         """Run a block in one transaction: committed on success, rolled back on any error."""

@@ -99,6 +99,14 @@ class Store:
         self.db = db
         # The device row, locked for the transaction (the suffix is a constant of the dialect).
         self._lock_device = "SELECT * FROM devices WHERE vpnid = ?" + db.for_update  # noqa: S608
+        # The same, with what a report needs to know in the same round trip: whether its UUID
+        # was stored before (and by whom), and the device's reports in the rate-limit window.
+        self._lock_for_report = (
+            "SELECT d.*, (SELECT r.vpnid FROM reports r WHERE r.report_id = ?) AS dup_vpnid, "  # noqa: S608
+            "(SELECT COUNT(*) FROM reports r WHERE r.vpnid = d.vpnid AND r.received_at > ?) "
+            "AS recent, (SELECT MIN(r.received_at) FROM reports r WHERE r.vpnid = d.vpnid "
+            "AND r.received_at > ?) AS oldest FROM devices d WHERE d.vpnid = ?"
+            + (" FOR UPDATE OF d" if db.for_update else ""))
 
     # ---- enrolment -------------------------------------------------------------------------
     def enroll(self, e: Enrolment, now: datetime, override: bool = False) -> None:
@@ -133,9 +141,8 @@ class Store:
 
     def public_key(self, vpnid: str) -> str | None:
         """Return the enrolled public key of a VPNID (base64), or None."""
-        with self.db.transaction(write=False) as tx:
-            row = tx.one("SELECT public_key FROM devices WHERE vpnid = ?", (vpnid,))
-        return None if row is None else str(row["public_key"])
+        rows = self.db.read("SELECT public_key FROM devices WHERE vpnid = ?", (vpnid,))
+        return str(rows[0]["public_key"]) if rows else None
 
     # ---- reports ---------------------------------------------------------------------------
     def ingest(self, report: Mapping[str, Any], vpnid: str, wan_ip: str | None,
@@ -144,16 +151,18 @@ class Store:
         """Store a verified report and derive its events; a repeated UUID is a duplicate."""
         report_id = str(report["report_id"])
         stamp = utc_text(now)
+        since = utc_text(now - limits.window)
         with self.db.transaction() as tx:
-            dev = tx.one(self._lock_device, (vpnid,))
+            dev = tx.one(self._lock_for_report, (report_id, since, since, vpnid))
             if dev is None:
                 raise UnknownDevice
-            seen = tx.one("SELECT vpnid FROM reports WHERE report_id = ?", (report_id,))
-            if seen is not None:
-                if seen["vpnid"] != vpnid:
+            if dev["dup_vpnid"] is not None:
+                if dev["dup_vpnid"] != vpnid:
                     raise HttpError(409, "report_id already used by another device")
                 return Accepted(report_id, duplicate=True)
-            self._rate_limit(tx, vpnid, now, limits)
+            if int(dev["recent"]) >= limits.count:
+                oldest = parse_utc(str(dev["oldest"]))
+                raise RateLimited(max(1, int((oldest + limits.window - now).total_seconds()) + 1))
             inserted = tx.one(
                 "INSERT INTO reports (report_id, vpnid, sequence, report_trigger, collected_at, "
                 "received_at, path, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -166,32 +175,24 @@ class Store:
             events = self._derive_events(tx, dev, report, location, now=stamp, report_id=report_id)
             functional = report.get("functional") or {}
             fp = rules.fingerprint(report)
+            # Only the latest WAN IP and its location: each report with a known one overwrites
+            # them (an unknown one, from a misconfigured proxy, leaves the last known).
+            wan_sql = ", wan_ip = ?, country = ?, city = ?" if wan_ip is not None else ""
+            wan_params = (wan_ip, location.country, location.city) if wan_ip is not None else ()
             tx.run(
-                "UPDATE devices SET "
+                "UPDATE devices SET "  # noqa: S608 - wan_sql is one of two constants
                 "first_seen = COALESCE(first_seen, ?), "
                 "last_seen = CASE WHEN last_seen IS NULL OR last_seen < ? THEN ? "
                 "ELSE last_seen END, "
                 "last_sequence = ?, last_report_id = ?, netbios_name = ?, lan_ip = ?, "
-                "lan_ip_secondary = ?, cur_motherboard_serial = ? WHERE vpnid = ?",
+                "lan_ip_secondary = ?, cur_motherboard_serial = ?" + wan_sql
+                + " WHERE vpnid = ?",
                 (stamp, stamp, stamp, int(report["sequence"]), report_id,
                  functional.get("netbios_name"), functional.get("lan_ip"),
-                 functional.get("lan_ip_secondary"), fp.get("motherboard_serial"), vpnid),
+                 functional.get("lan_ip_secondary"), fp.get("motherboard_serial"), *wan_params,
+                 vpnid),
             )
-            if wan_ip is not None:
-                # Only the latest WAN IP and its location: each report overwrites them.
-                tx.run("UPDATE devices SET wan_ip = ?, country = ?, city = ? WHERE vpnid = ?",
-                       (wan_ip, location.country, location.city, vpnid))
         return Accepted(report_id, duplicate=False, events=tuple(events))
-
-    def _rate_limit(self, tx: Cursor, vpnid: str, now: datetime, limits: Limits) -> None:
-        since = utc_text(now - limits.window)
-        row = tx.one("SELECT COUNT(*) AS n, MIN(received_at) AS oldest FROM reports "
-                     "WHERE vpnid = ? AND received_at > ?", (vpnid, since))
-        if row is None or int(row["n"]) < limits.count:
-            return
-        oldest = parse_utc(str(row["oldest"]))
-        retry = max(1, int((oldest + limits.window - now).total_seconds()) + 1)
-        raise RateLimited(retry)
 
     def _derive_events(self, tx: Cursor, dev: Row, report: Mapping[str, Any],
                        location: Location, *, now: str, report_id: str) -> list[str]:
@@ -222,8 +223,11 @@ class Store:
         if check.status in ("changed", "mismatch"):
             kind = FINGERPRINT_MISMATCH if check.status == "mismatch" else FINGERPRINT_CHANGED
             record(kind, {"changed": list(check.changed), "compared": list(check.compared)})
-        if self._check_clone(tx, vpnid, reported.get("motherboard_serial"), now=now,
-                             report_id=report_id):
+        # A serial already checked on the previous report needs no new look: a unit enrolled or
+        # reporting later with the same serial raises the event on both at that moment.
+        serial = reported.get("motherboard_serial")
+        if serial != dev["cur_motherboard_serial"] and self._check_clone(
+                tx, vpnid, serial, now=now, report_id=report_id):
             events.append(CLONE_SUSPECTED)
         return events
 
@@ -247,11 +251,10 @@ class Store:
     # ---- reading ---------------------------------------------------------------------------
     def finder(self, wan_ip: str, now: datetime, days: int = 30, limit: int = 50) -> list[Row]:
         """Return the devices whose latest WAN IP is ``wan_ip``, seen within ``days``."""
-        with self.db.transaction(write=False) as tx:
-            return tx.query(
-                "SELECT netbios_name, model, last_seen, lan_ip, lan_ip_secondary FROM devices "
-                "WHERE wan_ip = ? AND last_seen >= ? ORDER BY last_seen DESC LIMIT ?",
-                (wan_ip, utc_text(now - timedelta(days=days)), limit))
+        return self.db.read(
+            "SELECT netbios_name, model, last_seen, lan_ip, lan_ip_secondary FROM devices "
+            "WHERE wan_ip = ? AND last_seen >= ? ORDER BY last_seen DESC LIMIT ?",
+            (wan_ip, utc_text(now - timedelta(days=days)), limit))
 
     def device(self, vpnid: str, history: int = 100) -> tuple[Row, list[Row], list[Row],
                                                                Row | None]:
