@@ -226,8 +226,8 @@ def fill(db_url: str, total: int, wans: int) -> list[str]:
             for row in rows[chunk:chunk + 1000]:
                 tx.run("INSERT INTO devices (vpnid, public_key, enrolled_at, manufactured_at, "
                        "model, sales_region, psu_variant, enrolment_report, first_seen, "
-                       "last_seen, netbios_name, lan_ip, wan_ip) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                       "last_seen, netbios_name, lan_ip, wan_ip, wan_key) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, row[-1]))
     if db.dialect == "postgresql":
         with db.transaction() as tx:
             tx.run("ANALYZE devices")

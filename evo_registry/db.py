@@ -90,6 +90,16 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "CREATE UNIQUE INDEX events_open ON events (vpnid, kind) WHERE resolved_at IS NULL",
         "CREATE INDEX events_resolved ON events (resolved_at)",
     ]),
+    # The finder matches homes, not addresses: behind IPv4 NAT a home is one address, but with
+    # IPv6 every device of a home has its own address within the home's prefix.  wan_key is the
+    # address (IPv4) or its /64 (IPv6); see evo_registry.wire.home_key.  Rows stored before keep
+    # their address as key until their next report.
+    (2, "finder key: IPv4 address or IPv6 /64", [
+        "ALTER TABLE devices ADD COLUMN wan_key TEXT",
+        "UPDATE devices SET wan_key = wan_ip",
+        "CREATE INDEX devices_wan_key ON devices (wan_key, last_seen)",
+        "DROP INDEX devices_wan_ip",
+    ]),
 ]
 
 _PK = {

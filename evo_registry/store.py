@@ -23,6 +23,7 @@ from evo_registry import rules
 from evo_registry.db import Cursor, Database, Row, parse_utc, utc_text
 from evo_registry.errors import HttpError, RateLimited, UnknownDevice
 from evo_registry.geo import Location
+from evo_registry.wire import home_key
 
 LOG = logging.getLogger(__name__)
 
@@ -177,8 +178,10 @@ class Store:
             fp = rules.fingerprint(report)
             # Only the latest WAN IP and its location: each report with a known one overwrites
             # them (an unknown one, from a misconfigured proxy, leaves the last known).
-            wan_sql = ", wan_ip = ?, country = ?, city = ?" if wan_ip is not None else ""
-            wan_params = (wan_ip, location.country, location.city) if wan_ip is not None else ()
+            wan_sql = (", wan_ip = ?, wan_key = ?, country = ?, city = ?"
+                       if wan_ip is not None else "")
+            wan_params = ((wan_ip, home_key(wan_ip), location.country, location.city)
+                          if wan_ip is not None else ())
             tx.run(
                 "UPDATE devices SET "  # noqa: S608 - wan_sql is one of two constants
                 "first_seen = COALESCE(first_seen, ?), "
@@ -250,11 +253,11 @@ class Store:
 
     # ---- reading ---------------------------------------------------------------------------
     def finder(self, wan_ip: str, now: datetime, days: int = 30, limit: int = 50) -> list[Row]:
-        """Return the devices whose latest WAN IP is ``wan_ip``, seen within ``days``."""
+        """Return the devices whose latest WAN IP is in the visitor's home, seen within ``days``."""
         return self.db.read(
             "SELECT netbios_name, model, last_seen, lan_ip, lan_ip_secondary FROM devices "
-            "WHERE wan_ip = ? AND last_seen >= ? ORDER BY last_seen DESC LIMIT ?",
-            (wan_ip, utc_text(now - timedelta(days=days)), limit))
+            "WHERE wan_key = ? AND last_seen >= ? ORDER BY last_seen DESC LIMIT ?",
+            (home_key(wan_ip), utc_text(now - timedelta(days=days)), limit))
 
     def device(self, vpnid: str, history: int = 100) -> tuple[Row, list[Row], list[Row],
                                                                Row | None]:
@@ -294,7 +297,8 @@ class Store:
     def erase_personal_data(self, vpnid: str) -> int:
         """Erase the WAN IP and the location derived from it (also from events' details)."""
         with self.db.transaction() as tx:
-            if tx.run("UPDATE devices SET wan_ip = NULL, country = NULL, city = NULL "
+            if tx.run("UPDATE devices SET wan_ip = NULL, wan_key = NULL, country = NULL, "
+                      "city = NULL "
                       "WHERE vpnid = ?", (vpnid,)) == 0:
                 raise UnknownDevice
             return self._redact_events(tx, vpnid)
@@ -323,7 +327,8 @@ class Store:
                 "SELECT vpnid FROM devices WHERE last_seen < ? AND "
                 "(wan_ip IS NOT NULL OR country IS NOT NULL)", (cutoff,))]
             for vpnid in stale:
-                tx.run("UPDATE devices SET wan_ip = NULL, country = NULL, city = NULL "
+                tx.run("UPDATE devices SET wan_ip = NULL, wan_key = NULL, country = NULL, "
+                       "city = NULL "
                        "WHERE vpnid = ?", (vpnid,))
                 self._redact_events(tx, vpnid)
         return {"reports": reports, "events": events, "wan_ips": len(stale)}

@@ -185,6 +185,18 @@ def canonical_ip(text: str) -> str | None:
     return str(addr)
 
 
+def home_key(address: str) -> str:
+    """Return what identifies a home on the internet: an IPv4 address, or an IPv6 /64.
+
+    With IPv6 each device has its own global address (often a temporary one that changes
+    daily), so the owner's browser and the 432 EVO share only the home's /64 prefix.
+    """
+    ip = ipaddress.ip_address(address)
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

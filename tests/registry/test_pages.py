@@ -77,6 +77,15 @@ def test_finder_forgets_after_30_days_and_follows_moves(server: Server, clock: C
     assert "EVO-ATTIC" not in _finder(server, HOME_A)
 
 
+def test_ipv6_home_is_its_prefix(server: Server) -> None:
+    # Every device of an IPv6 home has its own address; the home is the /64 they share.
+    _home(server, "EVO-400011", "EVO-V6", "192.168.1.8", "2001:db8:0:1::5")
+    assert "EVO-V6" in _finder(server, "2001:db8:0:1:a1b2:c3d4:e5f6:1")
+    assert "EVO-V6" not in _finder(server, "2001:db8:0:2::5")
+    record = get_device(server, "EVO-400011").json()
+    assert (record["wan_ip"], record["country"]) == ("2001:db8:0:1::5", "DE")
+
+
 def test_finder_escapes_device_text(server: Server) -> None:
     _home(server, "EVO-400004", "<b>x</b>&'\"", "fe80::1", HOME_A)
     page = _finder(server, HOME_A)

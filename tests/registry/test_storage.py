@@ -166,3 +166,21 @@ def test_prune_removes_old_history_and_stale_wan_ip(database: Database) -> None:
     assert (row["wan_ip"], row["country"], row["city"]) == (None, None, None)
     assert store.device(recent.vpnid)[0]["wan_ip"] == "192.0.2.12"
     assert store.counts()["devices"] == 2  # enrolment (warranty, form) is kept
+
+
+def test_upgrade_from_version_1_keeps_data(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import evo_registry.db
+
+    monkeypatch.setattr(evo_registry.db, "MIGRATIONS", MIGRATIONS[:1])
+    db = Database(db_url)
+    assert db.migrate() == [1]
+    store = Store(db)
+    dev = Device("EVO-100007")
+    _enrol(store, dev)
+    with db.transaction() as tx:
+        tx.run("UPDATE devices SET wan_ip = ?, last_seen = ? WHERE vpnid = ?",
+               ("192.0.2.10", utc_text(T0), dev.vpnid))
+    monkeypatch.setattr(evo_registry.db, "MIGRATIONS", MIGRATIONS)
+    assert db.migrate() == [v for v, _n, _s in MIGRATIONS[1:]]
+    assert [r["netbios_name"] for r in store.finder("192.0.2.10", T0)] == [None]
+    db.close()
