@@ -88,6 +88,7 @@ class CommandFailed(HostReadError):
 #: Documented exit statuses of ``evo-agent`` (also listed in README and the man page).
 EXIT_CODES: dict[int, str] = {
     0: "success",
+    1: "doctor: at least one check failed (each says how to fix it)",
     64: "usage error: wrong command-line arguments",
     66: "a capture given with --from cannot be read",
     70: "internal error: a bug in evo-agent or a malformed policy file shipped with it",

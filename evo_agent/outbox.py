@@ -243,10 +243,12 @@ class Outbox:
 
     def _set_aside(self, path: Path, why: str) -> None:
         LOG.error("outbox: %s is unreadable (%s); moved to %s/corrupt/", path.name, why, self.dir)
-        ensure_dir(self.dir / "corrupt")
-        with contextlib.suppress(FileNotFoundError):
+        try:
+            (self.dir / "corrupt").mkdir(mode=0o750, exist_ok=True)
             os.replace(path, self.dir / "corrupt" / path.name)
-        fsync_dir(self.dir)
+            fsync_dir(self.dir)
+        except OSError as exc:  # a read-only verb (no permission) leaves it for the daemon
+            LOG.debug("outbox: cannot move %s aside: %s", path.name, exc)
 
     def acknowledge(self, entry: Entry) -> None:
         """Remove a report the backend acknowledged (200/201)."""
