@@ -33,7 +33,8 @@ def make_pki(directory: Path, label: str, host: str = "127.0.0.1") -> Pki:
     ca = (x509.CertificateBuilder().subject_name(_name(f"{label} test CA"))
           .issuer_name(_name(f"{label} test CA")).public_key(ca_key.public_key())
           .serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2))
+          .not_valid_before(now - dt.timedelta(hours=1))
+          .not_valid_after(now + dt.timedelta(days=90))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                        content_commitment=False, key_encipherment=False,
@@ -45,7 +46,7 @@ def make_pki(directory: Path, label: str, host: str = "127.0.0.1") -> Pki:
     cert = (x509.CertificateBuilder().subject_name(_name(host)).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=60))
             .add_extension(san, critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
