@@ -146,6 +146,8 @@ class RegistryServer:
         self.registry = Registry()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.registry))
         self.httpd.daemon_threads = True
+        # a client killed mid-exchange (the crash test does that on purpose) is not news
+        self.httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         if tls is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(str(tls[0]), str(tls[1]))
@@ -158,3 +160,42 @@ class RegistryServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """Run the server in its own process (e.g. inside a network namespace made by a test).
+
+    Each stored report is written to ``--out/<uuid>.json`` and each answer appended to
+    ``--out/requests.jsonl`` (status and X-Evo-Path), so the test can watch from outside.
+    """
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--enroll", nargs=2, metavar=("VPNID", "PUBKEY"), required=True)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    reg = Registry()
+    reg.enroll(*args.enroll)
+    out: Path = args.out
+
+    class Recording(_handler(reg)):  # type: ignore[misc]
+        def _answer(self, status: int, doc: dict[str, Any],
+                    extra: dict[str, str] | None = None) -> None:
+            super()._answer(status, doc, extra)
+            if status == 201:
+                rid = doc["report_id"]
+                (out / f"{rid}.json").write_text(json.dumps(reg.stored[rid]))
+            with (out / "requests.jsonl").open("a") as fh:
+                fh.write(json.dumps({"status": status,
+                                     "path": self.headers.get("X-Evo-Path")}) + "\n")
+
+    httpd = ThreadingHTTPServer((args.host, args.port), Recording)
+    (out / "ready").write_text("1")
+    httpd.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(serve_main())
