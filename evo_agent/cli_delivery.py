@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
-import ssl
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from evo_agent.config import Config, load
 from evo_agent.errors import DeliveryError, EvoError, NotPermitted
+
+if TYPE_CHECKING:  # tomllib stays out of the resident daemon's memory
+    from evo_agent.config import Config
 
 READ_TIMEOUT = 5.0
 
@@ -67,6 +66,8 @@ def _audit(verb: str) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
+    from evo_agent.config import load
+
     return load(getattr(args, "config", None))
 
 
@@ -280,6 +281,8 @@ def _check(rows: list[dict[str, str]], name: str, level: str, detail: str, fix: 
 
 
 def _tls_probe(url: str, ca_bundle: str, timeout: float) -> tuple[str, str, str]:
+    import socket
+    import ssl
     from urllib.parse import urlsplit
 
     from evo_agent.transport import tls_context
@@ -333,6 +336,8 @@ def doctor_rows(args: argparse.Namespace) -> list[dict[str, str]]:
 
 
 def _check_state_dir(rows: list[dict[str, str]], sd: Path) -> None:
+    import shutil
+
     from evo_agent import signing
 
     if not sd.is_dir():
@@ -370,6 +375,8 @@ def _check_clock(rows: list[dict[str, str]]) -> None:
 
 
 def _check_endpoints(rows: list[dict[str, str]], cfg: Config) -> None:
+    import socket
+
     from evo_agent import transport
 
     delivery = cfg.values["delivery"]

@@ -79,6 +79,8 @@ class Settings:
     collector_timeout: float
     total_timeout: float
     sources: list[str] = field(default_factory=list)
+    #: (boot, daily) splay, computed by the child (SHA-256 would load libcrypto here)
+    splay: tuple[float, float] = (0.0, 0.0)
 
     @classmethod
     def from_describe(cls, doc: dict[str, Any]) -> Settings:
@@ -88,7 +90,8 @@ class Settings:
                    str(values["agent"]["control_socket"]),
                    str(values["delivery"]["vpn_interface"]), str(doc.get("vpnid") or ""),
                    float(values["collectors"]["timeout"]),
-                   float(values["delivery"]["total_timeout"]), list(doc.get("sources", [])))
+                   float(values["delivery"]["total_timeout"]), list(doc.get("sources", [])),
+                   (float(doc["splay"][0]), float(doc["splay"][1])))
 
     def cycle_deadline(self) -> float:
         """Return how long a cycle child may run before it is killed."""
@@ -223,7 +226,7 @@ class Daemon:
     def _due(self) -> tuple[Any, Now]:
         now = self.clock()
         state = load_state(self.settings.state_dir / "state.json")
-        return next_due(state, now, self.settings.vpnid), now
+        return next_due(state, now, self.settings.splay), now
 
     def _step(self) -> None:
         timeout: float | None = None

@@ -195,8 +195,11 @@ def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
 
 def describe(cfg: Config) -> dict[str, Any]:
     """Return what the daemon needs of a validated configuration."""
+    from evo_agent.schedule import splay
+
+    vpnid = vpnid_of(cfg)
     return {"ok": True, "enabled": cfg.enabled, "state_dir": str(cfg.state_dir),
-            "values": cfg.values, "vpnid": vpnid_of(cfg),
+            "values": cfg.values, "vpnid": vpnid, "splay": list(splay(vpnid)),
             "sources": [str(p) for p in cfg.sources]}
 
 

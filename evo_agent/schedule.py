@@ -34,7 +34,6 @@ argument, so this module stays pure; the caller passes ``random.random()``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -125,15 +124,17 @@ class Due:
 
 def splay(key: str) -> tuple[float, float]:
     """Return this device's (boot, daily) splay in seconds, derived from its VPNID."""
+    import hashlib  # loads libcrypto: the resident daemon gets its splay from a child instead
+
     digest = hashlib.sha256(f"evo-agent splay {key}".encode()).digest()
     boot = int.from_bytes(digest[:4], "big") / 2**32
     daily = int.from_bytes(digest[4:8], "big") / 2**32
     return boot * BOOT_SPLAY, daily * DAILY_SPLAY
 
 
-def next_due(state: State, now: Now, splay_key: str) -> Due:
-    """Return when the next report is due."""
-    boot_splay, daily_splay = splay(splay_key)
+def next_due(state: State, now: Now, splay_key: str | tuple[float, float]) -> Due:
+    """Return when the next report is due (``splay_key``: the VPNID, or its splay if known)."""
+    boot_splay, daily_splay = splay(splay_key) if isinstance(splay_key, str) else splay_key
     if state.success_boot_id != now.boot_id or state.success_boottime is None:
         due = Due(boot_splay, "boot", "no report yet since this boot")
     else:

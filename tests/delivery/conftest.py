@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from evo_agent.config import Config, load
+from tests.delivery.fixtures import VPNID, write_config, write_host_root
 from tests.delivery.pki import Pki, make_pki
 from tests.delivery.server import RegistryServer
-
-VPNID = "EVO-TEST-0042"
 
 
 @dataclass
@@ -30,32 +29,6 @@ class Agent:
         from evo_agent import signing
 
         return signing.public_b64(signing.load_or_create(self.state_dir))
-
-
-def write_host_root(root: Path, vpnid: str = VPNID) -> Path:
-    """A minimal capture tree: what the identity collector reads."""
-    (root / "etc" / "evo-agent").mkdir(parents=True, exist_ok=True)
-    (root / "etc" / "evo-agent" / "vpnid").write_text(vpnid + "\n")
-    (root / "proc" / "sys" / "kernel").mkdir(parents=True, exist_ok=True)
-    (root / "proc" / "sys" / "kernel" / "hostname").write_text("evo-living-room\n")
-    return root
-
-
-def write_config(path: Path, state_dir: Path, host_root: Path, https_url: str, *, ca: Path,
-                 extra: str = "") -> Path:
-    path.write_text(f"""
-[agent]
-state_dir = "{state_dir}"
-host_root = "{host_root}"
-control_socket = "{state_dir.parent / 'control.sock'}"
-[delivery]
-https_url = "{https_url}"
-ca_bundle = "{ca}"
-connect_timeout = 2.0
-total_timeout = 3.0
-{extra}
-""")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -139,11 +139,14 @@ def test_no_busy_loop_while_failing_then_delivered(agent: Agent, server: Registr
                                                    run_daemon: object,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     server.registry.mode = "503"
-    proc, notify, _log = run_daemon(agent.config)  # type: ignore[operator]
+    proc, notify, log = run_daemon(agent.config)  # type: ignore[operator]
     notify.collect(10, until="READY=1")
     wait_for(lambda: len(server.registry.requests) == 1)
     time.sleep(4)
-    assert len(server.registry.requests) == 1  # the next try waits >= 1 min
+    # The next try waits >= 1 min.  Only a network change (a default route appearing: other
+    # work on this shared machine can cause one) may start one early, once a minute at most.
+    kicks = log.read_text().count("network event")
+    assert len(server.registry.requests) == 1 + min(kicks, 1), log.read_text()
     state = load_state(agent.state_dir / "state.json")
     assert state.failures == 1 and "503" in (state.attempt_result or "")
     [waiting] = Outbox(agent.state_dir).pending()
