@@ -159,6 +159,7 @@ class Daemon:
     def _apply(self, settings: Settings) -> None:
         self.settings = settings
         ensure_dir(settings.state_dir)
+        share_with_support(settings.state_dir, 0o2750)
         if not settings.enabled:
             with writer_lock(settings.state_dir):
                 dropped = Outbox(settings.state_dir).purge()
@@ -220,6 +221,7 @@ class Daemon:
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.listener = control.listen(path)
+            share_with_support(Path(path), 0o660)
         except OSError as exc:
             LOG.warning("no control socket at %s (%s): send --now will run standalone", path, exc)
 
@@ -284,7 +286,7 @@ class Daemon:
         if not relevant or self.cycle is not None or not self.settings.enabled:
             return
         due, now = self._due()
-        waiting = due.at > now.boottime and "retry" in due.reason
+        waiting = due.at > now.boottime and due.retry
         if waiting and time.monotonic() - self.last_net_kick >= NET_KICK_INTERVAL:
             LOG.info("network event (%s %s): sending the waiting report now", relevant[0].kind,
                      relevant[0].name)
@@ -370,14 +372,20 @@ class Daemon:
             self._record_failure(str(result.get("error")))
         if not result.get("ok"):
             self.hold_until = time.monotonic() + NET_KICK_INTERVAL
+        if result.get("disabled") and self.settings.enabled:
+            LOG.info("the configuration now says enabled = false: reloading it")
+            self.reload()
         result["finished_wall"] = time.time()
         result["trigger"] = cycle.trigger
         self.last_result = result
+        fields = {"EVO_TRIGGER": cycle.trigger or "", "EVO_PATH": result.get("path") or "",
+                  "EVO_STATUS": result.get("status") or ""}
         if result.get("ok"):
             LOG.info("report cycle done: acknowledged %s via %s",
-                     ", ".join(result.get("acknowledged", [])) or "nothing", result.get("path"))
+                     ", ".join(result.get("acknowledged", [])) or "nothing", result.get("path"),
+                     extra=fields)
         else:
-            LOG.warning("report cycle failed: %s", result.get("error"))
+            LOG.warning("report cycle failed: %s", result.get("error"), extra=fields)
         for conn in cycle.waiters:
             self._answer(conn, result)
         self._status()
@@ -435,6 +443,25 @@ class Daemon:
             with contextlib.suppress(OSError):
                 os.unlink(self.settings.control_socket)
         LOG.info("stopped")
+
+
+#: Members of this group may run the read-only verbs (status, sent, diff, doctor).
+SUPPORT_GROUP = "evo-support"
+
+
+def share_with_support(path: Path, mode: int) -> None:
+    """Give the support group read access (setgid on the state directory: new files inherit it)."""
+    import grp
+
+    try:
+        gid = grp.getgrnam(SUPPORT_GROUP).gr_gid
+    except KeyError:
+        return  # no such group on this system: root only
+    try:
+        os.chown(path, -1, gid)
+        os.chmod(path, mode)
+    except OSError as exc:
+        LOG.warning("cannot share %s with group %s: %s", path, SUPPORT_GROUP, exc)
 
 
 def _fmt(wall: float | None) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import sys
 from collections.abc import Callable, Sequence
@@ -134,13 +135,17 @@ def _send(cfg: Config, entry: Entry, via: str, key: Any, *, clock: Callable[[], 
         if resp.status in (200, 201):
             Outbox(cfg.state_dir).acknowledge(entry)
             LOG.info("report %s (sequence %s) acknowledged via %s: %s", entry.report_id,
-                     entry.sequence, route.path, resp.status)
+                     entry.sequence, route.path, resp.status,
+                     extra={"EVO_REPORT_ID": entry.report_id, "EVO_SEQUENCE": entry.sequence,
+                            "EVO_PATH": route.path, "EVO_STATUS": resp.status})
             result.acknowledged.append(entry.report_id)
             return True
         detail = resp.body[:200].decode("utf-8", "replace")
         result.error = f"registry answered {resp.status} via {route.path}: {detail}"
         result.retry_after = resp.retry_after()
-        LOG.warning("report %s: %s", entry.report_id, result.error)
+        LOG.warning("report %s: %s", entry.report_id, result.error,
+                    extra={"EVO_REPORT_ID": entry.report_id, "EVO_PATH": route.path,
+                           "EVO_STATUS": resp.status})
         if resp.status in REJECTED:
             _set_aside(cfg.state_dir, entry)
         return False
@@ -148,8 +153,6 @@ def _send(cfg: Config, entry: Entry, via: str, key: Any, *, clock: Callable[[], 
 
 
 def _set_aside(state_dir: Path, entry: Entry) -> None:
-    import os
-
     target = ensure_dir(state_dir / "outbox" / "rejected") / entry.path.name
     os.replace(entry.path, target)
     LOG.error("report %s refused by the registry: kept in %s, not retried", entry.report_id,
@@ -213,8 +216,13 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     from evo_agent.config import load
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="evo-agent[cycle]: %(levelname)s: %(message)s")
+    if os.environ.get("JOURNAL_STREAM"):  # started by the daemon under systemd
+        from evo_agent.daemon import setup_logging
+
+        setup_logging(False)
+    else:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="evo-agent[cycle]: %(levelname)s: %(message)s")
     try:
         cfg = load(args.config)
         if args.action == "describe":

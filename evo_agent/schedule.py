@@ -116,6 +116,8 @@ class Due:
     at: float
     trigger: str
     reason: str
+    #: True when the time comes from the backoff of a failed attempt (a report is waiting)
+    retry: bool = False
 
     def wall(self, now: Now) -> float:
         """Return the due time on the wall clock as it reads now (for display)."""
@@ -143,7 +145,7 @@ def next_due(state: State, now: Now, splay_key: str | tuple[float, float]) -> Du
     if (state.retry_boot_id == now.boot_id and state.retry_boottime is not None
             and state.retry_boottime > due.at):
         due = Due(state.retry_boottime, due.trigger,
-                  f"retry after {state.failures} failed attempt(s)")
+                  f"retry after {state.failures} failed attempt(s)", retry=True)
     return due
 
 

@@ -175,7 +175,7 @@ def test_retry_after_delays_the_next_attempt() -> None:
     now = Now("b", 1000.0, 1e9)
     s = after_failure(State(), now, "429", 0.0, retry_after=1800)
     assert next_due(s, now, KEY).at == 2800.0
-    assert next_due(s, now, KEY).trigger == "boot"
+    assert next_due(s, now, KEY).trigger == "boot" and next_due(s, now, KEY).retry
 
 
 def test_failures_from_another_boot_do_not_delay_the_boot_report() -> None:
