@@ -190,6 +190,9 @@ class Daemon:
         except (ConfigError, StateError) as exc:
             LOG.error("%s", exc)
             return exc.exit_code
+        except (subprocess.TimeoutExpired, OSError) as exc:
+            LOG.error("cannot validate the configuration: %s", exc)
+            return ConfigError.exit_code
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -309,7 +312,10 @@ class Daemon:
         if op == "status":
             self._answer(conn, {"ok": True, **self.status()})
         elif op == "send":
-            uid = control.peer_uid(conn)
+            try:
+                uid = control.peer_uid(conn)
+            except OSError:
+                uid = -1
             via = req.get("via", "auto")
             LOG.info("send requested by uid %s (via %s)", uid, via)
             if uid != 0:
@@ -336,8 +342,16 @@ class Daemon:
         if trigger:
             argv += ["--trigger", trigger]
         LOG.info("report cycle: trigger %s, path %s", trigger, via)
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                env=_child_env())
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    env=_child_env())
+        except OSError as exc:
+            LOG.error("cannot start the report cycle: %s", exc)
+            self._record_failure(f"cannot start the report cycle: {exc}")
+            self.hold_until = time.monotonic() + NET_KICK_INTERVAL
+            for conn in waiters:
+                self._answer(conn, {"ok": False, "error": str(exc), "exit_code": 70})
+            return
         if proc.stdout is None:  # pragma: no cover - stdout=PIPE always gives one
             raise OSError("no pipe from the report cycle")
         os.set_blocking(proc.stdout.fileno(), False)

@@ -222,3 +222,22 @@ def test_read_only_verbs_work_with_an_empty_config(tmp_path: Path,
     assert code == 0 and "nothing was sent" in out
     code, out = _cli(capsys, "status", "--json", "--config", str(cfg))
     assert code == 0 and json.loads(out)["daemon"]["running"] in (True, False)
+
+
+def test_sigterm_during_a_slow_delivery_exits_within_seconds(
+        agent: Agent, server: RegistryServer, run_daemon: object, tmp_path: Path) -> None:
+    server.registry.mode, server.registry.delay = "slow", 30.0
+    agent.config.write_text(agent.config.read_text().replace("total_timeout = 3.0",
+                                                             "total_timeout = 60.0"))
+    proc, notify, log = run_daemon(agent.config)  # type: ignore[operator]
+    notify.collect(10, until="READY=1")
+    wait_for(lambda: "sending a report" in " ".join(notify.collect(0.2)), 10)
+    wait_for(lambda: len(Outbox(agent.state_dir).pending()) == 1, 10)  # queued, being sent
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert time.monotonic() - t0 < 4, log.read_text()
+    # the report stays queued for the next start; nothing half-written is left
+    [entry] = Outbox(agent.state_dir).pending()
+    assert [p.name for p in (agent.state_dir / "outbox").iterdir()] == [entry.path.name]
