@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -65,17 +66,34 @@ def main() -> int:
     while ready is None:
         if b"READY=1" in ns.recv(4096):
             ready = time.monotonic() - t0
+    pings: list[float] = []
+
+    def listen() -> None:  # systemd reads every notification; so must its stand-in
+        ns.settimeout(None)
+        while True:
+            try:
+                msg = ns.recv(4096)
+            except OSError:
+                return
+            if b"WATCHDOG=1" in msg:
+                pings.append(time.monotonic())
+
+    threading.Thread(target=listen, daemon=True).start()
     end = time.monotonic() + 60
     while not srv.registry.stored and time.monotonic() < end:
         time.sleep(0.05)
     time.sleep(1.0)  # let the cycle child exit and the daemon settle
     before = _status(proc.pid)
     t_idle = time.monotonic()
+    pings_before = len(pings)
     time.sleep(args.idle)
     after = _status(proc.pid)
     idle = time.monotonic() - t_idle
+    pings_idle = len(pings) - pings_before
+    t_term = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)
+    sigterm_exit = time.monotonic() - t_term
     # CPU of one report cycle, in its own process as the daemon runs it
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     c0 = time.monotonic()
@@ -92,7 +110,9 @@ def main() -> int:
         "idle_wakeups": after["voluntary_ctxt_switches"] - before["voluntary_ctxt_switches"],
         "idle_involuntary_switches": after["nonvoluntary_ctxt_switches"]
         - before["nonvoluntary_ctxt_switches"],
+        "watchdog_pings_seen": pings_idle,
         "watchdog_pings_expected": int(idle // 15),
+        "sigterm_to_exit_s": round(sigterm_exit, 3),
         "cycle_cpu_s": round((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), 3),
         "cycle_wall_s": round(time.monotonic() - c0, 3),
         "cycle_maxrss_kib": r1.ru_maxrss,

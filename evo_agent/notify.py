@@ -37,7 +37,11 @@ class Notifier:
         if not self.address:
             return False
         message = "\n".join(fields).encode("utf-8", "replace")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        # Non-blocking: a datagram to a receiver whose queue is full blocks the sender, and a
+        # daemon stuck in sendto() would miss SIGTERM (found by bench/daemon_bench.py, whose
+        # stand-in for systemd stopped reading).  A lost ping is better than a hung daemon.
+        with socket.socket(socket.AF_UNIX,
+                           socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as s:
             try:
                 s.sendto(message, self.address)
             except OSError as exc:
