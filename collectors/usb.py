@@ -71,8 +71,9 @@ def _uevent(text: str | None) -> dict[str, str]:
 
 def _from_uevent(uevent: dict[str, str]) -> dict[str, str | None]:
     """Return idVendor, idProduct, bDeviceClass and dev as a USB device's uevent gives them."""
-    # drivers/usb/core/usb.c usb_dev_uevent(): PRODUCT=%x/%x/%x (idVendor, idProduct,
-    # bcdDevice, without leading zeros) and TYPE=%d/%d/%d (class, subclass, protocol).
+    # drivers/usb/core/driver.c usb_uevent(): PRODUCT=%x/%x/%x (idVendor, idProduct,
+    # bcdDevice, without leading zeros) and TYPE=%d/%d/%d (class, subclass, protocol); the
+    # device core adds MAJOR/MINOR (189:N for a USB device node).
     product = uevent.get("PRODUCT", "").split("/")
     dev_type = uevent.get("TYPE", "").split("/")
     major, minor = _udevdb.decimal(uevent.get("MAJOR")), _udevdb.decimal(uevent.get("MINOR"))
