@@ -21,7 +21,8 @@ The machine:
 * on the xHCI: a Cambridge Audio DacMagic 100 (USB Audio Class 2, ALSA card 1), a SanDisk Ultra
   Fit stick (sdb, mounted under /media/<user>), and the fiber dongle, a Realtek RTL8153 USB NIC
   (r8152, enx...) carrying the second LAN address;
-* wlan0 (iwlwifi), docker0 (bridge) and wg0 (WireGuard), which must never be chosen as LAN NICs;
+* wlan0 (iwlwifi), docker0 (bridge) with a container's veth, and wg0 (WireGuard), which must
+  never be chosen as LAN NICs;
 * samba's ``netbios name``, the VPNID file, a kernel host name.
 
 Values the policy sends are returned in :class:`Expected` (exactly what the report must hold);
@@ -91,6 +92,7 @@ CANARIES: dict[str, str] = {
     "dongle_mac": "00:e0:4c:68:a1:b2",
     "docker0_mac": "02:42:7c:4a:9e:15",
     "docker0_ipv4": "172.29.141.1",
+    "veth_mac": "9a:3f:c4:7e:51:d8",
     "wg0_ipv4": "10.77.41.9",
     "wg0_ipv6": "fd4a:7c31:9e15::9",
 }
@@ -284,7 +286,7 @@ def _pci(t: _Tree) -> None:
         t.attrs(path, {"vendor": f"0x{vid:04x}", "device": f"0x{did:04x}",
                        "class": f"0x{cls:06x}", "subsystem_vendor": f"0x{svid:04x}",
                        "subsystem_device": f"0x{sdid:04x}", "revision": f"0x{rev:02x}",
-                       "modalias": modalias, "enable": 1, "numa_node": -1})
+                       "modalias": modalias})
         t.link(f"{path}/subsystem", "/sys/bus/pci")
         if driver:
             t.link(f"{path}/driver", f"/sys/bus/pci/drivers/{driver}")
@@ -324,7 +326,6 @@ def _usb_device(t: _Tree, name: str, *, bus: int, devnum: int, vid: str, pid: st
         "bDeviceSubClass": f"{cls[1]:02x}", "bDeviceProtocol": f"{cls[2]:02x}",
         "manufacturer": manufacturer, "product": product, "speed": speed, "busnum": bus,
         "devnum": devnum, "dev": f"189:{minor}", "removable": removable,
-        "devpath": name.split("-", 1)[1] if "-" in name else 0, "bConfigurationValue": 1,
     }
     if serial is not None:
         values["serial"] = serial
@@ -447,9 +448,8 @@ def _scsi_disk(t: _Tree, host_path: str, hctl: str, name: str, *, major: int, mi
                rotational: int, partitions: tuple[int, ...], db: dict[str, str],
                links: tuple[str, ...], vpd_serial: str | None = None) -> None:
     """Write a SCSI (ATA or USB mass storage) disk with its partitions and every block link."""
-    target = f"{host_path}/target{hctl.rsplit(':', 2)[0]}/{hctl}"
-    t.attrs(target, {"vendor": vendor, "model": model, "rev": "1B6Q", "type": scsi_type,
-                     "state": "running", "scsi_level": 6})
+    target = f"{host_path}/target{hctl.rsplit(':', 1)[0]}/{hctl}"
+    t.attrs(target, {"vendor": vendor, "model": model, "rev": "1B6Q", "type": scsi_type})
     t.uevent(target, {"DEVTYPE": "scsi_device", "DRIVER": driver,
                       "MODALIAS": f"scsi:t-0x{scsi_type:02x}"})
     if vpd_serial is not None:
@@ -459,8 +459,7 @@ def _scsi_disk(t: _Tree, host_path: str, hctl: str, name: str, *, major: int, mi
     t.link(f"{target}/subsystem", "/sys/bus/scsi")
     t.link(f"{target}/driver", f"/sys/bus/scsi/drivers/{driver}")
     disk = f"{target}/block/{name}"
-    t.attrs(disk, {"dev": f"{major}:{minor}", "size": size, "removable": removable, "ro": 0,
-                   "range": 16, "ext_range": 256, "capability": 0})
+    t.attrs(disk, {"dev": f"{major}:{minor}", "size": size, "removable": removable, "ro": 0})
     t.attrs(f"{disk}/queue", {"rotational": rotational, "logical_block_size": 512})
     t.uevent(disk, {"MAJOR": major, "MINOR": minor, "DEVNAME": name, "DEVTYPE": "disk",
                     "DISKSEQ": minor + 1})
@@ -593,9 +592,8 @@ def _netdev(t: _Tree, name: str, path: str, *, ifindex: int, mac: str, arphrd: i
     ue.update({"INTERFACE": name, "IFINDEX": ifindex})
     t.uevent(path, ue)
     t.attrs(path, {"address": mac, "addr_assign_type": assign, "addr_len": 6 if mac else 0,
-                   "type": arphrd, "ifindex": ifindex, "iflink": ifindex, "mtu": 1500,
-                   "operstate": operstate, "carrier": 1, "dev_port": 0, "dev_id": "0x0",
-                   "flags": "0x1003", "tx_queue_len": 1000})
+                   "type": arphrd, "ifindex": ifindex, "mtu": 1500,
+                   "operstate": operstate, "carrier": 1, "dev_port": 0})
     t.link(f"{path}/subsystem", "/sys/class/net")
     if device is not None:
         t.link(f"{path}/device", device)
@@ -619,6 +617,12 @@ def _network(t: _Tree, net_if: str | None) -> dict[str, dict[str, list[str]]]:
     _netdev(t, "docker0", f"{virtual}/docker0", ifindex=4, mac=c["docker0_mac"], arphrd=1,
             assign=3, devtype="bridge")
     t.attrs(f"{virtual}/docker0/bridge", {"stp_state": 0, "bridge_id": "8000.02427c4a9e15"})
+    # a container's end of a veth pair, enslaved to docker0 (random MAC, no address of its own)
+    veth = f"{virtual}/veth3f2a1b0"
+    _netdev(t, "veth3f2a1b0", veth, ifindex=7, mac=c["veth_mac"], arphrd=1, assign=1)
+    t.link(f"{veth}/master", f"{virtual}/docker0")
+    t.link(f"{virtual}/docker0/brif/veth3f2a1b0", f"{veth}/brport")
+    t.mkdir(f"{veth}/brport")
     # WireGuard: ARPHRD_NONE, no hardware address (the address file holds an empty line)
     _netdev(t, "wg0", f"{virtual}/wg0", ifindex=5, mac="", arphrd=65534, assign=0,
             devtype="wireguard", operstate="unknown")
@@ -629,6 +633,7 @@ def _network(t: _Tree, net_if: str | None) -> dict[str, dict[str, list[str]]]:
                   "ipv6": [c["wlan0_ipv6"], "fe80::5e87:9cff:fe4a:7c31"]},
         "docker0": {"ipv4": [c["docker0_ipv4"]], "ipv6": []},
         "wg0": {"ipv4": [c["wg0_ipv4"]], "ipv6": [c["wg0_ipv6"]]},
+        "veth3f2a1b0": {"ipv4": [], "ipv6": ["fe80::983f:c4ff:fe7e:51d8"]},
     }
     if net_if is not None:
         name = "enx" + c["dongle_mac"].replace(":", "")
