@@ -212,7 +212,7 @@ def test_damaged_archive_is_a_capture_error(tmp_path: Path) -> None:
 
 
 def test_a_file_tested_for_existence_only_is_recorded(tmp_path: Path) -> None:
-    """Collectors test sysfs markers without reading them (``sda2/partition``): replay must agree."""
+    """Collectors test sysfs markers without reading them (``sda2/partition``): replay agrees."""
     live_root = tmp_path / "live"
     part = live_root / "sys/devices/pci0000:00/0000:00:17.0/block/sda/sda2"
     part.mkdir(parents=True)
