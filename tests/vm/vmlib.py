@@ -19,6 +19,7 @@ from the working tree and from Debian's archive, with nothing but root on this m
 Run by hand: ``python3 tests/vm/vmlib.py`` boots once and prints where the results are.
 """
 
+# ruff: noqa: S607 - the harness runs Debian's tools (ip, qemu, dpkg, mkfs) found on PATH
 from __future__ import annotations
 
 import contextlib
@@ -103,8 +104,8 @@ def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
                     entries.append((uri, fields.get("suites", "").split(),
                                     fields.get("components", "").split()))
         elif path.name == "sources.list" or path.suffix == ".list":
-            for line in text.splitlines():
-                line = line.split("#", 1)[0].strip()
+            for raw_line in text.splitlines():
+                line = raw_line.split("#", 1)[0].strip()
                 m = re.match(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)\s+(.*)$", line)
                 if m:
                     entries.append((m.group(1), [m.group(2)], m.group(3).split()))
@@ -123,8 +124,8 @@ def package_depends(control: Path = REPO / "debian" / "control") -> list[str]:
     if not m:
         return []
     names = []
-    for item in m.group(1).split(","):
-        item = item.strip()
+    for raw_item in m.group(1).split(","):
+        item = raw_item.strip()
         if not item or item.startswith("${"):
             continue
         names.append(re.split(r"[\s(:|]", item, maxsplit=1)[0])
@@ -165,7 +166,418 @@ def rootfs(packages: Sequence[str] | None = None, mirror: str | None = None) -> 
     return target
 
 
+# -- the package ----------------------------------------------------------------------------------
+@dataclass
+class Deb:
+    """A built package and what lintian said about it."""
+
+    path: Path
+    version: str
+    lintian: str
+    lintian_status: int
+    build_s: float
+
+
+def _tree_files(repo: Path) -> list[str]:
+    out = run(["git", "-C", repo, "ls-files", "-co", "--exclude-standard", "-z"], capture=True)
+    return [f for f in out.stdout.split("\0") if f and (repo / f).is_file()]
+
+
+def build_deb(out_dir: Path, repo: Path = REPO, version_suffix: str = "") -> Deb:
+    """Build the .deb from the working tree (tracked and untracked files, as they are now).
+
+    The build runs in a copy under ``out_dir``, so debian/.debhelper and friends never land in the
+    tree.  ``version_suffix`` adds a changelog entry (e.g. "+upgrade1") to make a newer version
+    for the upgrade check.
+    """
+    src = out_dir / "src"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    src.mkdir(parents=True)
+    for rel in _tree_files(repo):
+        if rel.startswith((".git/", "tests/", "bench/")):
+            continue
+        dest = src / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / rel, dest)
+    version = run(["dpkg-parsechangelog", "-S", "Version", "-l", src / "debian/changelog"],
+                  capture=True).stdout.strip()
+    if version_suffix:
+        version += version_suffix
+        changelog = src / "debian/changelog"
+        stamp = run(["date", "-R"], capture=True).stdout.strip()
+        entry = (f"evo-agent ({version}) bookworm; urgency=medium\n\n"
+                 "  * Test build by the appliance test (upgrade check).\n\n"
+                 f" -- 432 EVO evo-agent maintainers <evo-agent@432evo.be>  {stamp}\n\n")
+        changelog.write_text(entry + changelog.read_text(encoding="utf-8"), encoding="utf-8")
+    t0 = time.monotonic()
+    env = {**os.environ, "DEB_BUILD_OPTIONS": "nocheck" if version_suffix else ""}
+    proc = run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src, capture=True, check=False,
+               env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dpkg-buildpackage failed:\n{proc.stdout}\n{proc.stderr}")
+    build_s = time.monotonic() - t0
+    debs = sorted(out_dir.glob("evo-agent_*_all.deb"))
+    if len(debs) != 1:
+        raise RuntimeError(f"expected one .deb in {out_dir}, found {debs}")
+    changes = sorted(out_dir.glob("evo-agent_*.changes"))
+    lint = run(["lintian", "--pedantic", "--display-info", "--fail-on", "error,warning",
+                changes[0]], capture=True, check=False)
+    text = "\n".join(line for line in (lint.stdout + lint.stderr).splitlines()
+                     if "running with root privileges" not in line)
+    return Deb(debs[0], version, text, lint.returncode, build_s)
+
+
+# -- the appliance's hardware ---------------------------------------------------------------------
+@dataclass
+class Appliance:
+    """What QEMU is given: the values the inventory must find, and canaries it must never send."""
+
+    bios: dict[str, str] = field(default_factory=lambda: {
+        "vendor": "American Megatrends Inc.", "version": "P1.40", "date": "04/15/2021",
+        "release": "5.13"})
+    system: dict[str, str] = field(default_factory=lambda: {
+        "manufacturer": "432 EVO", "product": "Aeon Mk3", "version": "3.1",
+        "serial": "CANARY-SYS-SERIAL-71c4", "sku": "AEON-MK3", "family": "432 EVO"})
+    system_uuid: str = "4e1f0c7a-9b2d-4c31-8e5f-c4a4a7e0b001"  # canary
+    board: dict[str, str] = field(default_factory=lambda: {
+        "manufacturer": "ASRock", "product": "H110M-ITX", "version": "1.02",
+        "serial": "M80-D8012345678", "asset": "CANARY-BOARD-ASSET-5d2e", "location": "Onboard"})
+    chassis: dict[str, str] = field(default_factory=lambda: {
+        "manufacturer": "432 EVO", "version": "Mk3", "serial": "CANARY-CHASSIS-SERIAL-0b7f",
+        "asset": "CANARY-CHASSIS-ASSET-9a31", "sku": "EVO-CHASSIS"})
+    cpu_model: str = "Intel(R) Core(TM) i3-7100T CPU @ 3.40GHz"
+    cpu: dict[str, str] = field(default_factory=lambda: {
+        "sock_pfx": "CPU", "manufacturer": "Intel(R) Corporation",
+        "serial": "CANARY-CPU-SERIAL-4411", "asset": "CANARY-CPU-ASSET-77e0", "part": "i3-7100T"})
+    cores: int = 2
+    threads: int = 4  # two threads per core
+    oem_strings: tuple[str, ...] = ("EVO-OEM: service contact canary.owner@example.com",
+                                    "CANARY-OEM-STRING-c93a")
+    ram_mib: int = 2048
+    dimm: dict[str, str] = field(default_factory=lambda: {
+        "loc_pfx": "ChannelA-DIMM", "bank": "BANK 0", "manufacturer": "Kingston",
+        "serial": "CANARY-DIMM-SERIAL-8c3d", "asset": "CANARY-DIMM-ASSET-1f20",
+        "part": "KF432S20IB/8", "speed": "2400"})
+    boot_model: str = "Samsung SSD 860 EVO 250GB"
+    boot_serial: str = "S4BENS0N912345X"
+    rip_model: str = "HL-DT-ST BD-RE BH16NS40"
+    rip_serial: str = "KLJB2M91234"
+    usb_stick_serial: str = "CANARY-USBSTICK-5e61"
+    lan_mac: str = "00:1b:21:e4:32:01"    # e1000e, the onboard NIC (an Intel OUI)
+    fiber_mac: str = "00:e0:4c:68:43:02"  # usb-net on the xHCI, the fiber dongle (Realtek OUI)
+    # Documentation ranges (RFC 5737), and only inside the test's network namespace.
+    lan_ip: str = "192.0.2.10"
+    lan_gw: str = "192.0.2.1"
+    fiber_ip: str = "198.51.100.10"
+    fiber_peer: str = "198.51.100.1"
+    vpnid: str = "EVO432-0042-TEST"
+    hostname: str = "evo-aeon-test"
+    netbios_name: str = "EVO-LIVINGROOM"
+    home_canary: str = "/home/canary-user-d41d"
+
+    def canaries(self) -> list[str]:
+        """Every value planted that must never leave the device."""
+        return [self.system["serial"], self.system_uuid, self.board["asset"],
+                self.chassis["serial"], self.chassis["asset"], self.cpu["serial"],
+                self.cpu["asset"], *self.oem_strings, "canary.owner@example.com",
+                self.dimm["serial"], self.dimm["asset"], self.usb_stick_serial, self.hostname,
+                self.home_canary]
+
+    def smbios_args(self) -> list[str]:
+        """-smbios options for types 0, 1, 2, 3, 4, 11 and 17."""
+        def opt(kind: int, values: dict[str, str]) -> str:
+            # QEMU option syntax: a comma inside a value is written twice.
+            return f"type={kind}," + ",".join(f"{k}={v.replace(',', ',,')}"
+                                              for k, v in values.items())
+        args = ["-smbios", opt(0, self.bios),
+                "-smbios", opt(1, {**self.system, "uuid": self.system_uuid}),
+                "-smbios", opt(2, self.board),
+                "-smbios", opt(3, self.chassis),
+                "-smbios", opt(4, {**self.cpu, "version": self.cpu_model})]
+        for value in self.oem_strings:
+            args += ["-smbios", opt(11, {"value": value})]
+        args += ["-smbios", opt(17, self.dimm)]
+        return args
+
+
+@dataclass
+class Image:
+    """A bootable appliance disk image and the kernel to boot it with."""
+
+    disk: Path
+    kernel: Path
+    initrd: Path
+    root_uuid: str
+    build_s: float
+
+
+PROBE_PORT = "org.evo.results"
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
+
+
+def _symlink(path: Path, target: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    path.symlink_to(target)
+
+
+def prepare_tree(base: Path, work: Path) -> None:
+    """Copy the cached system to ``work`` (the cache is never modified)."""
+    shutil.rmtree(work, ignore_errors=True)
+    run(["cp", "-a", "--reflink=auto", base, work])
+
+
+def chroot(root: Path, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command in the tree, with a policy-rc.d that forbids starting services."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8",
+           "DEBIAN_FRONTEND": "noninteractive"}
+    return run(["chroot", root, *argv], capture=True, check=check, env=env)
+
+
+def install_deb(root: Path, deb: Path) -> subprocess.CompletedProcess[str]:
+    """dpkg -i the package in the tree, as an administrator would on the appliance."""
+    _write(root / "usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", 0o755)
+    shutil.copy2(deb, root / "tmp" / deb.name)
+    try:
+        return chroot(root, "dpkg", "-i", f"/tmp/{deb.name}")
+    finally:
+        (root / "tmp" / deb.name).unlink()
+        (root / "usr/sbin/policy-rc.d").unlink()
+
+
+def configure_appliance(root: Path, hw: Appliance, probe_cfg: dict[str, Any]) -> None:
+    """Write the appliance's own configuration and the test's probe into the tree."""
+    _write(root / "etc/hostname", hw.hostname + "\n")
+    _write(root / "etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {hw.hostname}\n")
+    _write(root / "etc/evo-agent/vpnid", hw.vpnid + "\n")
+    # The appliance serves music over Samba: its NetBIOS name is what the LAN sees.
+    _write(root / "etc/samba/smb.conf",
+           f"[global]\n   workgroup = WORKGROUP\n   netbios name = {hw.netbios_name}\n"
+           f"[music]\n   path = {hw.home_canary}/music\n")
+    _write(root / "etc/systemd/network/10-lan.network",
+           f"[Match]\nMACAddress={hw.lan_mac}\n\n[Network]\nAddress={hw.lan_ip}/24\n"
+           f"Gateway={hw.lan_gw}\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n")
+    _write(root / "etc/systemd/network/20-fiber.network",
+           f"[Match]\nMACAddress={hw.fiber_mac}\n\n[Network]\nAddress={hw.fiber_ip}/24\n"
+           "LinkLocalAddressing=no\nIPv6AcceptRA=no\n")
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    _symlink(wants / "systemd-networkd.service", "/lib/systemd/system/systemd-networkd.service")
+    _symlink(root / "etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
+             "/lib/systemd/system/systemd-networkd.socket")
+    # Timers that would only add noise (and try the network) during a two-minute boot.
+    for unit in ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
+                 "fstrim.timer", "systemd-tmpfiles-clean.timer"):
+        _symlink(root / "etc/systemd/system" / unit, "/dev/null")
+    lib = root / "usr/local/lib/evo-vm"
+    _write(lib / "probe.py", (HERE / "guest/probe.py").read_text(encoding="utf-8"))
+    _write(lib / "probe.json", json.dumps(probe_cfg, indent=1))
+    _write(root / "etc/systemd/system/evo-vm-probe.service",
+           (HERE / "guest/evo-vm-probe.service").read_text(encoding="utf-8"))
+    _symlink(wants / "evo-vm-probe.service", "/etc/systemd/system/evo-vm-probe.service")
+    # Empty machine-id: systemd makes one at first boot, as on a freshly flashed unit.
+    _write(root / "etc/machine-id", "")
+
+
+def make_image(root: Path, out_dir: Path, size: str = "3G") -> Image:
+    """Turn the tree into an ext4 image with mkfs.ext4 -d (no mount); keep kernel and initrd."""
+    t0 = time.monotonic()
+    root_uuid = str(uuid.uuid4())
+    _write(root / "etc/fstab", f"UUID={root_uuid} / ext4 defaults,noatime 0 1\n")
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    initrds = sorted((root / "boot").glob("initrd.img-*"))
+    if not kernels or not initrds:
+        raise RuntimeError(f"no kernel or initrd in {root}/boot")
+    kernel, initrd = out_dir / "vmlinuz", out_dir / "initrd.img"
+    shutil.copy2(kernels[-1], kernel)
+    shutil.copy2(initrds[-1], initrd)
+    disk = out_dir / "disk.img"
+    if disk.exists():
+        disk.unlink()
+    run(["mkfs.ext4", "-q", "-F", "-L", "evo-root", "-U", root_uuid, "-d", root, disk, size])
+    return Image(disk, kernel, initrd, root_uuid, time.monotonic() - t0)
+
+
+# -- network namespace ------------------------------------------------------------------------
+@contextlib.contextmanager
+def netns(hw: Appliance) -> Iterator[str]:
+    """A network namespace with the two tap devices the VM's NICs attach to, and nothing else.
+
+    The host ends take the documentation-range peers (192.0.2.1, 198.51.100.1): all the VM's
+    traffic stays inside this namespace, which has no route anywhere else.
+    """
+    name = f"evo-vm-{os.getpid()}"
+    run(["ip", "netns", "add", name])
+    try:
+        ns = ["ip", "netns", "exec", name]
+        run([*ns, "ip", "link", "set", "lo", "up"])
+        for tap, addr in (("tap-lan", f"{hw.lan_gw}/24"), ("tap-fiber", f"{hw.fiber_peer}/24")):
+            run([*ns, "ip", "tuntap", "add", "dev", tap, "mode", "tap"])
+            run([*ns, "ip", "addr", "add", addr, "dev", tap])
+            run([*ns, "ip", "link", "set", tap, "up"])
+        yield name
+    finally:
+        run(["ip", "netns", "delete", name], check=False)
+
+
+ECHO_SERVER = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(8)
+print("listening", flush=True)
+while True:
+    c, peer = s.accept()
+    c.settimeout(10)
+    try:
+        c.recv(100); c.sendall(("echo from namespace to %s\n" % peer[0]).encode())
+    except OSError:
+        pass
+    c.close()
+"""
+
+
+@contextlib.contextmanager
+def echo_server(ns: str, port: int) -> Iterator[subprocess.Popen[str]]:
+    """A TCP echo listener on the host side of the namespace (the guest checks both LANs)."""
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", ECHO_SERVER,
+                             str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# -- QEMU ---------------------------------------------------------------------------------------
+def qemu_argv(hw: Appliance, image: Image, out_dir: Path, cmdline_extra: str = "") -> list[str]:
+    """The QEMU command line of the appliance."""
+    stick = out_dir / "usb-stick.img"
+    with stick.open("wb") as fh:
+        fh.truncate(64 * 1024 * 1024)
+    append = (f"root=UUID={image.root_uuid} rw console=ttyS0,115200 panic=-1 "
+              f"systemd.show_status=auto evo.manufacture=1 {cmdline_extra}").strip()
+    return [
+        "qemu-system-x86_64",
+        "-machine", "q35,accel=tcg", "-nodefaults", "-no-user-config", "-display", "none",
+        "-no-reboot",
+        "-cpu", f"qemu64,model-id={hw.cpu_model.replace(',', ',,')}",
+        "-smp", f"{hw.threads},sockets=1,cores={hw.cores},threads={hw.threads // hw.cores}",
+        "-m", str(hw.ram_mib),
+        *hw.smbios_args(),
+        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", append,
+        "-serial", f"file:{out_dir / 'console.log'}",
+        # Boot drive and rip drive on the q35's own AHCI controller (00:1f.2).
+        "-drive", f"if=none,id=boot,file={image.disk},format=raw,cache=unsafe",
+        "-device", f"ide-hd,bus=ide.0,drive=boot,model={hw.boot_model},serial={hw.boot_serial}",
+        "-device", f"ide-cd,bus=ide.1,model={hw.rip_model},serial={hw.rip_serial}",
+        # The onboard NIC.
+        "-netdev", "tap,id=lan,ifname=tap-lan,script=no,downscript=no",
+        "-device", f"e1000e,netdev=lan,mac={hw.lan_mac},addr=0x02",
+        # xHCI with a USB stick, a USB audio device and the fiber dongle (usb-net).
+        "-device", "qemu-xhci,id=xhci,addr=0x03",
+        "-drive", f"if=none,id=stick,file={stick},format=raw,cache=unsafe",
+        "-device", f"usb-storage,bus=xhci.0,drive=stick,serial={hw.usb_stick_serial}",
+        "-audiodev", "none,id=snd0",
+        "-device", "usb-audio,bus=xhci.0,audiodev=snd0",
+        "-netdev", "tap,id=fiber,ifname=tap-fiber,script=no,downscript=no",
+        "-device", f"usb-net,bus=xhci.0,netdev=fiber,mac={hw.fiber_mac}",
+        # Intel HDA with a duplex codec.
+        "-device", "intel-hda,id=hda,addr=0x04",
+        "-device", "hda-duplex,bus=hda.0,audiodev=snd0",
+        # The probe's way out: a virtio-serial port written to a file on this side.
+        "-device", "virtio-serial-pci,id=vser,addr=0x05",
+        "-chardev", f"file,id=results,path={out_dir / 'results.jsonl'}",
+        "-device", f"virtserialport,bus=vser.0,chardev=results,name={PROBE_PORT}",
+    ]
+
+
+@dataclass
+class Boot:
+    """One boot of the appliance: what came back and how long it took."""
+
+    results: dict[str, Any] | None
+    console: str
+    wall_s: float
+    returncode: int | None
+
+
+def boot(hw: Appliance, image: Image, out_dir: Path, ns: str, timeout: float = 600) -> Boot:
+    """Boot the image under QEMU in the namespace; wait for the probe's results or the timeout."""
+    results = out_dir / "results.jsonl"
+    if results.exists():
+        results.unlink()
+    argv = ["ip", "netns", "exec", ns, *qemu_argv(hw, image, out_dir)]
+    (out_dir / "qemu-argv.json").write_text(json.dumps(argv, indent=1), encoding="utf-8")
+    LOG.info("booting: %s", " ".join(argv))
+    t0 = time.monotonic()
+    with (out_dir / "qemu.log").open("w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            rc: int | None = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            LOG.error("QEMU still running after %s s: killing it", timeout)
+            proc.kill()
+            proc.wait()
+            rc = None
+    wall = time.monotonic() - t0
+    doc = None
+    if results.exists():
+        for line in results.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.strip().startswith("{"):
+                doc = json.loads(line)
+    console = (out_dir / "console.log").read_text(encoding="utf-8", errors="replace") \
+        if (out_dir / "console.log").exists() else ""
+    return Boot(doc, console, wall, rc)
+
+
+def appliance_run(out_dir: Path, hw: Appliance | None = None) -> dict[str, Any]:
+    """Everything, once: .deb, system, image, boot; return the evidence (also saved as JSON)."""
+    hw = hw or Appliance()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    deb = build_deb(out_dir / "deb")
+    timings["build_deb_s"] = deb.build_s
+    t1 = time.monotonic()
+    base = rootfs()
+    timings["rootfs_s"] = time.monotonic() - t1
+    t1 = time.monotonic()
+    work = out_dir / "root"
+    prepare_tree(base, work)
+    installed = install_deb(work, deb.path)
+    port = 8432
+    configure_appliance(work, hw, {"guest_ips": [hw.lan_ip, hw.fiber_ip],
+                                   "peers": [hw.lan_gw, hw.fiber_peer], "echo_port": port,
+                                   "runs": 3})
+    image = make_image(work, out_dir)
+    shutil.rmtree(work)
+    timings["image_s"] = time.monotonic() - t1
+    with netns(hw) as ns, echo_server(ns, port):
+        result = boot(hw, image, out_dir, ns)
+    timings["boot_s"] = result.wall_s
+    timings["total_s"] = time.monotonic() - t0
+    image.disk.unlink()
+    evidence = {"deb": {"path": str(deb.path), "version": deb.version, "lintian": deb.lintian,
+                        "lintian_status": deb.lintian_status, "dpkg_i": installed.stdout},
+                "timings": timings, "qemu_returncode": result.returncode,
+                "guest": result.results, "console_tail": result.console[-20000:]}
+    (out_dir / "evidence.json").write_text(json.dumps(evidence, indent=1), encoding="utf-8")
+    return evidence
+
+
 if __name__ == "__main__":  # pragma: no cover - manual use
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if sys.argv[1:2] == ["rootfs"]:
         print(rootfs())
+    elif sys.argv[1:2] == ["deb"]:
+        print(build_deb(Path(sys.argv[2])))
+    elif sys.argv[1:2] == ["boot"]:
+        ev = appliance_run(Path(sys.argv[2]))
+        print(json.dumps(ev["timings"]), ev["qemu_returncode"], ev["guest"] is not None)
