@@ -80,8 +80,9 @@ def test_install_upgrade_remove_purge(tmp_path: Path) -> None:
 
         # Local changes and state, as on a unit in the field.
         conf = root / "etc/evo-agent/agent.toml"
-        conf.write_text(conf.read_text() + "\n[collectors]\ntimeout = 20.0\n")
+        conf.write_text(conf.read_text().replace("#timeout = 10.0", "timeout = 20.0"))
         local = conf.read_text()
+        assert "\ntimeout = 20.0\n" in local
         dropin = root / "etc/evo-agent/agent.d/50-local.toml"
         dropin.parent.mkdir()
         dropin.write_text("[agent]\nenabled = true\n")

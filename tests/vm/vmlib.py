@@ -453,6 +453,8 @@ def echo_server(ns: str, port: int) -> Iterator[subprocess.Popen[str]]:
     finally:
         proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 # -- QEMU ---------------------------------------------------------------------------------------
@@ -467,7 +469,9 @@ def qemu_argv(hw: Appliance, image: Image, out_dir: Path, cmdline_extra: str = "
         "qemu-system-x86_64",
         "-machine", "q35,accel=tcg", "-nodefaults", "-no-user-config", "-display", "none",
         "-no-reboot",
-        "-cpu", f"qemu64,model-id={hw.cpu_model.replace(',', ',,')}",
+        # An Intel vendor: the AMD one of qemu64 cannot have two threads per core without
+        # topoext (QEMU warns, and the guest sees no SMT).
+        "-cpu", f"qemu64,vendor=GenuineIntel,model-id={hw.cpu_model.replace(',', ',,')}",
         "-smp", f"{hw.threads},sockets=1,cores={hw.cores},threads={hw.threads // hw.cores}",
         "-m", str(hw.ram_mib),
         *hw.smbios_args(),

@@ -15,12 +15,15 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from typing import Any
 
-RESULTS: dict = {"steps": {}}
+RESULTS: dict[str, Any] = {"steps": {}}
 CONFIG_FILE = "/usr/local/lib/evo-vm/probe.json"
 
 
-def sh(argv, timeout=300, env=None):
+def sh(argv: list[str], timeout: float = 300,
+       env: dict[str, str] | None = None) -> tuple[int, str, str, float]:
     """Run a command; return (status, stdout, stderr, wall seconds)."""
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -34,7 +37,7 @@ def sh(argv, timeout=300, env=None):
     return proc.returncode, out, err, time.monotonic() - t0
 
 
-def measured(argv, timeout=300):
+def measured(argv: list[str], timeout: float = 300) -> dict[str, Any]:
     """Run a command and return its own wall time, CPU time and peak RSS (from wait4)."""
     t0 = time.monotonic()
     r, w = os.pipe()
@@ -51,7 +54,8 @@ def measured(argv, timeout=300):
             os._exit(127)
     os.close(w)
     os.close(e_w)
-    chunks, errs = [], []
+    chunks: list[bytes] = []
+    errs: list[bytes] = []
     import selectors
 
     sel = selectors.DefaultSelector()
@@ -78,9 +82,9 @@ def measured(argv, timeout=300):
     }
 
 
-def step(name):
+def step(name: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
     """Decorator: run the function now, record its result, time and any exception."""
-    def wrap(fn):
+    def wrap(fn: Callable[[], Any]) -> Callable[[], Any]:
         t0 = time.monotonic()
         try:
             value = fn()
@@ -94,12 +98,14 @@ def step(name):
     return wrap
 
 
-def text(argv, timeout=120):
+def text(argv: list[str], timeout: float = 120) -> dict[str, Any]:
+    """Run a command; return its status and output."""
     status, out, err, _ = sh(argv, timeout)
     return {"status": status, "stdout": out, "stderr": err}
 
 
-def read(path):
+def read(path: str) -> str | None:
+    """Return a file's stripped text, or None."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             return fh.read().strip()
@@ -107,17 +113,18 @@ def read(path):
         return None
 
 
-def main():
+def main() -> None:
+    """Run every step, send the results, power off."""
     port = sys.argv[1]
     cfg = json.loads(read(CONFIG_FILE) or "{}")
     RESULTS["started_monotonic"] = time.monotonic()
 
     @step("udev_settle")
-    def _():
+    def _() -> Any:
         return text(["udevadm", "settle", "--timeout=120"], 150)
 
     @step("network")
-    def _():
+    def _() -> Any:
         # networkd configures the static addresses; wait for both (bounded) before the inventory.
         want = set(cfg.get("guest_ips", []))
         deadline = time.monotonic() + 60
@@ -144,21 +151,21 @@ def main():
         return result
 
     @step("inventory_runs")
-    def _():
+    def _() -> Any:
         runs = [measured(["evo-agent", "inventory", "--json"]) for _ in range(cfg.get("runs", 3))]
         return runs
 
     @step("inventory_raw")
-    def _():
+    def _() -> Any:
         return measured(["evo-agent", "inventory", "--raw", "--json"])
 
     @step("collectors")
-    def _():
+    def _() -> Any:
         return measured(["evo-agent", "collectors", "--json"])
 
     @step("units")
-    def _():
-        out = {}
+    def _() -> Any:
+        out: dict[str, dict[str, Any]] = {}
         for unit in ("evo-agent.service", "evo-agent-manufacture.service"):
             show = sh(["systemctl", "show", unit, "--no-pager", "-p",
                        "ActiveState,SubState,Result,ExecMainStatus,NRestarts,ConditionResult,"
@@ -174,7 +181,7 @@ def main():
         return out
 
     @step("boot")
-    def _():
+    def _() -> Any:
         return {
             "analyze": text(["systemd-analyze", "time", "--no-pager"]),
             "blame": sh(["systemd-analyze", "blame", "--no-pager"])[1].splitlines()[:25],
@@ -184,7 +191,7 @@ def main():
         }
 
     @step("package")
-    def _():
+    def _() -> Any:
         return {
             "dpkg": text(["dpkg-query", "-W", "-f",
                           "${Package} ${Version} ${Status}\n${Conffiles}\n", "evo-agent"]),
@@ -197,26 +204,27 @@ def main():
         }
 
     @step("evidence")
-    def _():
+    def _() -> Any:
         # Ground truth as the guest sees it, for the report when a value does not match.
-        usb = {}
+        usb: dict[str, dict[str, str]] = {}
         for dev in sorted(os.listdir("/sys/bus/usb/devices")):
             base = f"/sys/bus/usb/devices/{dev}"
             if os.path.exists(f"{base}/idVendor"):
-                usb[dev] = {k: read(f"{base}/{k}") for k in
+                usb[dev] = {k: read(f"{base}/{k}") or "" for k in
                             ("idVendor", "idProduct", "manufacturer", "product")}
-        pci = {}
+        pci: dict[str, dict[str, str | None]] = {}
         for dev in sorted(os.listdir("/sys/bus/pci/devices")):
             base = f"/sys/bus/pci/devices/{dev}"
             pci[dev] = {k: read(f"{base}/{k}") for k in ("vendor", "device", "class")}
             pci[dev]["driver"] = os.path.basename(os.path.realpath(f"{base}/driver")) \
                 if os.path.exists(f"{base}/driver") else None
         hwdb = {}
-        for d in pci.values():
-            key = f"pci:v0000{d['vendor'][2:].upper()}d0000{d['device'][2:].upper()}"
+        for p in pci.values():
+            vendor, device = (p["vendor"] or "")[2:].upper(), (p["device"] or "")[2:].upper()
+            key = f"pci:v0000{vendor}d0000{device}"
             hwdb[key] = sh(["systemd-hwdb", "query", key])[1]
-        for d in usb.values():
-            key = f"usb:v{d['idVendor'].upper()}p{d['idProduct'].upper()}"
+        for u in usb.values():
+            key = f"usb:v{u['idVendor'].upper()}p{u['idProduct'].upper()}"
             hwdb[key] = sh(["systemd-hwdb", "query", key])[1]
         disks = {}
         for name in ("sda", "sr0"):
@@ -234,9 +242,15 @@ def main():
 
     RESULTS["finished_monotonic"] = time.monotonic()
     data = (json.dumps(RESULTS) + "\n").encode()
-    with open(port, "wb", buffering=0) as fh:
-        fh.write(data)
-        os.fsync(fh.fileno())
+    # A virtio port takes a write in pieces (32 KiB at a time here): loop until all is out.
+    # (fsync on a port is EINVAL; close() waits for nothing, so the host reads to the newline.)
+    fd = os.open(port, os.O_WRONLY)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
     if cfg.get("poweroff", True):
         subprocess.run(["systemctl", "poweroff", "--no-block"], check=False)
 
