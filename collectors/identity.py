@@ -13,7 +13,7 @@ class Identity(Collector):
     description = "VPNID file and NetBIOS name (smb.conf, else the host name)"
     fields = {
         "vpnid": "the device serial, from the file written at manufacturing",
-        "netbios_name": "LAN server name: smb.conf [global] 'netbios name', else from the host name",
+        "netbios_name": "LAN server name: smb.conf [global] 'netbios name', else the host name",
         "hostname": "the kernel host name (never sent; the NetBIOS name is derived from it)",
     }
     options = {"vpnid_file": (str, "/etc/evo-agent/vpnid"),

@@ -73,8 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         _setup_logging(getattr(args, "verbose", False))
         if args.verb is None:
-            raise UsageError("evo-agent: a verb is needed (inventory, explain, capture, collectors); "
-                             "see 'evo-agent --help'")
+            raise UsageError("evo-agent: a verb is needed (inventory, explain, capture, "
+                             "collectors); see 'evo-agent --help'")
         handler = {"inventory": _cmd_inventory, "explain": _cmd_explain,
                    "capture": _cmd_capture, "collectors": _cmd_collectors}[args.verb]
         return handler(args, sys.stdout)
@@ -101,7 +101,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from evo_agent.config import load
 
     classes = discover()
-    cfg = load(getattr(args, "config", None), {n: c.options for n, c in classes.items()})
+    cfg = load(getattr(args, "config", None), classes)
     return cfg, classes
 
 

@@ -73,11 +73,15 @@ def _type_ok(expected: type, value: Any) -> bool:
     return isinstance(value, expected)
 
 
-_TYPE_NAMES = {bool: "true or false", str: "a string", float: "a number", int: "an integer",
-               list: "a list"}
+_TYPE_NAMES = {
+    bool: "true or false", str: "a string", float: "a number", int: "an integer", list: "a list",
+}
 
 
-def _check(path: Path | None, key: str, spec: tuple[type, Any, Validator | None], value: Any) -> Any:
+Spec = tuple[type, Any, Validator | None]
+
+
+def _check(path: Path | None, key: str, spec: Spec, value: Any) -> Any:
     expected, _default, validator = spec
     if not _type_ok(expected, value):
         shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
@@ -105,43 +109,49 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(path, None, f"cannot be read: {exc.strerror}") from None
 
 
-def config_files(explicit: str | Path | None) -> list[Path]:
+def config_files(
+    explicit: str | Path | None,
+    system_file: Path = DEFAULT_FILE,
+    dropin_dir: Path = DEFAULT_DROPIN_DIR,
+) -> list[Path]:
     """Return the files to read, in precedence order (lowest first)."""
     if explicit is not None:
         path = Path(explicit)
         if not path.is_file():
             raise ConfigError(path, None, "no such file")
         return [path]
-    files = [DEFAULT_FILE] if DEFAULT_FILE.is_file() else []
-    if DEFAULT_DROPIN_DIR.is_dir():
-        files += sorted(p for p in DEFAULT_DROPIN_DIR.glob("*.toml") if p.is_file())
+    files = [system_file] if system_file.is_file() else []
+    if dropin_dir.is_dir():
+        files += sorted(p for p in dropin_dir.glob("*.toml") if p.is_file())
     return files
 
 
 def load(
     explicit: str | Path | None = None,
-    collector_options: Mapping[str, Mapping[str, tuple[type, Any]]] | None = None,
+    collectors: Mapping[str, Any] | None = None,
+    *,
+    system_file: Path = DEFAULT_FILE,
+    dropin_dir: Path = DEFAULT_DROPIN_DIR,
 ) -> Config:
     """Read and validate the configuration.
 
-    ``collector_options`` maps each known collector to its options (from
-    :func:`evo_agent.collector.discover`); when None, collector sections are discovered here.
+    ``collectors`` maps each known collector name to its class (from
+    :func:`evo_agent.collector.discover`, which is called when it is None); their ``options``
+    and ``default_enabled`` define the ``[collectors.NAME]`` tables.
     """
-    if collector_options is None:
+    if collectors is None:
         from evo_agent.collector import discover
 
-        collector_options = {name: cls.options for name, cls in discover().items()}
-        defaults_enabled = {name: cls.default_enabled for name, cls in discover().items()}
-    else:
-        defaults_enabled = {name: True for name in collector_options}
+        collectors = discover()
+    collector_options = {name: cls.options for name, cls in collectors.items()}
     values: dict[str, dict[str, Any]] = {
         section: {key: spec[1] for key, spec in keys.items()} for section, keys in SCHEMA.items()
     }
     col: dict[str, dict[str, Any]] = {
-        name: {"enabled": defaults_enabled.get(name, True), **{k: d for k, (_t, d) in opts.items()}}
-        for name, opts in collector_options.items()
+        name: {"enabled": cls.default_enabled, **{k: d for k, (_t, d) in cls.options.items()}}
+        for name, cls in collectors.items()
     }
-    files = config_files(explicit)
+    files = config_files(explicit, system_file, dropin_dir)
     for path in files:
         merge_file(path, _read_toml(path), values, col, collector_options)
     return Config(
@@ -164,7 +174,8 @@ def merge_file(
     """Validate one parsed file and merge it over ``values`` and ``col``."""
     for section, body in data.items():
         if section not in SCHEMA:
-            raise ConfigError(path, section, f"unknown section (known: {', '.join(sorted(SCHEMA))})")
+            known = ", ".join(sorted(SCHEMA))
+            raise ConfigError(path, section, f"unknown section (known: {known})")
         if not isinstance(body, dict):
             raise ConfigError(path, section, "must be a table, e.g. [" + section + "]")
         for key, value in body.items():

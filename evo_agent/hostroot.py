@@ -47,7 +47,7 @@ _MAX_SYMLINKS = 40
 
 
 def command_name(argv: Sequence[str]) -> str:
-    """Return the capture file stem for a command line (``dmidecode -t 17`` -> ``dmidecode_-t_17``)."""
+    """Return the capture file name of a command (``dmidecode -t 17`` -> ``dmidecode_-t_17``)."""
     parts = [os.path.basename(argv[0]), *argv[1:]]
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", "_".join(parts))
 
@@ -226,7 +226,8 @@ class _TreeHost(Host):
 class LiveHost(_TreeHost):
     """The running system (root ``/``), or a system image unpacked under another directory."""
 
-    def __init__(self, root: str | os.PathLike[str] = "/", *, allow_commands: bool | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] = "/", *,
+                 allow_commands: bool | None = None) -> None:
         super().__init__(root)
         # Commands of this machine describe this machine only: never mix them into another root.
         self.allow_commands = (str(root) == "/") if allow_commands is None else allow_commands
@@ -441,8 +442,8 @@ def unpack_capture(archive: str | os.PathLike[str], dest: str | os.PathLike[str]
     """
     root = Path(dest)
     try:
-        tar = tarfile.open(archive, "r:*")
-    except (OSError, tarfile.TarError) as exc:
+        tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the with below
+    except (OSError, tarfile.TarError, EOFError) as exc:
         raise CaptureError(f"{archive}: not a readable capture archive ({exc})") from None
     with tar:
         try:
@@ -470,8 +471,11 @@ def unpack_capture(archive: str | os.PathLike[str], dest: str | os.PathLike[str]
                 src = tar.extractfile(member)
                 if src is None:
                     continue
-                with src, open(target, "xb") as fh:
-                    shutil.copyfileobj(src, fh)
+                try:
+                    with src, open(target, "xb") as fh:
+                        shutil.copyfileobj(src, fh)
+                except (OSError, tarfile.TarError, EOFError) as exc:
+                    raise CaptureError(f"{archive}: damaged capture archive ({exc})") from None
             # hard links, devices and FIFOs are skipped: no collector reads them from a capture
 
 
@@ -488,7 +492,11 @@ class CaptureSource:
         if not self.path.exists():
             raise CaptureError(f"{self.path}: no such capture (give a directory or a .tar.gz)")
         self._tmp = tempfile.TemporaryDirectory(prefix="evo-capture-")
-        unpack_capture(self.path, self._tmp.name)
+        try:
+            unpack_capture(self.path, self._tmp.name)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
         return ReplayHost(self._tmp.name)
 
     def __exit__(self, *exc: object) -> None:

@@ -66,7 +66,7 @@ def _has_data(value: Any) -> bool:
 def error_code(exc: BaseException) -> str:
     """Return a value-free code for an exception: its class name in snake case."""
     name = type(exc).__name__
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()[:64]
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()[:64]
 
 
 def _run_one(collector: Collector, host: Host) -> Outcome:

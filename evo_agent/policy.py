@@ -43,10 +43,11 @@ PLACEHOLDERS = frozenset(
     for s in (
         "To Be Filled By O.E.M.", "To be filled by O.E.M.", "To Be Filled By OEM", "Default string",
         "Default String", "System Serial Number", "System Product Name", "System manufacturer",
-        "System Manufacturer", "System Version", "Base Board Serial Number", "Base Board Product Name",
-        "Chassis Serial Number", "Chassis Manufacture", "Type1ProductConfigId", "Type2 - Board Serial Number",
-        "Type2 - Board Vendor Name1", "Type2 - Board Product Name1", "0123456789", "123456789",
-        "1234567890", "01234567890", "Not Specified", "Not Applicable", "Not Available", "Not Present",
+        "System Manufacturer", "System Version", "Base Board Serial Number",
+        "Base Board Product Name", "Chassis Serial Number", "Chassis Manufacture",
+        "Type1ProductConfigId", "Type2 - Board Serial Number", "Type2 - Board Vendor Name1",
+        "Type2 - Board Product Name1", "0123456789", "123456789", "1234567890", "01234567890",
+        "Not Specified", "Not Applicable", "Not Available", "Not Present",
         "None", "N/A", "NA", "Unknown", "Undefined", "OEM", "O.E.M.", "Default", "Empty", "[Empty]",
         "NO DIMM", "No Module Installed", "SerNum0", "SerNum1", "SerNum2", "SerNum3", "Serial",
         "PartNum0", "PartNum1", "PartNum2", "PartNum3", "Manufacturer0", "Manufacturer1",
@@ -332,7 +333,7 @@ def apply(policy: Policy, raw: Mapping[str, Mapping[str, Any] | None]) -> Filter
             cleaned = CLEANERS[rule.type](value)
         top, _, rest = rule.report.partition(".")
         if top not in result:
-            raise PolicyError(f"policy.toml: report path {rule.report!r} outside functional/hardware")
+            raise PolicyError(f"policy.toml: {rule.report!r} is outside functional/hardware")
         _put(result[top], rest, cleaned)
     allowed = policy.sources()
     for collector, found in raw.items():

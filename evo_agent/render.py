@@ -69,10 +69,7 @@ def explain_text(rows: list[dict[str, Any]], policy: Policy, dropped: Counter[st
     out = [f"What leaves this device, and why (privacy policy of {policy.version})", ""]
     for r in rows:
         value = r["value"]
-        if isinstance(value, list):
-            shown = f"{len(value)} item(s)"
-        else:
-            shown = _fmt(value)
+        shown = f"{len(value)} item(s)" if isinstance(value, list) else _fmt(value)
         out.append(f"{r['field']} = {shown}")
         out.append(f"    policy: \"{r['policy_line']}\" ({r['section']})")
         for purpose in r["purposes"]:

@@ -1,0 +1,177 @@
+"""Vendor and device names from the hwdata ID files (pci.ids, usb.ids), read through the host.
+
+udev's database normally names every PCI and USB device already (see ``_udevdb``); these files are
+the fallback for devices udev has not processed (no udev in a container or initramfs, a capture
+without ``/run/udev``).  The files are large (pci.ids is about 1.4 MB and 36,000 lines), so they
+are never parsed in full: a lookup finds the vendor line with a byte search, then the device line
+inside that vendor's block only.  A file is read at the first lookup, not before, and one
+:class:`IdsFile` caches its file and its answers for one collector run.
+
+Format (both files): a vendor line is ``vvvv  Name`` at column 0, its devices follow as
+``\\tdddd  Name`` and their subsystems as ``\\t\\tssss ssss  Name``; ``#`` starts a comment; the
+vendor list ends where the class list begins (``C xx  Name``), after which usb.ids has more
+sections whose lines are not vendors.
+
+Where no database names a device, its own strings (USB descriptors, which snd-usb-audio also uses
+as the sound card's name) are the name; :func:`plausible_name` keeps personal data out of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from evo_agent.hostroot import Host
+
+LOG = logging.getLogger(__name__)
+
+#: Where Debian (pciutils/hwdata), Fedora (hwdata) and usbutils keep the files.
+PCI_IDS_PATHS = ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids")
+USB_IDS_PATHS = ("/usr/share/misc/usb.ids", "/usr/share/hwdata/usb.ids",
+                 "/var/lib/usbutils/usb.ids")
+#: Bound on the size read; pci.ids grows by about 50 kB a year.
+MAX_IDS_FILE = 16 * 1024 * 1024
+_HEX = re.compile(r"^(?:0x)?([0-9a-fA-F]+)$")
+
+
+def hex_id(value: str | None, width: int = 4) -> str | None:
+    """Return a sysfs hex value ("0x8086", "8086") as lowercase hex of ``width`` digits, or None."""
+    if value is None:
+        return None
+    m = _HEX.match(value.strip())
+    if not m:
+        return None
+    digits = m.group(1).lstrip("0") or "0"
+    if len(digits) > width:
+        return None
+    return digits.lower().zfill(width)
+
+
+def _name(line: bytes) -> str | None:
+    """Return the name part of an ID line (after the ID and its two spaces)."""
+    text = line.decode("utf-8", "replace").strip()
+    return text or None
+
+
+class IdsFile:
+    """Lazy lookups in one ID file (pci.ids or usb.ids); create one per collector run."""
+
+    def __init__(self, host: Host, paths: tuple[str, ...]) -> None:
+        self.host = host
+        self.paths = paths
+        self._data: bytes | None = None
+        self._vendor_end = 0
+        self._loaded = False
+        # vendor id -> (name, start, end of its device block) or None when unknown
+        self._vendors: dict[str, tuple[str | None, int, int] | None] = {}
+        self._devices: dict[tuple[str, str], str | None] = {}
+
+    def _load(self) -> bytes | None:
+        if not self._loaded:
+            self._loaded = True
+            for path in self.paths:
+                try:
+                    data = self.host.read_bytes(path, MAX_IDS_FILE)
+                except OSError:
+                    continue
+                # Searches below look for "\n<id>"; a leading newline lets the first line match.
+                self._data = b"\n" + data
+                end = self._data.find(b"\nC ")
+                self._vendor_end = end if end >= 0 else len(self._data)
+                LOG.debug("hardware IDs read from %s (%d bytes)", path, len(data))
+                break
+            else:
+                LOG.debug("no hardware ID file among %s", ", ".join(self.paths))
+        return self._data
+
+    def _vendor(self, vendor_id: str) -> tuple[str | None, int, int] | None:
+        vid = hex_id(vendor_id)
+        if vid is None:
+            return None
+        if vid in self._vendors:
+            return self._vendors[vid]
+        found: tuple[str | None, int, int] | None = None
+        data = self._load()
+        if data is not None:
+            pos = data.find(b"\n" + vid.encode() + b"  ", 0, self._vendor_end)
+            if pos >= 0:
+                line_end = data.find(b"\n", pos + 1)
+                if line_end < 0:
+                    line_end = len(data)
+                name = _name(data[pos + 7:line_end])
+                # The block is the run of lines that start with a tab or '#' (comments
+                # appear inside blocks); it ends at the next line that starts otherwise.
+                block_end = line_end
+                while block_end < self._vendor_end:
+                    nxt = data[block_end + 1:block_end + 2]
+                    if nxt not in (b"\t", b"#"):
+                        break
+                    following = data.find(b"\n", block_end + 1)
+                    block_end = following if following >= 0 else len(data)
+                found = (name, line_end, block_end)
+        self._vendors[vid] = found
+        return found
+
+    def vendor(self, vendor_id: str | None) -> str | None:
+        """Return the vendor name for an ID, or None."""
+        if vendor_id is None:
+            return None
+        entry = self._vendor(vendor_id)
+        return entry[0] if entry else None
+
+    def device(self, vendor_id: str | None, device_id: str | None) -> str | None:
+        """Return the device (product) name for a vendor and device ID, or None."""
+        vid, did = hex_id(vendor_id), hex_id(device_id)
+        if vid is None or did is None:
+            return None
+        key = (vid, did)
+        if key in self._devices:
+            return self._devices[key]
+        name: str | None = None
+        entry = self._vendor(vid)
+        data = self._data
+        if entry is not None and data is not None:
+            _vname, start, end = entry
+            pos = data.find(b"\n\t" + did.encode() + b"  ", start, end)
+            if pos >= 0:
+                line_end = data.find(b"\n", pos + 1)
+                name = _name(data[pos + 8:line_end if line_end >= 0 else len(data)])
+        self._devices[key] = name
+        return name
+
+
+def pci_ids(host: Host) -> IdsFile:
+    """Return a lazy pci.ids reader for one run."""
+    return IdsFile(host, PCI_IDS_PATHS)
+
+
+def usb_ids(host: Host) -> IdsFile:
+    """Return a lazy usb.ids reader for one run."""
+    return IdsFile(host, USB_IDS_PATHS)
+
+
+# Descriptor strings are free text written by the maker (or by the owner: some devices let the
+# user set them).  Used as a name only when no database knows the ID, they must not carry
+# personal data: some put an e-mail address, a path, a URL with a user, or the unit's serial in
+# them (the Dell webcams of shared/corpus/udev/checkbox/CAPTURE_METADATA.txt and six other
+# machines there have a serial-like "CN0CW54MLOG0079LB04LA00" as manufacturer string).
+_EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[A-Za-z]{2,}")
+# A path: "/Users/john/..." (a Parallels virtual printer's product string, lsusb output in
+# shared/corpus/lsusb/cyme/lsusb_list.txt), "~/x", "C:\\x", "\\\\server".  The first component must
+# start with a letter so that model names such as "AHA-2940U2/U2W /7890/7891" (pci.ids) pass.
+_PATH = re.compile(r"(?:^|[\s(\[\"'=:,])(?:~[^\s/\\]*/|\.{0,2}/[A-Za-z_.][^\s/\\]*[/\\]"
+                   r"|[A-Za-z]:\\|\\\\[A-Za-z])")
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.I)
+_SERIAL_LIKE = re.compile(r"^(?=(?:.*[0-9]){4})(?=(?:.*[A-Z]){2})[A-Z0-9]{16,}$")
+
+
+def plausible_name(text: str | None) -> str | None:
+    """Return a descriptor string usable as a device name, or None when it may be personal data."""
+    if text is None:
+        return None
+    text = text.strip()
+    if not text:
+        return None
+    if _EMAIL.search(text) or _PATH.search(text) or _URL.search(text) or _SERIAL_LIKE.match(text):
+        return None
+    return text

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs on a fresh Debian 12 machine (as root), then run it.
+# Used as is by CI (.ci/run). Arguments are passed to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3 python3-venv python3-pip
+  # the agent's runtime dependencies, Debian's versions (the .deb uses these)
+  python3-psutil python3-pyudev python3-pyroute2 python3-requests python3-systemd python3-cryptography
+  # what the collectors read or run, and the tests' real tools
+  dmidecode pciutils usbutils hwdata tar gzip iproute2
+  # the registry's tests run a real PostgreSQL
+  postgresql
+)
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+fi
+
+# Debian's Python with Debian's libraries (what the appliance runs), plus the test tools from PyPI.
+VENV=${EVO_TEST_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,registry]"
+
+exec "$VENV/bin/python" -m pytest "$@"
