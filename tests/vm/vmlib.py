@@ -19,7 +19,7 @@ from the working tree and from Debian's archive, with nothing but root on this m
 Run by hand: ``python3 tests/vm/vmlib.py`` boots once and prints where the results are.
 """
 
-# ruff: noqa: S607 - the harness runs Debian's tools (ip, qemu, dpkg, mkfs) found on PATH
+
 from __future__ import annotations
 
 import contextlib

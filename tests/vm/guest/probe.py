@@ -7,7 +7,7 @@ virtio-serial port given as argv[1].  Each step is timed and its failure recorde
 step never hides the others; the host side (test_appliance.py) does all the asserting.
 """
 
-# ruff: noqa: S606, S607 - runs the guest's own tools (evo-agent, systemctl, udevadm) from PATH
+# ruff: noqa: S606 - runs the guest's own tools (evo-agent, systemctl, udevadm) from PATH
 import json
 import os
 import re
@@ -119,6 +119,10 @@ def main() -> None:
     cfg = json.loads(read(CONFIG_FILE) or "{}")
     RESULTS["started_monotonic"] = time.monotonic()
 
+    @step("system_running")
+    def _() -> Any:
+        return text(["systemctl", "is-system-running", "--wait"], 300)
+
     @step("udev_settle")
     def _() -> Any:
         return text(["udevadm", "settle", "--timeout=120"], 150)
@@ -185,6 +189,10 @@ def main() -> None:
         return {
             "analyze": text(["systemd-analyze", "time", "--no-pager"]),
             "blame": sh(["systemd-analyze", "blame", "--no-pager"])[1].splitlines()[:25],
+            "critical_chain": text(["systemd-analyze", "critical-chain", "--no-pager"]),
+            "evo_units": [line.strip() for line in
+                          sh(["systemd-analyze", "blame", "--no-pager"])[1].splitlines()
+                          if "evo-agent" in line],
             "failed": text(["systemctl", "--failed", "--no-legend", "--no-pager"]),
             "cmdline": read("/proc/cmdline"),
             "kernel": read("/proc/sys/kernel/osrelease"),
@@ -218,6 +226,13 @@ def main() -> None:
             pci[dev] = {k: read(f"{base}/{k}") for k in ("vendor", "device", "class")}
             pci[dev]["driver"] = os.path.basename(os.path.realpath(f"{base}/driver")) \
                 if os.path.exists(f"{base}/driver") else None
+            # The names udev itself gives the device: its hwdb lookup uses the full modalias,
+            # subsystem IDs included ("... (QEMU Virtual Machine)" for the q35 host bridge).
+            props = sh(["udevadm", "info", "--query=property", f"--path={base}"])[1]
+            for line in props.splitlines():
+                if line.startswith(("ID_VENDOR_FROM_DATABASE=", "ID_MODEL_FROM_DATABASE=")):
+                    key, _, value = line.partition("=")
+                    pci[dev][key] = value
         hwdb = {}
         for p in pci.values():
             vendor, device = (p["vendor"] or "")[2:].upper(), (p["device"] or "")[2:].upper()
