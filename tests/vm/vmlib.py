@@ -166,6 +166,40 @@ def rootfs(packages: Sequence[str] | None = None, mirror: str | None = None) -> 
     return target
 
 
+def rootfs_with(extra: Sequence[str]) -> Path:
+    """Return the cached appliance system plus ``extra`` packages (apt-get in a chroot of a copy).
+
+    Used by the benchmark (bench/vm_bench.py), which needs lshw, inxi, hw-probe and
+    fusioninventory-agent beside the agent; the appliance test itself uses :func:`rootfs`.
+    apt resolves what debootstrap cannot (virtual packages, alternatives); Recommends are off.
+    """
+    base = rootfs()
+    extra = sorted(extra)
+    key = hashlib.sha256(json.dumps([base.name, extra]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"{base.name}+{key}"
+    if (target / ".evo-vm-complete").is_file():
+        return target
+    tmp = cache_dir() / f".{target.name}.{os.getpid()}"
+    prepare_tree(base, tmp)
+    t0 = time.monotonic()
+    shutil.copy2("/etc/resolv.conf", tmp / "etc/resolv.conf")
+    _write(tmp / "usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", 0o755)
+    try:
+        chroot(tmp, "apt-get", "update", "-q")
+        chroot(tmp, "apt-get", "install", "-y", "-q", "--no-install-recommends", *extra)
+        chroot(tmp, "apt-get", "clean")
+    finally:
+        (tmp / "usr/sbin/policy-rc.d").unlink()
+    for lists in (tmp / "var/lib/apt/lists").glob("*_*"):
+        lists.unlink()
+    (tmp / ".evo-vm-packages").write_text("\n".join([*rootfs_packages(), *extra]) + "\n",
+                                          encoding="utf-8")
+    (tmp / ".evo-vm-complete").write_text(f"{time.monotonic() - t0:.1f} s\n", encoding="utf-8")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
 # -- the package ----------------------------------------------------------------------------------
 @dataclass
 class Deb:
@@ -541,8 +575,14 @@ def boot(hw: Appliance, image: Image, out_dir: Path, ns: str, timeout: float = 6
     return Boot(doc, console, wall, rc)
 
 
-def appliance_run(out_dir: Path, hw: Appliance | None = None) -> dict[str, Any]:
-    """Everything, once: .deb, system, image, boot; return the evidence (also saved as JSON)."""
+def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
+                  extra_packages: Sequence[str] = (), bench_runs: int = 0,
+                  timeout: float = 600) -> dict[str, Any]:
+    """Everything, once: .deb, system, image, boot; return the evidence (also saved as JSON).
+
+    With ``bench_runs``, the system also has ``extra_packages`` and the probe runs
+    bench/inventory_bench.py in the guest (the installed agent against lshw, inxi, ...).
+    """
     hw = hw or Appliance()
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -550,7 +590,7 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None) -> dict[str, Any]:
     deb = build_deb(out_dir / "deb")
     timings["build_deb_s"] = deb.build_s
     t1 = time.monotonic()
-    base = rootfs()
+    base = rootfs_with(extra_packages) if extra_packages else rootfs()
     timings["rootfs_s"] = time.monotonic() - t1
     t1 = time.monotonic()
     work = out_dir / "root"
@@ -559,12 +599,20 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None) -> dict[str, Any]:
     port = 8432
     configure_appliance(work, hw, {"guest_ips": [hw.lan_ip, hw.fiber_ip],
                                    "peers": [hw.lan_gw, hw.fiber_peer], "echo_port": port,
-                                   "runs": 3})
+                                   "runs": 3, "bench_runs": bench_runs})
+    if bench_runs:
+        # The benchmark runs the installed code: its REPO (parents[1]) is /usr/local/lib/evo-vm,
+        # where the package's directories are linked.
+        lib = work / "usr/local/lib/evo-vm"
+        _write(lib / "bench/inventory_bench.py",
+               (REPO / "bench/inventory_bench.py").read_text(encoding="utf-8"), 0o755)
+        for name in ("evo_agent", "collectors", "config"):
+            _symlink(lib / name, f"/usr/share/evo-agent/{name}")
     image = make_image(work, out_dir)
     shutil.rmtree(work)
     timings["image_s"] = time.monotonic() - t1
     with netns(hw) as ns, echo_server(ns, port):
-        result = boot(hw, image, out_dir, ns)
+        result = boot(hw, image, out_dir, ns, timeout)
     timings["boot_s"] = result.wall_s
     timings["total_s"] = time.monotonic() - t0
     image.disk.unlink()

@@ -255,6 +255,12 @@ def main() -> None:
             "meminfo_total": (read("/proc/meminfo") or "").splitlines()[:1],
         }
 
+    if cfg.get("bench_runs"):
+        @step("bench")
+        def _() -> Any:
+            return text([sys.executable, "/usr/local/lib/evo-vm/bench/inventory_bench.py",
+                         "--runs", str(cfg["bench_runs"]), "--python", sys.executable], 3600)
+
     RESULTS["finished_monotonic"] = time.monotonic()
     data = (json.dumps(RESULTS) + "\n").encode()
     # A virtio port takes a write in pieces (32 KiB at a time here): loop until all is out.
