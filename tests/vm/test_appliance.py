@@ -90,6 +90,7 @@ def test_service_enabled_unprivileged_idle(guest: dict[str, Any]) -> None:
     show = guest["units"]["evo-agent.service"]["show"]
     assert show["UnitFileState"] == "enabled"
     assert show["User"] == "evo-agent"
+    assert show["Group"] == "evo-support"
     assert show["Nice"] == "19"
     assert show["CPUSchedulingPolicy"] == "5"  # SCHED_IDLE
     assert show["IOSchedulingClass"] == "3"  # idle

@@ -66,6 +66,8 @@ def test_install_upgrade_remove_purge(tmp_path: Path) -> None:
         assert vmlib.chroot(root, "evo-agent", "--version").stdout.strip() == \
             f"evo-agent {deb1.version}"
         assert vmlib.chroot(root, "getent", "passwd", "evo-agent").stdout.startswith("evo-agent:")
+        group = vmlib.chroot(root, "getent", "group", "evo-support").stdout
+        assert group.startswith("evo-support:")
         wants = root / "etc/systemd/system/multi-user.target.wants"
         assert (wants / "evo-agent.service").is_symlink()
         assert (wants / "evo-agent-manufacture.service").is_symlink()

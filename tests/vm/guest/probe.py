@@ -173,7 +173,7 @@ def main() -> None:
         for unit in ("evo-agent.service", "evo-agent-manufacture.service"):
             show = sh(["systemctl", "show", unit, "--no-pager", "-p",
                        "ActiveState,SubState,Result,ExecMainStatus,NRestarts,ConditionResult,"
-                       "UnitFileState,User,MemoryMax,Nice,CPUSchedulingPolicy,IOSchedulingClass"])[1]
+                       "UnitFileState,User,Group,MemoryMax,Nice,CPUSchedulingPolicy,IOSchedulingClass"])[1]
             out[unit] = {
                 "show": dict(line.split("=", 1) for line in show.splitlines() if "=" in line),
                 "journal": sh(["journalctl", "-b", "-u", unit, "-o", "cat", "--no-pager"])[1],
