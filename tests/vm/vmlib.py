@@ -304,7 +304,9 @@ class Appliance:
     lan_gw: str = "192.0.2.1"
     fiber_ip: str = "198.51.100.10"
     fiber_peer: str = "198.51.100.1"
-    vpnid: str = "EVO432-0042-TEST"
+    # The daemon spreads a fleet's boot reports over a few minutes by a splay derived from the
+    # VPNID (issue 3); this VPNID's is 0.5 s, so under TCG the boot report goes at once.
+    vpnid: str = "EVO432-0330-TEST"
     hostname: str = "evo-aeon-test"
     netbios_name: str = "EVO-LIVINGROOM"
     home_canary: str = "/home/canary-user-d41d"
@@ -491,14 +493,118 @@ def echo_server(ns: str, port: int) -> Iterator[subprocess.Popen[str]]:
             proc.stdout.close()
 
 
+# -- delivery (issue 3): the registry in the namespace ---------------------------------------------
+REGISTRY_PORT = 8443
+
+
+def delivery_available(repo: Path = REPO) -> bool:
+    """True when the tree has the daemon and the delivery tests' registry (issue 3)."""
+    return all((repo / f).is_file() for f in ("evo_agent/daemon.py", "tests/delivery/server.py",
+                                              "tests/delivery/pki.py"))
+
+
+@dataclass
+class Delivery:
+    """The registry's TLS files and the device key enrolled with it (made at 'manufacturing')."""
+
+    out: Path
+    ca: Path
+    cert: Path
+    key: Path
+    device_key_pem: bytes
+    public_b64: str
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """What the registry answered so far (tests/vm/registry_netns.py writes it)."""
+        path = self.out / "requests.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def stored(self) -> dict[str, dict[str, Any]]:
+        """The reports the registry stored, by report UUID."""
+        return {p.stem: json.loads(p.read_text()) for p in self.out.glob("*-*-*-*-*.json")}
+
+
+def make_delivery(out_dir: Path, hw: Appliance) -> Delivery:
+    """A test CA with a certificate for the LAN gateway, and the device's Ed25519 key."""
+    import base64
+    import importlib
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    pki = importlib.import_module("tests.delivery.pki").make_pki(out_dir / "pki", "evo-vm",
+                                                                  host=hw.lan_gw)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    public = base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+    out = out_dir / "registry"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    return Delivery(out, Path(pki.ca_pem), Path(pki.cert_pem), Path(pki.key_pem), pem, public)
+
+
+def _ids(root: Path, user: str, group: str) -> tuple[int, int]:
+    uid = next(int(line.split(":")[2]) for line in (root / "etc/passwd").read_text().splitlines()
+               if line.startswith(user + ":"))
+    gid = next(int(line.split(":")[2]) for line in (root / "etc/group").read_text().splitlines()
+               if line.startswith(group + ":"))
+    return uid, gid
+
+
+def provision_delivery(root: Path, hw: Appliance, d: Delivery) -> None:
+    """What manufacturing leaves on a unit: the registry's URL and CA, and the enrolled key."""
+    _write(root / "etc/evo-agent/ca.pem", d.ca.read_text())
+    _write(root / "etc/evo-agent/agent.d/90-appliance-test.toml",
+           "# Written by the appliance test: the registry in the test's network namespace.\n"
+           f'[delivery]\nhttps_url = "https://{hw.lan_gw}:{REGISTRY_PORT}"\n'
+           'ca_bundle = "/etc/evo-agent/ca.pem"\n')
+    uid, gid = _ids(root, "evo-agent", "evo-support")
+    state = root / "var/lib/evo-agent"
+    state.mkdir(mode=0o750, exist_ok=True)
+    os.chown(state, uid, gid)
+    key = state / "device.key"
+    key.write_bytes(d.device_key_pem)
+    key.chmod(0o600)
+    os.chown(key, uid, gid)
+
+
+@contextlib.contextmanager
+def registry(ns: str, hw: Appliance, d: Delivery) -> Iterator[subprocess.Popen[bytes]]:
+    """Run the registry on the LAN gateway address inside the namespace."""
+    log = (d.out / "server.log").open("wb")
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, str(HERE / "registry_netns.py"),
+         "--host", hw.lan_gw, "--port", str(REGISTRY_PORT), "--cert", str(d.cert),
+         "--key", str(d.key), "--enroll", hw.vpnid, d.public_b64, "--out", str(d.out)],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not (d.out / "ready").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the registry did not start: "
+                                   + (d.out / "server.log").read_text(errors="replace"))
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+
+
 # -- QEMU ---------------------------------------------------------------------------------------
-def qemu_argv(hw: Appliance, image: Image, out_dir: Path, cmdline_extra: str = "") -> list[str]:
+def qemu_argv(hw: Appliance, image: Image, out_dir: Path,
+              cmdline_extra: str = "evo.manufacture=1") -> list[str]:
     """The QEMU command line of the appliance."""
     stick = out_dir / "usb-stick.img"
     with stick.open("wb") as fh:
         fh.truncate(64 * 1024 * 1024)
     append = (f"root=UUID={image.root_uuid} rw console=ttyS0,115200 panic=-1 "
-              f"systemd.show_status=auto evo.manufacture=1 {cmdline_extra}").strip()
+              f"systemd.show_status=auto {cmdline_extra}").strip()
     return [
         "qemu-system-x86_64",
         "-machine", "q35,accel=tcg", "-nodefaults", "-no-user-config", "-display", "none",
@@ -546,12 +652,17 @@ class Boot:
     returncode: int | None
 
 
-def boot(hw: Appliance, image: Image, out_dir: Path, ns: str, timeout: float = 600) -> Boot:
-    """Boot the image under QEMU in the namespace; wait for the probe's results or the timeout."""
+def boot(hw: Appliance, image: Image, out_dir: Path, ns: str, *, timeout: float = 600,
+         cmdline_extra: str = "evo.manufacture=1") -> Boot:
+    """Boot the image under QEMU in the namespace; wait for the probe's results or the timeout.
+
+    The disk image persists between calls: a second call is a reboot of the same unit.
+    """
     results = out_dir / "results.jsonl"
-    if results.exists():
-        results.unlink()
-    argv = ["ip", "netns", "exec", ns, *qemu_argv(hw, image, out_dir)]
+    for stale in (results, out_dir / "console.log"):
+        if stale.exists():
+            stale.unlink()
+    argv = ["ip", "netns", "exec", ns, *qemu_argv(hw, image, out_dir, cmdline_extra)]
     (out_dir / "qemu-argv.json").write_text(json.dumps(argv, indent=1), encoding="utf-8")
     LOG.info("booting: %s", " ".join(argv))
     t0 = time.monotonic()
@@ -597,9 +708,14 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
     prepare_tree(base, work)
     installed = install_deb(work, deb.path)
     port = 8432
+    delivering = delivery_available() and not bench_runs
     configure_appliance(work, hw, {"guest_ips": [hw.lan_ip, hw.fiber_ip],
                                    "peers": [hw.lan_gw, hw.fiber_peer], "echo_port": port,
-                                   "runs": 3, "bench_runs": bench_runs})
+                                   "runs": 3, "bench_runs": bench_runs,
+                                   "delivery_wait_s": 420 if delivering else 0})
+    d = make_delivery(out_dir, hw) if delivering else None
+    if d is not None:
+        provision_delivery(work, hw, d)
     if bench_runs:
         # The benchmark runs the installed code: its REPO (parents[1]) is /usr/local/lib/evo-vm,
         # where the package's directories are linked.
@@ -611,15 +727,31 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
     image = make_image(work, out_dir)
     shutil.rmtree(work)
     timings["image_s"] = time.monotonic() - t1
-    with netns(hw) as ns, echo_server(ns, port):
-        result = boot(hw, image, out_dir, ns, timeout)
-    timings["boot_s"] = result.wall_s
+    reboot: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        ns = stack.enter_context(netns(hw))
+        stack.enter_context(echo_server(ns, port))
+        if d is not None:
+            stack.enter_context(registry(ns, hw, d))
+        result = boot(hw, image, out_dir, ns, timeout=timeout)
+        timings["boot_s"] = result.wall_s
+        if d is not None:
+            # Boot 1 was the factory's (evo.manufacture=1); boot 2 is the owner's, same disk.
+            reboot["after_boot1"] = {"records": d.records, "stored": d.stored()}
+            shutil.copy2(out_dir / "console.log", out_dir / "console-boot1.log")
+            second = boot(hw, image, out_dir, ns, timeout=timeout,
+                          cmdline_extra="evo.probe=delivery")
+            timings["reboot_s"] = second.wall_s
+            reboot.update({"guest": second.results, "qemu_returncode": second.returncode,
+                           "console_tail": second.console[-20000:],
+                           "after_boot2": {"records": d.records, "stored": d.stored()}})
     timings["total_s"] = time.monotonic() - t0
     image.disk.unlink()
     evidence = {"deb": {"path": str(deb.path), "version": deb.version, "lintian": deb.lintian,
                         "lintian_status": deb.lintian_status, "dpkg_i": installed.stdout},
                 "timings": timings, "qemu_returncode": result.returncode,
-                "guest": result.results, "console_tail": result.console[-20000:]}
+                "guest": result.results, "console_tail": result.console[-20000:],
+                "delivery": reboot if d is not None else None}
     (out_dir / "evidence.json").write_text(json.dumps(evidence, indent=1), encoding="utf-8")
     return evidence
 

@@ -117,6 +117,9 @@ def main() -> None:
     """Run every step, send the results, power off."""
     port = sys.argv[1]
     cfg = json.loads(read(CONFIG_FILE) or "{}")
+    # The reboot in the delivery check only needs the delivery steps (evo.probe=delivery).
+    full = "evo.probe=delivery" not in (read("/proc/cmdline") or "").split()
+    RESULTS["full"] = full
     RESULTS["started_monotonic"] = time.monotonic()
 
     @step("system_running")
@@ -154,18 +157,40 @@ def main() -> None:
         result["reach"] = reach
         return result
 
-    @step("inventory_runs")
-    def _() -> Any:
-        runs = [measured(["evo-agent", "inventory", "--json"]) for _ in range(cfg.get("runs", 3))]
-        return runs
+    if cfg.get("delivery_wait_s"):
+        @step("delivery")
+        def _() -> Any:
+            # The daemon sends the boot report once the network is up: wait (bounded) until
+            # `evo-agent status` shows a success and an empty outbox.
+            deadline = time.monotonic() + cfg["delivery_wait_s"]
+            polls = 0
+            while True:
+                polls += 1
+                status = text(["evo-agent", "status", "--json"], 60)
+                try:
+                    doc = json.loads(status["stdout"])
+                except ValueError:
+                    doc = None
+                done = bool(doc and doc["last_success"]["time"] and doc["outbox_depth"] == 0)
+                if done or time.monotonic() > deadline:
+                    break
+                time.sleep(2)
+            return {"status": status, "doc": doc, "done": done, "polls": polls,
+                    "waited_s": round(time.monotonic() - RESULTS["started_monotonic"], 1)}
 
-    @step("inventory_raw")
-    def _() -> Any:
-        return measured(["evo-agent", "inventory", "--raw", "--json"])
+    if full:
+        @step("inventory_runs")
+        def _() -> Any:
+            return [measured(["evo-agent", "inventory", "--json"])
+                    for _ in range(cfg.get("runs", 3))]
 
-    @step("collectors")
-    def _() -> Any:
-        return measured(["evo-agent", "collectors", "--json"])
+        @step("inventory_raw")
+        def _() -> Any:
+            return measured(["evo-agent", "inventory", "--raw", "--json"])
+
+        @step("collectors")
+        def _() -> Any:
+            return measured(["evo-agent", "collectors", "--json"])
 
     @step("units")
     def _() -> Any:
@@ -173,7 +198,9 @@ def main() -> None:
         for unit in ("evo-agent.service", "evo-agent-manufacture.service"):
             show = sh(["systemctl", "show", unit, "--no-pager", "-p",
                        "ActiveState,SubState,Result,ExecMainStatus,NRestarts,ConditionResult,"
-                       "UnitFileState,User,Group,MemoryMax,Nice,CPUSchedulingPolicy,IOSchedulingClass"])[1]
+                       "UnitFileState,User,Group,MemoryMax,Nice,CPUSchedulingPolicy,IOSchedulingClass,"
+                       "MainPID,ExecMainStartTimestampMonotonic,ActiveEnterTimestampMonotonic,"
+                       "MemoryCurrent"])[1]
             out[unit] = {
                 "show": dict(line.split("=", 1) for line in show.splitlines() if "=" in line),
                 "journal": sh(["journalctl", "-b", "-u", unit, "-o", "cat", "--no-pager"])[1],
@@ -182,6 +209,12 @@ def main() -> None:
             m = re.search(r"Overall exposure level for \S+: ([0-9.]+)",
                           out[unit]["security"]["stdout"])
             out[unit]["exposure"] = float(m.group(1)) if m else None
+            pid = out[unit]["show"].get("MainPID", "0")
+            if pid != "0":
+                status = read(f"/proc/{pid}/status") or ""
+                out[unit]["proc_status"] = {k: v.strip() for k, _, v in
+                                            (line.partition(":") for line in status.splitlines())
+                                            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
         return out
 
     @step("boot")
@@ -197,6 +230,11 @@ def main() -> None:
             "cmdline": read("/proc/cmdline"),
             "kernel": read("/proc/sys/kernel/osrelease"),
         }
+
+    if not full:
+        RESULTS["finished_monotonic"] = time.monotonic()
+        send(port, cfg)
+        return
 
     @step("package")
     def _() -> Any:
@@ -262,6 +300,11 @@ def main() -> None:
                          "--runs", str(cfg["bench_runs"]), "--python", sys.executable], 3600)
 
     RESULTS["finished_monotonic"] = time.monotonic()
+    send(port, cfg)
+
+
+def send(port: str, cfg: dict[str, Any]) -> None:
+    """Write the results to the virtio port, then power off."""
     data = (json.dumps(RESULTS) + "\n").encode()
     # A virtio port takes a write in pieces (32 KiB at a time here): loop until all is out.
     # (fsync on a port is EINVAL; close() waits for nothing, so the host reads to the newline.)
