@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             mode = mode_file.read_text().split() if mode_file.exists() else []
             reg.mode = mode[0] if mode else "ok"
             reg.delay = float(mode[1]) if len(mode) > 1 else 0.0
+            self.evo_mode = reg.mode  # this request's mode, for its answer line
             with (out / "requests.jsonl").open("a") as fh:
                 fh.write(json.dumps({"event": "request", "mode": reg.mode}) + "\n")
             super().do_POST()
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                     extra: dict[str, str] | None = None) -> None:
             rid = doc.get("report_id")
             stored = reg.stored.get(rid) if rid else None
-            line = {"event": "answer", "status": status, "report_id": rid,
+            line = {"event": "answer", "mode": getattr(self, "evo_mode", None),
+                    "status": status, "report_id": rid,
                     "path": self.headers.get("X-Evo-Path"),
                     "trigger": stored.get("trigger") if stored else None,
                     "sequence": stored.get("sequence") if stored else None}

@@ -323,3 +323,28 @@ def test_reboot_sends_a_second_boot_report(delivery: dict[str, Any]) -> None:
     accepted = [r["report_id"] for r in delivery["after_boot2"]["records"]
                 if r["event"] == "answer" and r["status"] == 201]
     assert sorted(accepted) == sorted(after)
+
+
+@needs_daemon
+def test_power_cut_in_flight_delivered_exactly_once(delivery: dict[str, Any]) -> None:
+    """Power cut (QEMU killed) while the registry holds a report; after the next boot every
+    report is stored once, the held one included, and the outbox is empty."""
+    cut = delivery["power_cut"]
+    held = [r for r in cut["after_cut"][cut["records_before"]:] if r["event"] == "request"]
+    assert held and held[0]["mode"] == "slow", cut["after_cut"]
+    assert cut["guest"] is None  # killed before the probe could send anything
+    assert cut["qemu_returncode"] == -9
+    final = delivery["after_cut_boot"]
+    assert final["guest"] is not None, final["console_tail"][-3000:]
+    assert final["guest"]["delivery"]["done"], final["guest"]["delivery"]
+    answers = [r for r in final["records"] if r["event"] == "answer"]
+    held_answer = [a for a in answers if a["mode"] == "slow"]
+    assert len(held_answer) == 1, answers
+    rid = held_answer[0]["report_id"]
+    assert rid in final["stored"]
+    accepted = [a["report_id"] for a in answers if a["status"] == 201]
+    assert sorted(accepted) == sorted(final["stored"]), answers  # each stored once, no more
+    triggers = sorted(r["trigger"] for r in final["stored"].values())
+    assert triggers == ["boot"] * len(triggers)
+    sequences = sorted(r["sequence"] for r in final["stored"].values())
+    assert len(set(sequences)) == len(sequences)

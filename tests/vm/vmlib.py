@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -495,6 +495,8 @@ def echo_server(ns: str, port: int) -> Iterator[subprocess.Popen[str]]:
 
 # -- delivery (issue 3): the registry in the namespace ---------------------------------------------
 REGISTRY_PORT = 8443
+#: How long the registry holds the request during which the power is cut.
+CUT_HOLD_S = 30
 
 
 def delivery_available(repo: Path = REPO) -> bool:
@@ -653,10 +655,13 @@ class Boot:
 
 
 def boot(hw: Appliance, image: Image, out_dir: Path, ns: str, *, timeout: float = 600,
-         cmdline_extra: str = "evo.manufacture=1") -> Boot:
+         cmdline_extra: str = "evo.manufacture=1",
+         cut_power_when: Callable[[], bool] | None = None) -> Boot:
     """Boot the image under QEMU in the namespace; wait for the probe's results or the timeout.
 
     The disk image persists between calls: a second call is a reboot of the same unit.
+    ``cut_power_when`` is polled while the VM runs; when it returns True, QEMU is killed
+    (SIGKILL: the guest gets no chance to flush anything, as when the plug is pulled).
     """
     results = out_dir / "results.jsonl"
     for stale in (results, out_dir / "console.log"):
@@ -668,13 +673,21 @@ def boot(hw: Appliance, image: Image, out_dir: Path, ns: str, *, timeout: float 
     t0 = time.monotonic()
     with (out_dir / "qemu.log").open("w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            rc: int | None = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            LOG.error("QEMU still running after %s s: killing it", timeout)
-            proc.kill()
-            proc.wait()
-            rc = None
+        rc: int | None = None
+        deadline = time.monotonic() + timeout
+        while rc is None:
+            try:
+                rc = proc.wait(0.2)
+            except subprocess.TimeoutExpired:
+                if cut_power_when is not None and cut_power_when():
+                    LOG.info("power cut: killing QEMU")
+                    proc.kill()
+                    rc = proc.wait()
+                elif time.monotonic() > deadline:
+                    LOG.error("QEMU still running after %s s: killing it", timeout)
+                    proc.kill()
+                    proc.wait()
+                    break
     wall = time.monotonic() - t0
     doc = None
     if results.exists():
@@ -745,6 +758,33 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
             reboot.update({"guest": second.results, "qemu_returncode": second.returncode,
                            "console_tail": second.console[-20000:],
                            "after_boot2": {"records": d.records, "stored": d.stored()}})
+            # Boot 3: the registry holds the next request; the power is cut while it is in
+            # flight.  Boot 4: the registry answers again; the report must arrive exactly once.
+            seen = len(d.records)
+            (d.out / "mode").write_text(f"slow {CUT_HOLD_S}\n")
+
+            def in_flight() -> bool:
+                return any(r["event"] == "request" for r in d.records[seen:])
+
+            cut = boot(hw, image, out_dir, ns, timeout=timeout, cmdline_extra="evo.probe=delivery",
+                       cut_power_when=in_flight)
+            timings["power_cut_boot_s"] = cut.wall_s
+            (d.out / "mode").write_text("ok\n")
+            reboot["power_cut"] = {"qemu_returncode": cut.returncode, "guest": cut.results,
+                                   "records_before": seen, "after_cut": d.records}
+            after = boot(hw, image, out_dir, ns, timeout=timeout,
+                         cmdline_extra="evo.probe=delivery")
+            timings["after_cut_boot_s"] = after.wall_s
+            # The held request is answered (into the void) CUT_HOLD_S after it came.
+            deadline = time.monotonic() + CUT_HOLD_S + 30
+            while (time.monotonic() < deadline
+                   and not any(r["event"] == "answer" and r.get("mode") == "slow"
+                               for r in d.records[seen:])):
+                time.sleep(1)
+            reboot["after_cut_boot"] = {"guest": after.results,
+                                        "qemu_returncode": after.returncode,
+                                        "console_tail": after.console[-20000:],
+                                        "records": d.records, "stored": d.stored()}
     timings["total_s"] = time.monotonic() - t0
     image.disk.unlink()
     evidence = {"deb": {"path": str(deb.path), "version": deb.version, "lintian": deb.lintian,
