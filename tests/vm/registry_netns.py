@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import json
 import ssl
 import sys
+import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -47,11 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     class Recording(base):  # type: ignore[misc]
         def do_POST(self) -> None:
             mode = mode_file.read_text().split() if mode_file.exists() else []
-            reg.mode = mode[0] if mode else "ok"
-            reg.delay = float(mode[1]) if len(mode) > 1 else 0.0
-            self.evo_mode = reg.mode  # this request's mode, for its answer line
+            self.evo_mode = mode[0] if mode else "ok"  # this request's, for its answer line
+            # Read the whole body first, so that "request" means: it has all arrived (the power
+            # cut then hits a report the registry holds, not one still on the wire).
+            length = int(self.headers.get("Content-Length", "0"))
+            body = self.rfile.read(min(length, server.MAX_WIRE + 1))
+            self.rfile: Any = io.BytesIO(body)
             with (out / "requests.jsonl").open("a") as fh:
-                fh.write(json.dumps({"event": "request", "mode": reg.mode}) + "\n")
+                fh.write(json.dumps({"event": "request", "mode": self.evo_mode,
+                                     "bytes": len(body)}) + "\n")
+            if self.evo_mode == "slow":
+                time.sleep(float(mode[1]) if len(mode) > 1 else 30.0)
+            reg.mode = "ok"
             super().do_POST()
 
         def _answer(self, status: int, doc: dict[str, Any],
