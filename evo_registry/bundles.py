@@ -65,7 +65,10 @@ def verify(data: bytes, factory_tokens: Sequence[str]) -> tuple[bytes, str, dict
     parsed request.  Raises HttpError with the reason."""
     if len(data) > MAX_BUNDLE:
         raise HttpError(413, f"bundle larger than {MAX_BUNDLE} bytes")
-    envelope = wire.parse_json(data)
+    try:
+        envelope = wire.parse_json(data)
+    except HttpError as exc:
+        raise HttpError(400, f"not an enrolment bundle: {exc.reason}") from exc
     if not isinstance(envelope, dict) or envelope.get("format") != FORMAT:
         raise HttpError(400, f"not an enrolment bundle (format {FORMAT!r} expected)")
     body = _b64(envelope, "request")
