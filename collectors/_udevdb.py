@@ -30,6 +30,7 @@ _DEVNUM = re.compile(r"[0-9]{1,10}:[0-9]{1,10}")  # ASCII: \d takes any script's
 # The device number of a USB device node: major 189 (usb_device), and the minor the kernel
 # derives from bus and device numbers (drivers/usb/core/usb.c: (busnum - 1) * 128 + devnum - 1).
 USB_DEVICE_MAJOR = 189
+_DECIMAL = re.compile(r"[0-9]{1,9}")
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -61,16 +62,28 @@ def pci_record(address: str) -> str:
     return f"+pci:{address}"
 
 
+def decimal(text: str | None) -> int | None:
+    """Return a non-negative ASCII decimal number (at most 9 digits), else None.
+
+    ``str.isdigit()`` is no test for ``int()``: it accepts "²" and other Unicode digits, which
+    ``int()`` refuses (found by fuzzing, see tests/test_usb_udevdb.py).
+    """
+    if text is None:
+        return None
+    text = text.strip()
+    return int(text) if _DECIMAL.fullmatch(text) else None
+
+
 def usb_record(dev: str | None, busnum: str | None, devnum: str | None) -> str | None:
     """Return a USB device's record name from its ``dev`` attribute, else bus and device number."""
     if dev:
         major, sep, minor = dev.strip().partition(":")
-        if sep and major.isdigit() and minor.isdigit():
-            return f"c{int(major)}:{int(minor)}"
-    if busnum and devnum and busnum.strip().isdigit() and devnum.strip().isdigit():
-        bus, num = int(busnum), int(devnum)
-        if bus >= 1 and 1 <= num <= 128:
-            return f"c{USB_DEVICE_MAJOR}:{(bus - 1) * 128 + num - 1}"
+        major_n, minor_n = decimal(major), decimal(minor)
+        if sep and major_n is not None and minor_n is not None:
+            return f"c{major_n}:{minor_n}"
+    bus, num = decimal(busnum), decimal(devnum)
+    if bus is not None and num is not None and bus >= 1 and 1 <= num <= 128:
+        return f"c{USB_DEVICE_MAJOR}:{(bus - 1) * 128 + num - 1}"
     return None
 
 

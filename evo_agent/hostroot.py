@@ -140,9 +140,11 @@ class _TreeHost(Host):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._root = os.fspath(self.root)
 
-    def _local(self, parts: Sequence[str]) -> Path:
-        return self.root.joinpath(*parts) if parts else self.root
+    def _local(self, parts: Sequence[str]) -> str:
+        # plain string joins: pathlib per component was the main cost of a 559-device PCI scan
+        return os.path.join(self._root, *parts) if parts else self._root
 
     def _resolve(self, path: str) -> list[str]:
         """Resolve links inside the root, as chroot would: absolute targets restart at the root."""
@@ -339,7 +341,8 @@ class RecordingHost(Host):
             parts = self._mirror(path)
             dest = self.out.joinpath(*parts)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if not dest.exists():
+            # the longest read wins: an existence check copies at most 64 KiB
+            if not dest.exists() or dest.stat().st_size < len(data):
                 dest.write_bytes(data)
         return data
 
@@ -365,6 +368,21 @@ class RecordingHost(Host):
         if kind in ("dir", "link"):
             with self._lock:
                 self._mirror(path)
+        elif kind == "file":
+            # A collector may test a file's existence without reading it (``partition`` in a
+            # sysfs block device says "this is a partition"): the replay must see it too, so
+            # it is copied.  A file that cannot be read (some sysfs attributes answer EIO) is
+            # recorded empty, which keeps its existence.
+            try:
+                data = self.inner.read_bytes(path, 64 * 1024)
+            except OSError:
+                data = b""
+            with self._lock:
+                parts = self._mirror(path)
+                dest = self.out.joinpath(*parts)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if not dest.exists():
+                    dest.write_bytes(data)
         return kind
 
     def readlink(self, path: str) -> str | None:
