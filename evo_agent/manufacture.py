@@ -100,6 +100,14 @@ def _shown(value: Any, limit: int = 64) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 def _get(doc: Mapping[str, Any] | None, *keys: str) -> Any:
     node: Any = doc
     for key in keys:
@@ -120,7 +128,7 @@ def _collector_problem(report: Mapping[str, Any], name: str,
 def _serial_check(name: str, label: str, *, cleaned: Any, raw: Any, absent: str,
                   problem: str | None) -> Check:
     expected = "a real serial (not a firmware placeholder)"
-    if cleaned:
+    if isinstance(cleaned, str) and cleaned:
         return Check(name, label, True, cleaned, expected)
     if raw not in (None, ""):
         return Check(name, label, False, _shown(raw), expected,
@@ -133,8 +141,10 @@ def check_unit(report: Mapping[str, Any], raw: Mapping[str, Mapping[str, Any] | 
                ) -> list[Check]:
     """Check a manufacturing report (and the raw values behind it) against the BOM."""
     messages = messages or {}
-    hw = report.get("hardware") or {}
-    dmi, disks, alsa = raw.get("dmi") or {}, raw.get("disks") or {}, raw.get("alsa") or {}
+    # The filter gives the report its types, but raw values are whatever a collector (or a
+    # damaged capture) returned: anything of an unexpected type counts as absent.
+    hw = _mapping(report.get("hardware"))
+    dmi, disks, alsa = (_mapping(raw.get(name)) for name in ("dmi", "disks", "alsa"))
     checks: list[Check] = []
     if bom["require_board_serial"]:
         checks.append(_serial_check(
@@ -142,13 +152,13 @@ def check_unit(report: Mapping[str, Any], raw: Mapping[str, Mapping[str, Any] | 
             raw=dmi.get("board_serial"), absent="no motherboard serial in the SMBIOS table",
             problem=_collector_problem(report, "dmi", messages)))
     if bom["require_mac"]:
-        mac = hw.get("mac_address")
+        mac = _text(hw.get("mac_address"))
         checks.append(Check("mac", "onboard MAC", bool(mac), mac,
                             "the MAC address of an onboard wired NIC",
                             None if mac else _collector_problem(report, "network", messages)
                             or "no onboard wired NIC found"))
     if bom["require_boot_drive_serial"]:
-        found = disks.get("boot_drive_device")
+        found = _text(disks.get("boot_drive_device"))
         checks.append(_serial_check(
             "boot_drive_serial", "boot drive serial", cleaned=_get(hw, "boot_drive", "serial"),
             raw=disks.get("boot_drive_serial"),
@@ -156,29 +166,35 @@ def check_unit(report: Mapping[str, Any], raw: Mapping[str, Mapping[str, Any] | 
             else "no boot drive found under /",
             problem=_collector_problem(report, "disks", messages)))
     if bom["require_rip_drive"]:
-        device = disks.get("rip_drive_device")
+        device = _text(disks.get("rip_drive_device"))
         seen = None
         if device:
-            model = _get(hw, "rip_drive", "model") or "unknown model"
-            serial = _get(hw, "rip_drive", "serial")
+            model = _text(_get(hw, "rip_drive", "model")) or "unknown model"
+            serial = _text(_get(hw, "rip_drive", "serial"))
             seen = f"{device}: {model}" + (f" (serial {serial})" if serial else "")
         checks.append(Check("rip_drive", "rip drive", bool(device), seen, "an optical drive",
                             None if device else _collector_problem(report, "disks", messages)
                             or "no optical drive found"))
     if bom["require_audio"] or bom["expected_audio"]:
-        checks.append(_audio_check(hw.get("audio_devices") or [], alsa.get("cards") or [],
+        checks.append(_audio_check(_list(hw.get("audio_devices")), _list(alsa.get("cards")),
                                    bom["expected_audio"],
                                    _collector_problem(report, "alsa", messages)))
     if bom["min_ram_bytes"]:
         total = _get(hw, "ram", "total_bytes")
         want = int(bom["min_ram_bytes"])
-        ok = isinstance(total, int) and total >= want
+        if isinstance(total, bool) or not isinstance(total, int) or total <= 0:
+            total = None
+        ok = total is not None and total >= want
         checks.append(Check("ram", "RAM", ok,
                             f"{total / GIB:g} GiB ({total} bytes)" if total else None,
                             f"at least {want / GIB:g} GiB ({want} bytes)",
                             None if total else _collector_problem(report, "dmi", messages)
                             or "RAM size unknown"))
     return checks
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _card_text(card: Mapping[str, Any]) -> str:
@@ -506,6 +522,13 @@ class Result:
     checks: list[Check] = field(default_factory=list)
 
 
+#: The enrolment's status in the JSON verdict when it did not happen.
+_STATUS: dict[type[EvoError], str] = {
+    AlreadyEnrolled: "already_enrolled", RegistryUnreachable: "registry_unreachable",
+    RegistryRefused: "refused", OutputError: "not_written",
+}
+
+
 def _settings(cfg: Config, req: Request) -> tuple[dict[str, Any], str, str]:
     """Return the BOM, the registry URL and the token, after checking what enrolment needs."""
     bom = dict(cfg.values["manufacture"])
@@ -592,7 +615,7 @@ def run(cfg: Config, req: Request, *,
                 doc["enrolment"] = _offline(Path(req.offline), vpnid, public_key, body,
                                             key=key, token=token, force=req.force)
             except (AlreadyEnrolled, OutputError) as exc:
-                doc["enrolment"] = {"status": type(exc).__name__, "error": str(exc)}
+                doc["enrolment"] = {"status": _STATUS[type(exc)], "error": str(exc)}
                 return finish(exc)
             return finish(None)
         marker = _read_marker(state_dir)
@@ -608,7 +631,7 @@ def run(cfg: Config, req: Request, *,
             form = enrol_online(url, body, token, ca_bundle=cfg.values["delivery"]["ca_bundle"],
                                 timeout=timeout)
         except (AlreadyEnrolled, RegistryUnreachable, RegistryRefused) as exc:
-            doc["enrolment"] = {"status": type(exc).__name__, "sent": True, "error": str(exc)}
+            doc["enrolment"] = {"status": _STATUS[type(exc)], "sent": True, "error": str(exc)}
             return finish(exc)
         stamp = _rfc3339(clock())
         _write_marker(state_dir, {"vpnid": vpnid, "public_key": public_key,

@@ -201,7 +201,7 @@ def test_force_re_enrols_and_is_logged(tmp_path: Path, station: Station, registr
     other = Station(other_root, registry_url)
     code, doc, err = manufacture(other, good, capsys)
     assert code == 11, err
-    assert doc["verdict"] == "PASS" and doc["enrolment"]["status"] == "AlreadyEnrolled"
+    assert doc["verdict"] == "PASS" and doc["enrolment"]["status"] == "already_enrolled"
     assert "already enrolled" in err
     stored_key = registry.app.store.public_key(VPNID)
     assert stored_key == first["identity"]["public_key"]
@@ -239,11 +239,27 @@ def test_registry_unreachable(tmp_path: Path, good: Path, capsys: pytest.Capture
     station = Station(root, f"http://127.0.0.1:{free_closed_port()}")
     code, doc, err = manufacture(station, good, capsys)
     assert code == 69
-    assert doc["verdict"] == "PASS" and doc["enrolment"]["status"] == "RegistryUnreachable"
+    assert doc["verdict"] == "PASS" and doc["enrolment"]["status"] == "registry_unreachable"
     assert "unreachable" in err and "Connection refused" in err
     code, out, _ = manufacture(station, good, capsys, as_json=False)
     assert code == 69
     assert out.splitlines()[0] == f"PASS {VPNID}: unit passes, NOT ENROLLED (exit 69)"
+
+
+def test_unreachable_then_enrolled_with_the_same_key(station: Station, good: Path,
+                                                    registry: Server,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    reachable = station.config.read_text()
+    station.config.write_text(reachable.replace(
+        f"http://127.0.0.1:{registry.port}", f"http://127.0.0.1:{free_closed_port()}"))
+    code, first, _ = manufacture(station, good, capsys)
+    assert code == 69 and first["identity"]["key_created"] is True
+    station.config.write_text(reachable)
+    code, second, err = manufacture(station, good, capsys)
+    assert code == 0, err
+    assert second["identity"]["key_created"] is False
+    assert second["identity"]["vpnid_written"] is False
+    assert registry.app.store.public_key(VPNID) == first["identity"]["public_key"]
 
 
 def test_wrong_factory_token_is_refused(station: Station, good: Path, registry: Server,
