@@ -306,14 +306,14 @@ def vpnid_from_cmdline(host: Host) -> str:
 
 
 # ---- identity --------------------------------------------------------------------------------
-def valid_vpnid(text: str) -> str:
+def valid_vpnid(text: str, where: str = "--vpnid") -> str:
     """Return the VPNID if it has the shape printed on the box, else raise UsageError."""
     from evo_agent.policy import CLEANERS
 
     value = CLEANERS["vpnid"](text)
     if not isinstance(value, str) or value != text:
-        raise UsageError(f"--vpnid {text!r}: not a VPNID (letters, digits, '-' and '_', at most "
-                         "64, starting with a letter or digit, not a placeholder)")
+        raise UsageError(f"{where} {_shown(text)!r}: not a VPNID (letters, digits, '-' and '_', "
+                         "at most 64, starting with a letter or digit, not a placeholder)")
     return value
 
 
@@ -564,7 +564,8 @@ def run(cfg: Config, req: Request, *,
 
     started = monotonic()
     with open_host(cfg, req.source) as host:
-        vpnid = valid_vpnid(vpnid_from_cmdline(host) if req.from_cmdline else req.vpnid or "")
+        vpnid = (valid_vpnid(vpnid_from_cmdline(host), "kernel command line: VPNID")
+                 if req.from_cmdline else valid_vpnid(req.vpnid or ""))
         bom, url, token = _settings(cfg, req)
         got = collect_report(cfg, host, vpnid, clock)
     checks = check_unit(got.report, got.raw, bom, got.messages)

@@ -96,6 +96,11 @@ def test_enrolment_report_is_the_filtered_manufacturing_report(
     text = json.dumps(report)
     for private in ("A40C03AC", "A3144331", "9876543210", "American Megatrends", "evo-line-07"):
         assert private not in text
+    raw_capture = (good / "commands/dmidecode.txt").read_text()
+    for canary in units.CANARIES:
+        assert canary in raw_capture  # planted, so its absence below means something
+        assert canary not in text
+    assert "cnry" not in json.dumps(doc).lower()  # nor in what the station prints
     assert report["functional"]["netbios_name"] == "EVO-LINE-07"
 
 
@@ -382,6 +387,7 @@ def test_offline_bundle_then_import(tmp_path: Path, station: Station, good: Path
     assert envelope["format"] == "evo-enrolment-bundle/1" and envelope["vpnid"] == VPNID
     request = json.loads(base64.b64decode(envelope["request"]))
     assert request["public_key"] == doc["identity"]["public_key"]
+    assert "cnry" not in json.dumps(request).lower()
     assert request["report"]["trigger"] == "manufacturing"
     # a second run keeps the bundle (same identity)
     code, again, _ = manufacture(station, good, capsys, "--offline", str(out_dir))

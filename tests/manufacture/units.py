@@ -13,6 +13,9 @@ kernel and udev lay out a live system:
   their udev database records (ata_id's ID_MODEL_ENC and ID_SERIAL_SHORT, cdrom_id's ID_CDROM);
 - the board's HDA Intel PCH sound card in /proc/asound and /sys/class/sound.
 
+Privacy canaries (never to leave the unit, containing "CNRY"): the system serial and UUID
+(SMBIOS type 1, which the filter drops) and the chassis serial (type 3).
+
 Serials and MACs planted here are made up and recognisable ("EVOTEST"), so that a test can find
 them in what the registry stored.
 """
@@ -33,6 +36,7 @@ BOOT_SERIAL = "S5STNF0EVOTEST2"
 BOOT_MODEL = "Samsung SSD 870 EVO 250GB"
 RIP_SERIAL = "K1EVOTEST3"
 RIP_MODEL = "HL-DT-ST DVDRAM GP57EB40"
+CANARIES = ("CNRY-SYS-SERIAL-4f2a", "4c4c4544-CNRY-4a10-8054-b2c04f4d3832", "CNRY-CHASSIS-77e1")
 AHCI = "/devices/pci0000:00/0000:00:1f.2"
 
 
@@ -74,6 +78,14 @@ def dmidecode_text(unit: Unit) -> str:
     if unit.board_serial is not None:
         rest = rest.replace(placeholder, f"\tSerial Number: {unit.board_serial}\n", 1)
     text = head + sep + rest
+    system = "System Information\n\tManufacturer: MSI\n\tProduct Name: MS-7816\n\tVersion: 1.0\n"
+    assert text.count(system + placeholder + "\tUUID: Not Present\n") == 1
+    text = text.replace(system + placeholder + "\tUUID: Not Present\n",
+                        f"{system}\tSerial Number: {CANARIES[0]}\n\tUUID: {CANARIES[1]}\n")
+    chassis = "Chassis Information\n"
+    c_head, c_sep, c_rest = text.partition(chassis)
+    assert c_sep and placeholder in c_rest.split("\n\n", 1)[0]
+    text = c_head + c_sep + c_rest.replace(placeholder, f"\tSerial Number: {CANARIES[2]}\n", 1)
     if unit.low_ram:
         blocks = text.split("\n\n")
         memory = [i for i, b in enumerate(blocks) if "\nMemory Device\n" in b]
