@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from evo_agent.cli import main
 from evo_agent.errors import EXIT_CODES
 from evo_registry.cli import main as registry_main
+from tests.delivery.pki import Pki, make_pki
 from tests.manufacture import units
 from tests.manufacture.conftest import FACTORY, Station, device, free_closed_port
 from tests.registry.conftest import Server
@@ -474,3 +476,52 @@ def test_as_a_process(station: Station, good: Path, registry: Server, registry_u
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"PASS {VPNID}: {registry_url}/v1/devices/")
     assert proc.stderr == ""
+
+
+# ---- HTTPS: the registry's CA only -----------------------------------------------------------
+@pytest.fixture
+def tls_registry(tmp_path: Path, registry: Server) -> Iterator[tuple[str, Pki]]:
+    """The same registry app served over TLS on 127.0.0.1 (wsgiref: one request at a time)."""
+    import ssl
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    pki = make_pki(tmp_path / "pki", "registry")
+    httpd = make_server("127.0.0.1", 0, registry.app, handler_class=Quiet)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pki.cert_pem, pki.key_pem)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{httpd.server_port}", pki
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(10)
+
+
+def test_https_verified_against_the_registry_ca(tmp_path: Path, good: Path, registry: Server,
+                                                tls_registry: tuple[str, Pki],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    url, pki = tls_registry
+    root = tmp_path / "st"
+    root.mkdir()
+    station = Station(root, url)
+    # a CA that did not sign the registry's certificate: no enrolment
+    other = make_pki(tmp_path / "other-pki", "other")
+    station.config.write_text(station.config.read_text()
+                              + f'[delivery]\nca_bundle = "{other.ca_pem}"\n')
+    code, doc, err = manufacture(station, good, capsys)
+    assert code == 69 and "certificate not trusted" in err
+    assert device(registry, VPNID).status == 404
+    # the registry's own CA
+    station.config.write_text(station.config.read_text().replace(str(other.ca_pem),
+                                                                 str(pki.ca_pem)))
+    code, doc, err = manufacture(station, good, capsys)
+    assert code == 0, err
+    assert doc["enrolment"]["registration_form"] == \
+        f"{url}/v1/devices/{VPNID}/registration-form.pdf"
+    assert device(registry, VPNID).status == 200
