@@ -3,6 +3,7 @@
     evo-registry serve --listen 127.0.0.1:8432 --database postgresql://... [--config FILE]
     evo-registry migrate --database URL
     evo-registry prune --database URL [--retention-days 730]
+    evo-registry import --database URL BUNDLE|DIR...   (offline enrolments, evo_registry.bundles)
 
 Errors become exit statuses here and nowhere else (``RegistryError.exit_code``).
 """
@@ -38,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("serve", "serve the HTTP API and pages"),
                        ("migrate", "create or upgrade the database schema"),
-                       ("prune", "delete history older than the retention period")):
+                       ("prune", "delete history older than the retention period"),
+                       ("import", "enrol units from offline enrolment bundles")):
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", help="TOML settings file (see evo_registry/config.py)")
         s.add_argument("--database", help="sqlite:///PATH or postgresql://... URL")
@@ -48,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--threads", type=int, help="threads per process")
         if name == "prune":
             s.add_argument("--retention-days", type=int)
+        if name == "import":
+            s.add_argument("bundles", nargs="+", metavar="BUNDLE", help="files or directories")
     return p
 
 
@@ -88,6 +92,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 db.close()
             print(f"pruned: {gone}", file=out)
             return 0
+        if args.command == "import":
+            from evo_registry.bundles import run_import
+
+            return run_import(settings, args.bundles, out)
         return serve(settings)
     except RegistryError as exc:
         print(f"evo-registry: {exc}", file=sys.stderr)
