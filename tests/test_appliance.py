@@ -36,7 +36,7 @@ from evo_agent.cli import main
 from evo_agent.collector import discover
 from evo_agent.hostroot import LiveHost, RecordingHost, ReplayHost, pack_capture
 from tests.appliance import STAMP, Expected, build_appliance
-from tests.conftest import REPO
+from tests.conftest import REPO, strip_volatile
 
 SCHEMA = json.loads((REPO / "evo_agent/schemas/evo-inventory-1.schema.json").read_text("utf-8"))
 SOURCES = ("dir", "tar")
@@ -83,16 +83,6 @@ def cli(argv: Sequence[str]) -> Run:
         root.removeHandler(handler)
         root.setLevel(level)
     return Run(code, out.getvalue(), err.getvalue(), logs.getvalue())
-
-
-def strip_volatile(report: dict[str, Any]) -> dict[str, Any]:
-    """Drop what differs between two runs on the same data: id, time, durations."""
-    report = json.loads(json.dumps(report))
-    for key in ("report_id", "collected_at"):
-        report.pop(key)
-    for c in report["collectors"].values():
-        c.pop("duration_ms")
-    return report
 
 
 def leaks(text: str, expected: Expected) -> list[str]:
