@@ -202,6 +202,7 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO) -> int:
         os.chmod(tmp, 0o700)
         host = RecordingHost(LiveHost("/"), tmp)
         inventory = collect(_instances(cfg, classes), host, deadline=cfg.collector_timeout * 3)
+        host.close()  # a collector abandoned at its deadline must not write while we pack
         report, _dropped = build_report(inventory, load_policy())
         # What the live run made of this capture, so a replay can be compared with it.
         meta = os.path.join(tmp, "evo-agent")

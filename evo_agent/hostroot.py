@@ -23,6 +23,7 @@ need by name and then read them, which they all do.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -33,7 +34,7 @@ import tarfile
 import tempfile
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from evo_agent.errors import CaptureError, CommandFailed, CommandUnavailable
@@ -297,15 +298,17 @@ class ReplayHost(_TreeHost):
         return self.run([name], 0)
 
     def run(self, argv: Sequence[str], timeout: float) -> bytes:
+        # Through the confined, bounded read: a capture's commands/ may hold links or FIFOs too.
         name = command_name(argv)
-        base = self.root / "commands"
         try:
-            return (base / f"{name}.txt").read_bytes()
+            return self.read_bytes(f"/commands/{name}.txt")
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise CommandFailed(f"{argv[0]}: unreadable in the capture ({exc.strerror})") from None
         try:
-            message = (base / f"{name}.error").read_text("utf-8", "replace").strip()
-        except FileNotFoundError:
+            message = self.read_text(f"/commands/{name}.error", 4096).strip()
+        except OSError:
             raise CommandUnavailable(f"{argv[0]}: not in the capture") from None
         raise CommandFailed(message)
 
@@ -317,6 +320,14 @@ class RecordingHost(Host):
         self.inner = inner
         self.out = Path(capture_dir)
         self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop recording: a collector abandoned after its deadline may still be reading, and
+        must not change the capture while it is packed (or make it differ from the live report).
+        """
+        with self._lock:
+            self._closed = True
 
     # -- recording ---------------------------------------------------------------------------
     def _mirror(self, path: str) -> list[str]:
@@ -342,39 +353,53 @@ class RecordingHost(Host):
             # a link loop: the live call answered (or will fail) on its own; record what was seen
             return _norm(path)
 
-    def read_bytes(self, path: str, max_bytes: int = MAX_READ) -> bytes:
-        data = self.inner.read_bytes(path, max_bytes)
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[bool]:
+        """Hold the lock; yield False once closed, so nothing more is written."""
         with self._lock:
-            parts = self._mirror(path)
-            dest = self.out.joinpath(*parts)
+            yield not self._closed
+
+    def _copy(self, path: str, data: bytes) -> None:
+        """Record a file's content under its resolved path; the longest read wins."""
+        with self._recording() as active:
+            if not active:
+                return
+            dest = self.out.joinpath(*self._mirror(path))
             dest.parent.mkdir(parents=True, exist_ok=True)
-            # the longest read wins: an existence check copies at most 64 KiB
             if not dest.exists() or dest.stat().st_size < len(data):
                 dest.write_bytes(data)
+
+    def _mirror_path(self, path: str) -> None:
+        with self._recording() as active:
+            if active:
+                self._mirror(path)
+
+    def read_bytes(self, path: str, max_bytes: int = MAX_READ) -> bytes:
+        data = self.inner.read_bytes(path, max_bytes)
+        self._copy(path, data)
         return data
 
     def listdir(self, path: str) -> list[str]:
         names = self.inner.listdir(path)
-        with self._lock:
-            parts = self._mirror(path)
-            self.out.joinpath(*parts).mkdir(parents=True, exist_ok=True)
-            base = "/" + "/".join(parts)
-            for name in names:
-                child = f"{base.rstrip('/')}/{name}"
-                if self.inner.lstat_kind(child) in ("dir", "link"):
-                    self._mirror(child)
+        with self._recording() as active:
+            if active:
+                parts = self._mirror(path)
+                self.out.joinpath(*parts).mkdir(parents=True, exist_ok=True)
+                base = "/" + "/".join(parts)
+                for name in names:
+                    child = f"{base.rstrip('/')}/{name}"
+                    if self.inner.lstat_kind(child) in ("dir", "link"):
+                        self._mirror(child)
         return names
 
     def realpath(self, path: str) -> str:
-        with self._lock:
-            self._mirror(path)
+        self._mirror_path(path)
         return self.inner.realpath(path)
 
     def lstat_kind(self, path: str) -> str | None:
         kind = self.inner.lstat_kind(path)
         if kind in ("dir", "link"):
-            with self._lock:
-                self._mirror(path)
+            self._mirror_path(path)
         elif kind == "file":
             # A collector may test a file's existence without reading it (``partition`` in a
             # sysfs block device says "this is a partition"): the replay must see it too, so
@@ -384,19 +409,13 @@ class RecordingHost(Host):
                 data = self.inner.read_bytes(path, 64 * 1024)
             except OSError:
                 data = b""
-            with self._lock:
-                parts = self._mirror(path)
-                dest = self.out.joinpath(*parts)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if not dest.exists():
-                    dest.write_bytes(data)
+            self._copy(path, data)
         return kind
 
     def readlink(self, path: str) -> str | None:
         target = self.inner.readlink(path)
         if target is not None:
-            with self._lock:
-                self._mirror(path)
+            self._mirror_path(path)
         return target
 
     def run(self, argv: Sequence[str], timeout: float) -> bytes:
@@ -409,16 +428,16 @@ class RecordingHost(Host):
         commands = self.out / "commands"
         try:
             data = call()
-        except CommandUnavailable:
-            raise
         except CommandFailed as exc:
-            with self._lock:
-                commands.mkdir(parents=True, exist_ok=True)
-                (commands / f"{name}.error").write_text(str(exc) + "\n", "utf-8")
+            with self._recording() as active:
+                if active:
+                    commands.mkdir(parents=True, exist_ok=True)
+                    (commands / f"{name}.error").write_text(str(exc) + "\n", "utf-8")
             raise
-        with self._lock:
-            commands.mkdir(parents=True, exist_ok=True)
-            (commands / f"{name}.txt").write_bytes(data)
+        with self._recording() as active:
+            if active:
+                commands.mkdir(parents=True, exist_ok=True)
+                (commands / f"{name}.txt").write_bytes(data)
         return data
 
 
@@ -445,17 +464,9 @@ def pack_capture(capture_dir: str | os.PathLike[str], output: str | os.PathLike[
         os.chmod(tmp, 0o600)
         os.replace(tmp, out)
     except BaseException:
-        with _suppress_oserror():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-class _suppress_oserror:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
 
 
 def unpack_capture(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:

@@ -98,8 +98,11 @@ CANARIES: dict[str, str] = {
 }
 #: Canaries that a collector returns raw; the others are read (in a file or a command's output)
 #: but not returned: summarize() keeps no board asset tag, disks keeps no mount list, identity
-#: no smb.conf share.
-RETURNED = frozenset(CANARIES) - {"board_asset_tag", "user", "home", "smb_user", "smb_home"}
+#: no smb.conf share.  The host name is not even read: smb.conf gives the NetBIOS name.
+RETURNED = frozenset(CANARIES) - {"board_asset_tag", "user", "home", "smb_user", "smb_home",
+                                  "hostname"}
+#: Canaries that no collector needs to read at all on this appliance.
+UNREAD = frozenset({"hostname"})
 
 
 @dataclass(frozen=True)

@@ -228,3 +228,25 @@ def test_a_file_tested_for_existence_only_is_recorded(tmp_path: Path) -> None:
     assert replay.exists("/sys/dev/block/8:2/partition")
     assert not replay.exists("/sys/dev/block/8:2/holders")
     assert replay.read_attr("/sys/dev/block/8:2/partition") == "2"
+
+
+def test_a_closed_recorder_reads_but_records_nothing(tmp_path: Path) -> None:
+    live_root = tmp_path / "live"
+    make_sysfs(live_root)
+    capture = tmp_path / "capture"
+    rec = RecordingHost(LiveHost(live_root), capture)
+    rec.close()
+    assert rec.read_attr("/sys/class/net/eth0/address") == "3c:ec:ef:00:11:22"
+    assert rec.listdir("/sys/class/net") == ["eth0", "lo"]
+    assert not capture.exists() or list(capture.rglob("*")) == []
+
+
+def test_replayed_commands_stay_inside_the_capture(tmp_path: Path) -> None:
+    (tmp_path / "commands").mkdir()
+    os.symlink("/etc/os-release", tmp_path / "commands" / "dmidecode.txt")
+    os.mkfifo(tmp_path / "commands" / "lsusb.txt")
+    host = ReplayHost(tmp_path)
+    with pytest.raises(CommandUnavailable):
+        host.run(["dmidecode"], 5)  # the link resolves inside the capture, where nothing is
+    with pytest.raises(CommandFailed, match="unreadable"):
+        host.run(["lsusb"], 5)
