@@ -25,7 +25,7 @@ CLASS_SOUND = "/sys/class/sound"
 # ("ThinkPad EC" in shared/corpus/asound/hda-emu/alc269vc-lenovo-thinkpad-t530) and USB short
 # names keep the device's trailing blanks ("Camera         ", alc892-asus-m488td-v).
 _CARD_LINE = re.compile(r"^\s*([0-9]{1,6}) \[([^\]]*)\]:(.*)$")
-# The kernel allows 256 cards at most (SNDRV_CARDS is 8..256); an index beyond is garbage.
+# The kernel allows 256 cards at most (CONFIG_SND_MAX_CARDS, SNDRV_CARDS); more is garbage.
 _MAX_CARD = 255
 # The long name of a USB card ends "at usb-<controller>-<port path>, <speed> speed"
 # (sound/usb/card.c usb_audio_make_longname(), through usb_make_path()).

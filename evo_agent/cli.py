@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     col = sub.add_parser("collectors", parents=[common, source],
                          help="each collector's status and time")
     col.add_argument("--json", action="store_true", help="as JSON")
+    from evo_agent.cli_delivery import add_verbs  # daemon, status, send, diff, sent, doctor
+
+    add_verbs(sub, common)
     return p
 
 
@@ -75,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verb is None:
             raise UsageError("evo-agent: a verb is needed (inventory, explain, capture, "
                              "collectors); see 'evo-agent --help'")
+        if getattr(args, "handler", None):  # verbs of evo_agent.cli_delivery
+            return int(args.handler(args, sys.stdout))
         handler = {"inventory": _cmd_inventory, "explain": _cmd_explain,
                    "capture": _cmd_capture, "collectors": _cmd_collectors}[args.verb]
         return handler(args, sys.stdout)

@@ -38,11 +38,38 @@ def _absolute(value: Any) -> str | None:
     return None if str(value).startswith("/") else "must be an absolute path"
 
 
+def _absolute_or_empty(value: Any) -> str | None:
+    return None if value == "" else _absolute(value)
+
+
+def _url_or_empty(value: Any) -> str | None:
+    ok = value == "" or (str(value).startswith(("https://", "http://")) and len(str(value)) > 8)
+    return None if ok else "must be an http:// or https:// URL (or empty: not used)"
+
+
+def _interface(value: Any) -> str | None:
+    # IFNAMSIZ is 16 with the NUL; '/' and whitespace are not allowed by the kernel
+    ok = value == "" or (len(value) < 16 and not any(c in value for c in "/ \t\n:"))
+    return None if ok else "must be a network interface name (at most 15 characters)"
+
+
 #: section -> key -> (type, default, extra check). Collector sections come from the collectors.
 SCHEMA: dict[str, dict[str, tuple[type, Any, Validator | None]]] = {
     "agent": {
         "enabled": (bool, True, None),
         "state_dir": (str, "/var/lib/evo-agent", _absolute),
+        # Root the daemon reads the system from: "/" on a device; a capture directory in tests.
+        "host_root": (str, "/", _absolute),
+        "control_socket": (str, "/run/evo-agent/control.sock", _absolute),
+    },
+    # Delivery (evo_agent.transport): VPN first, HTTPS otherwise. See config/agent.toml.
+    "delivery": {
+        "vpn_url": (str, "", _url_or_empty),
+        "https_url": (str, "", _url_or_empty),
+        "ca_bundle": (str, "/etc/evo-agent/ca.pem", _absolute_or_empty),
+        "vpn_interface": (str, "", _interface),
+        "connect_timeout": (float, 10.0, _positive),
+        "total_timeout": (float, 60.0, _positive),
     },
     "collectors": {
         "timeout": (float, 10.0, _positive),

@@ -55,6 +55,24 @@ class PolicyError(EvoError):
     exit_code = 70  # EX_SOFTWARE
 
 
+class DeliveryError(EvoError):
+    """A report could not be delivered now (the backend did not acknowledge it); try later."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+
+class NotPermitted(EvoError):
+    """The verb changes state and needs root (or the daemon refused the caller)."""
+
+    exit_code = 77  # EX_NOPERM
+
+
+class StateError(EvoError):
+    """The state directory cannot be used (missing, unwritable, or another writer holds it)."""
+
+    exit_code = 74  # EX_IOERR
+
+
 class HostReadError(EvoError):
     """A file or command of the host cannot be read (used inside collectors, never fatal)."""
 
@@ -70,10 +88,14 @@ class CommandFailed(HostReadError):
 #: Documented exit statuses of ``evo-agent`` (also listed in README and the man page).
 EXIT_CODES: dict[int, str] = {
     0: "success",
+    1: "doctor: at least one check failed (each says how to fix it)",
     64: "usage error: wrong command-line arguments",
     66: "a capture given with --from cannot be read",
     70: "internal error: a bug in evo-agent or a malformed policy file shipped with it",
     73: "an output file cannot be created",
+    74: "the state directory cannot be used",
+    75: "not delivered now (backend down, refused, or opted out): try later",
+    77: "not permitted: this verb needs root",
     78: "configuration error: the message names the file and the key",
     130: "interrupted",
 }

@@ -111,8 +111,8 @@ def test_every_lsusb_v_device_is_listed(path: Path, tmp_path: Path) -> None:
         has_product = src.get("iProduct", "0") != "0" and src.get("iProduct_text")
         assert dev["product_string"] == (src["iProduct_text"] if has_product else None)
         # no udev database and no usb.ids in this tree: names are the plausible descriptors
-        assert dev["product"] == plausible_name(dev["product_string"])  # type: ignore[arg-type]
-        assert dev["vendor"] == plausible_name(dev["manufacturer_string"])  # type: ignore[arg-type]
+        assert dev["product"] == plausible_name(dev["product_string"])
+        assert dev["vendor"] == plausible_name(dev["manufacturer_string"])
 
 
 @pytest.mark.corpus
