@@ -130,6 +130,8 @@ class Registry:
         headers += list((response.headers or {}).items())
         reason = _REASONS.get(response.status, "")
         start_response(f"{response.status} {reason}", headers)
+        if str(environ.get("REQUEST_METHOD", "")).upper() == "HEAD":
+            return []  # same headers (and Content-Length) as GET, no body
         return [response.body]
 
     def dispatch(self, environ: Environ) -> Response:

@@ -206,6 +206,9 @@ def test_methods_and_paths(server: Server) -> None:
     assert server.request("GET", "/v1/reports").status == 405
     assert server.request("GET", "/nothing").status == 404
     assert server.request("GET", "/healthz").json()["status"] == "ok"
+    head = server.request("HEAD", "/healthz")
+    assert (head.status, head.body) == (200, b"")
+    assert int(head.headers["content-length"]) > 0
 
 
 # ---- enrolment ---------------------------------------------------------------------------------
