@@ -310,7 +310,7 @@ class Registry:
         visitor = self.wan_ip(environ)
         rows = (self.store.finder(visitor, self.clock(), self.settings.finder_days)
                 if visitor else [])
-        html = pages.finder(rows)
+        html = pages.finder(rows, self.settings.finder_days)
         return Response(200, html.encode(), "text/html; charset=utf-8", dict(_PAGE_HEADERS))
 
     def openapi(self, environ: Environ) -> Response:
