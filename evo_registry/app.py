@@ -13,6 +13,7 @@ import importlib.resources
 import json
 import logging
 import re
+import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -21,7 +22,7 @@ from typing import Any
 from evo_registry import enrol, pages, rules, wire
 from evo_registry.config import Settings
 from evo_registry.db import Database, parse_utc, utc_text
-from evo_registry.errors import HttpError
+from evo_registry.errors import DatabaseError, HttpError
 from evo_registry.geo import Geo
 from evo_registry.store import Limits, Store
 
@@ -73,6 +74,17 @@ def _add_months(moment: datetime, months: int) -> datetime:
     raise AssertionError("unreachable: every month has 28 days")
 
 
+def _database_down(exc: BaseException) -> bool:
+    """Return True for errors that mean "the database cannot be reached", not a bug."""
+    if isinstance(exc, DatabaseError | sqlite3.OperationalError):
+        return True
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(exc, psycopg.OperationalError)
+
+
 class Registry:
     """The WSGI application over one store."""
 
@@ -109,10 +121,17 @@ class Registry:
             response = self.dispatch(environ)
         except HttpError as exc:
             response = json_response(exc.status, {"error": exc.reason}, exc.headers)
-        except Exception:
-            LOG.exception("internal error on %s %s", environ.get("REQUEST_METHOD"),
-                          environ.get("PATH_INFO"))
-            response = json_response(500, {"error": "internal error"})
+        except Exception as exc:
+            if _database_down(exc):
+                # The agent retries 5xx with backoff; Retry-After spares a restarting database.
+                LOG.warning("database unavailable on %s %s: %s", environ.get("REQUEST_METHOD"),
+                            environ.get("PATH_INFO"), exc)
+                response = json_response(503, {"error": "database unavailable, retry later"},
+                                         {"Retry-After": "60"})
+            else:
+                LOG.exception("internal error on %s %s", environ.get("REQUEST_METHOD"),
+                              environ.get("PATH_INFO"))
+                response = json_response(500, {"error": "internal error"})
         headers = [("Content-Type", response.content_type),
                    ("Content-Length", str(len(response.body)))]
         headers += list((response.headers or {}).items())

@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import zlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -273,3 +274,22 @@ def test_support_routes_need_the_support_token(server: Server, device: Device) -
         assert server.request(method, path,
                               headers={"Authorization": f"Bearer {FACTORY}"}).status == 401
     assert get_device(server, "EVO-404").status == 404
+
+
+def test_database_down_is_503_with_retry_after(tmp_path: Path, clock: Clock) -> None:
+    from evo_registry.app import Registry
+    from evo_registry.config import Settings
+
+    # A PostgreSQL URL whose socket directory holds no server: every request finds it down.
+    app = Registry(Settings(database=f"postgresql://evo@/none?host={tmp_path}"), clock=clock)
+    srv = Server(app)
+    try:
+        dev = Device("EVO-200099")
+        reply = send(srv, dev)
+        assert reply.status == 503
+        assert reply.headers["retry-after"] == "60"
+        assert srv.request("GET", "/", headers={"X-Forwarded-For": HOME_A}).status == 503
+        assert srv.request("GET", "/healthz").status == 503
+    finally:
+        srv.close()
+        app.db.close()
