@@ -24,7 +24,7 @@ from evo_registry.app import Registry
 from evo_registry.config import Settings
 from tests.registry.conftest import FACTORY, SUPPORT, Device, Server, enroll
 
-TEXT = st.one_of(st.none(), st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)),
+TEXT = st.one_of(st.none(), st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]),
                                     min_size=1, max_size=128),
                  st.sampled_from(["<script>alert(1)</script>", "\"'&<>", "\u202eevil", "é" * 128]))
 SERIAL = st.one_of(st.none(), st.text(min_size=1, max_size=64),
