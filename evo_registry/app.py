@@ -96,6 +96,7 @@ class Registry:
         self.geo = geo or Geo(settings.geo_database)
         self.clock: Clock = clock or (lambda: datetime.now(timezone.utc))
         self.trusted = settings.networks()
+        self.vpn = settings.vpn()
         self.limits = Limits(settings.rate_limit_reports,
                              timedelta(seconds=settings.rate_limit_window_s))
         self.routes: list[tuple[str, re.Pattern[str], Callable[..., Response]]] = [
@@ -235,6 +236,10 @@ class Registry:
         path = str(environ.get("HTTP_X_EVO_PATH", "")).strip().lower()
         path_value = path if path in ("vpn", "https") else None
         wan_ip = self.wan_ip(environ)
+        if wan_ip is not None and wire.in_networks(wan_ip, self.vpn):
+            # Through the VPN the registry sees the tunnel address, not the home's WAN IP: the
+            # device is seen, its last known WAN IP and location stay as they were.
+            wan_ip = None
         location = self.geo.lookup(wan_ip)
         result = self.store.ingest(doc, vpnid, wan_ip, location, now=self.clock(),
                                    path=path_value, limits=self.limits)

@@ -293,3 +293,18 @@ def test_database_down_is_503_with_retry_after(tmp_path: Path, clock: Clock) -> 
     finally:
         srv.close()
         app.db.close()
+
+
+def test_report_through_the_vpn_keeps_the_last_wan_ip(server: Server, device: Device,
+                                                      clock: Clock) -> None:
+    from evo_registry.config import Settings
+
+    server.app.vpn = Settings(vpn_networks=["10.8.0.0/16"]).vpn()
+    assert send(server, device, wan=HOME_A).status == 201
+    clock.advance(hours=5)
+    # The VPN concentrator sits behind the same trusted proxy; the peer is a tunnel address.
+    assert send(server, device, wan="10.8.3.7", headers={"X-Evo-Path": "vpn"}).status == 201
+    record = get_device(server, device.vpnid).json()
+    assert (record["wan_ip"], record["country"], record["city"]) == (HOME_A, "BE", "Gent")
+    assert record["last_seen"] == "2026-11-23T17:00:00.000000Z"
+    assert record["reports"][0]["path"] == "vpn"
