@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     from evo_agent.cli_delivery import add_verbs  # daemon, status, send, diff, sent, doctor
 
     add_verbs(sub, common)
+    from evo_agent.cli_manufacture import add_verbs as add_manufacture
+
+    add_manufacture(sub, common)
     return p
 
 

@@ -68,6 +68,38 @@ def _norm(path: str) -> list[str]:
     return parts
 
 
+def _walk(path: str, lookup: Callable[[list[str]], tuple[str | None, str]]) -> list[str]:
+    """Resolve the links of ``path`` one component at a time, as inside a chroot.
+
+    ``lookup(parts)`` gives the kind of that prefix ('link', 'dir', 'file', 'other' or None when it
+    does not exist) and, for a link, its target.  Absolute targets restart at the root and ``..``
+    stops there.  A missing component ends the walk, the rest kept as it is.
+    """
+    pending = _norm(path)
+    done: list[str] = []
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        candidate = [*done, part]
+        kind, target = lookup(candidate)
+        if kind is None:
+            return candidate + pending
+        if kind == "link":
+            hops += 1
+            if hops > _MAX_SYMLINKS:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+            if target.startswith("/"):
+                done = []
+            pending = [p for p in target.split("/") if p not in ("", ".")] + pending
+        else:
+            done = candidate
+    return done
+
+
 class Host(ABC):
     """Read-only access to one system: its files and the output of its commands."""
 
@@ -148,32 +180,18 @@ class _TreeHost(Host):
 
     def _resolve(self, path: str) -> list[str]:
         """Resolve links inside the root, as chroot would: absolute targets restart at the root."""
-        pending = _norm(path)
-        done: list[str] = []
-        hops = 0
-        while pending:
-            part = pending.pop(0)
-            if part == "..":
-                if done:
-                    done.pop()
-                continue
-            candidate = [*done, part]
-            local = self._local(candidate)
+
+        def lookup(parts: list[str]) -> tuple[str | None, str]:
+            local = self._local(parts)
             try:
                 st = os.lstat(local)
             except OSError:
-                return candidate + pending
+                return None, ""
             if stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > _MAX_SYMLINKS:
-                    raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
-                target = os.readlink(local)
-                if target.startswith("/"):
-                    done = []
-                pending = [p for p in target.split("/") if p not in ("", ".")] + pending
-            else:
-                done = candidate
-        return done
+                return "link", os.readlink(local)
+            return ("dir" if stat.S_ISDIR(st.st_mode) else "file"), ""
+
+        return _walk(path, lookup)
 
     def realpath(self, path: str) -> str:
         return "/" + "/".join(self._resolve(path))
@@ -303,37 +321,26 @@ class RecordingHost(Host):
     # -- recording ---------------------------------------------------------------------------
     def _mirror(self, path: str) -> list[str]:
         """Copy the link chain and directories leading to ``path``; return its resolved parts."""
-        pending = _norm(path)
-        done: list[str] = []
-        hops = 0
-        while pending:
-            part = pending.pop(0)
-            if part == "..":
-                if done:
-                    done.pop()
-                continue
-            candidate = [*done, part]
-            host_path = "/" + "/".join(candidate)
+
+        def lookup(parts: list[str]) -> tuple[str | None, str]:
+            host_path = "/" + "/".join(parts)
             kind = self.inner.lstat_kind(host_path)
-            if kind is None:
-                return candidate + pending
+            dest = self.out.joinpath(*parts)
             if kind == "link":
-                hops += 1
-                if hops > _MAX_SYMLINKS:
-                    break
                 target = self.inner.readlink(host_path) or ""
-                dest = self.out.joinpath(*candidate)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 if not os.path.lexists(dest):
                     os.symlink(target, dest)
-                if target.startswith("/"):
-                    done = []
-                pending = [p for p in target.split("/") if p not in ("", ".")] + pending
-            else:
-                if kind == "dir":
-                    self.out.joinpath(*candidate).mkdir(parents=True, exist_ok=True)
-                done = candidate
-        return done
+                return kind, target
+            if kind == "dir":
+                dest.mkdir(parents=True, exist_ok=True)
+            return kind, ""
+
+        try:
+            return _walk(path, lookup)
+        except OSError:
+            # a link loop: the live call answered (or will fail) on its own; record what was seen
+            return _norm(path)
 
     def read_bytes(self, path: str, max_bytes: int = MAX_READ) -> bytes:
         data = self.inner.read_bytes(path, max_bytes)
@@ -341,7 +348,8 @@ class RecordingHost(Host):
             parts = self._mirror(path)
             dest = self.out.joinpath(*parts)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if not dest.exists():
+            # the longest read wins: an existence check copies at most 64 KiB
+            if not dest.exists() or dest.stat().st_size < len(data):
                 dest.write_bytes(data)
         return data
 
@@ -367,6 +375,21 @@ class RecordingHost(Host):
         if kind in ("dir", "link"):
             with self._lock:
                 self._mirror(path)
+        elif kind == "file":
+            # A collector may test a file's existence without reading it (``partition`` in a
+            # sysfs block device says "this is a partition"): the replay must see it too, so
+            # it is copied.  A file that cannot be read (some sysfs attributes answer EIO) is
+            # recorded empty, which keeps its existence.
+            try:
+                data = self.inner.read_bytes(path, 64 * 1024)
+            except OSError:
+                data = b""
+            with self._lock:
+                parts = self._mirror(path)
+                dest = self.out.joinpath(*parts)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if not dest.exists():
+                    dest.write_bytes(data)
         return kind
 
     def readlink(self, path: str) -> str | None:

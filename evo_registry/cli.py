@@ -3,7 +3,7 @@
     evo-registry serve --listen 127.0.0.1:8432 --database postgresql://... [--config FILE]
     evo-registry migrate --database URL
     evo-registry prune --database URL [--retention-days 730]
-    evo-registry import [--override] BUNDLE...   offline enrolments (manufacture --offline)
+    evo-registry import --database URL BUNDLE|DIR...   (offline enrolments, evo_registry.bundles)
 
 Errors become exit statuses here and nowhere else (``RegistryError.exit_code``).
 """
@@ -20,13 +20,12 @@ import sys
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import TextIO
 
 from evo_registry import __version__
 from evo_registry.config import Settings, load, parse_listen
 from evo_registry.db import Database
-from evo_registry.errors import ConfigError, RegistryError
+from evo_registry.errors import RegistryError
 from evo_registry.store import Store
 
 LOG = logging.getLogger(__name__)
@@ -53,9 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "prune":
             s.add_argument("--retention-days", type=int)
         if name == "import":
-            s.add_argument("--override", action="store_true",
-                           help="allow bundles that re-enrol a unit")
-            s.add_argument("bundles", nargs="+", metavar="BUNDLE")
+            s.add_argument("bundles", nargs="+", metavar="BUNDLE", help="files or directories")
     return p
 
 
@@ -97,42 +94,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             print(f"pruned: {gone}", file=out)
             return 0
         if args.command == "import":
-            return import_bundles(settings, args.bundles, args.override, out)
+            from evo_registry.bundles import run_import
+
+            return run_import(settings, args.bundles, out)
         return serve(settings)
     except RegistryError as exc:
         print(f"evo-registry: {exc}", file=sys.stderr)
         return exc.exit_code
-
-
-def import_bundles(settings: Settings, paths: Sequence[str], override: bool, out: TextIO) -> int:
-    """Enrol each bundle with the live enrolment's checks; one line per bundle; 1 if any failed."""
-    from evo_registry.enrol import parse_bundle
-    from evo_registry.errors import HttpError
-
-    if not settings.factory_tokens:
-        raise ConfigError("import needs factory_tokens in the config (the bundles' MAC key)")
-    db = Database(settings.database)
-    failed = 0
-    try:
-        db.migrate()
-        store = Store(db)
-        for path in paths:
-            try:
-                data = Path(path).read_bytes()
-                now = datetime.now(timezone.utc)
-                enrolment = parse_bundle(data, settings.factory_tokens, now, override)
-                store.enroll(enrolment, now, override)
-            except OSError as exc:
-                failed += 1
-                print(f"{path}: cannot read: {exc.strerror}", file=out)
-            except HttpError as exc:
-                failed += 1
-                print(f"{path}: refused: {exc.reason}", file=out)
-            else:
-                print(f"{path}: enrolled {enrolment.vpnid}", file=out)
-    finally:
-        db.close()
-    return 1 if failed else 0
 
 
 def _pruner(settings: Settings, stop: threading.Event) -> None:

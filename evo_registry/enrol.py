@@ -1,26 +1,11 @@
-"""Enrolment requests, live (POST /v1/enroll) or from offline bundles (``evo-registry import``).
+"""The checks of an enrolment request (POST /v1/enroll, docs/protocol.md).
 
-Both paths run the same checks (``parse``) and the same store operation, so an offline line can
-never enrol what the live endpoint would refuse.
-
-A bundle (written by ``evo-agent manufacture --offline``, issue 6) is a JSON file::
-
-    {"format": "evo-enrolment-bundle/1", "vpnid": ...,
-     "request": base64 of the exact POST /v1/enroll body,
-     "signature": base64 Ed25519 signature of those bytes by the device key being enrolled,
-     "factory_mac": base64 HMAC-SHA256 of those bytes keyed with the factory token}
-
-The MAC stands in for the bearer token the live request would carry (the station holds the token,
-the bundle travels by other means); the signature proves the station held the device's private key.
+Offline bundles (``evo_registry.bundles``) go through the live handler, hence through these same
+checks: an offline line can never enrol what the live endpoint would refuse.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -82,42 +67,3 @@ def parse(doc: Any, now: datetime) -> tuple[Enrolment, bool]:
         raise HttpError(400, "override: true or false")
     return (Enrolment(vpnid, doc["public_key"].strip(), report, region, psu.strip().upper(),
                       made, model), override)
-
-
-def _b64(doc: dict[str, Any], key: str) -> bytes:
-    value = doc.get(key)
-    if not isinstance(value, str):
-        raise HttpError(400, f"bundle: '{key}' missing")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise HttpError(400, f"bundle: '{key}' is not base64") from exc
-
-
-def parse_bundle(data: bytes, factory_tokens: Sequence[str], now: datetime,
-                 override: bool = False) -> Enrolment:
-    """Check an offline enrolment bundle like a live request; return the enrolment or raise."""
-    if len(data) > 2 * wire.MAX_EXPANDED:
-        raise HttpError(413, "bundle larger than 2 MiB")
-    doc = wire.parse_json(data)
-    if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
-        raise HttpError(400, f"bundle: not {BUNDLE_FORMAT}")
-    body = _b64(doc, "request")
-    mac = _b64(doc, "factory_mac")
-    if not any(hmac.compare_digest(hmac.new(t.encode(), body, hashlib.sha256).digest(), mac)
-               for t in factory_tokens):
-        raise HttpError(401, "bundle: not made with a factory token this registry accepts")
-    request = wire.parse_json(body)
-    enrolment, requested_override = parse(request, now)
-    if doc.get("vpnid") != enrolment.vpnid:
-        raise HttpError(400, "bundle: vpnid differs from the request's")
-    signature = doc.get("signature")
-    if not isinstance(signature, str):
-        raise HttpError(401, "bundle: 'signature' missing")
-    try:
-        wire.verify_signature(enrolment.public_key, signature, body)
-    except HttpError as exc:
-        raise HttpError(401, "bundle: not signed by the device key it enrols") from exc
-    if requested_override and not override:
-        raise HttpError(409, "bundle asks to re-enrol: import it with --override")
-    return enrolment

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,3 +19,13 @@ def corpus() -> Path:
     """Return the shared corpus directory; its absence is a broken checkout, not a skip."""
     assert CORPUS.is_dir(), f"the shared corpus is missing at {CORPUS} (shared/ goes beside)"
     return CORPUS
+
+
+def strip_volatile(report: dict[str, Any]) -> dict[str, Any]:
+    """Drop what differs between two runs on the same data: id, time, durations."""
+    report = json.loads(json.dumps(report))
+    for key in ("report_id", "collected_at"):
+        report.pop(key)
+    for c in report["collectors"].values():
+        c.pop("duration_ms")
+    return report

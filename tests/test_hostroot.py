@@ -209,3 +209,22 @@ def test_damaged_archive_is_a_capture_error(tmp_path: Path) -> None:
         pass
     with pytest.raises(CaptureError, match="no such capture"), CaptureSource(tmp_path / "none"):
         pass
+
+
+def test_a_file_tested_for_existence_only_is_recorded(tmp_path: Path) -> None:
+    """Collectors test sysfs markers without reading them (``sda2/partition``): replay agrees."""
+    live_root = tmp_path / "live"
+    part = live_root / "sys/devices/pci0000:00/0000:00:17.0/block/sda/sda2"
+    part.mkdir(parents=True)
+    (part / "partition").write_text("2\n")
+    (live_root / "sys/dev/block").mkdir(parents=True)
+    os.symlink("../../devices/pci0000:00/0000:00:17.0/block/sda/sda2",
+               live_root / "sys/dev/block/8:2")
+    capture = tmp_path / "capture"
+    rec = RecordingHost(LiveHost(live_root), capture)
+    assert rec.exists("/sys/dev/block/8:2/partition")
+    assert not rec.exists("/sys/dev/block/8:2/holders")
+    replay = ReplayHost(capture)
+    assert replay.exists("/sys/dev/block/8:2/partition")
+    assert not replay.exists("/sys/dev/block/8:2/holders")
+    assert replay.read_attr("/sys/dev/block/8:2/partition") == "2"

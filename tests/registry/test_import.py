@@ -10,8 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from evo_registry.cli import main
 from evo_registry.db import Database
 from evo_registry.store import Store
@@ -31,11 +29,11 @@ def bundle(device: Device, request: dict[str, Any], *, mac_key: str = FACTORY,
     }).encode()
 
 
-def _run(tmp_path: Path, db_url: str, files: list[Path], *extra: str) -> tuple[int, str]:
+def _run(tmp_path: Path, db_url: str, files: list[Path]) -> tuple[int, str]:
     cfg = tmp_path / "registry.toml"
     cfg.write_text(f'database = "{db_url}"\nfactory_tokens = ["{FACTORY}"]\n')
     out = io.StringIO()
-    code = main(["import", "--config", str(cfg), *extra, *map(str, files)], out=out)
+    code = main(["import", "--config", str(cfg), *map(str, files)], out=out)
     return code, out.getvalue()
 
 
@@ -58,14 +56,15 @@ def test_import_good_and_bad_bundles(tmp_path: Path, db_url: str) -> None:
         path.write_bytes(data)
         paths.append(path)
     code, out = _run(tmp_path, db_url, [*paths, tmp_path / "absent.json"])
-    assert code == 1
+    assert code == 65  # EX_DATAERR: some were refused
     lines = out.splitlines()
-    assert lines[0].endswith("enrolled EVO-800001")
-    assert "not signed by the device key" in lines[1]
+    assert lines[0].startswith("imported") and "EVO-800001" in lines[0]
+    assert all(line.startswith("refused") for line in lines[1:])
+    assert "signature does not match" in lines[1]
     assert "factory token" in lines[2]
     assert "psu_variant" in lines[3]
-    assert "not JSON" in lines[4] or "not UTF-8" in lines[4]
-    assert "cannot read" in lines[5]
+    assert "not an enrolment bundle" in lines[4]
+    assert "cannot be read" in lines[5]
     db = Database(db_url)
     store = Store(db)
     assert store.counts()["devices"] == 1
@@ -73,23 +72,23 @@ def test_import_good_and_bad_bundles(tmp_path: Path, db_url: str) -> None:
     db.close()
 
 
-def test_import_twice_needs_override(tmp_path: Path, db_url: str) -> None:
+def test_import_twice_is_unchanged_and_reenrolment_needs_override(tmp_path: Path,
+                                                                   db_url: str) -> None:
     dev = Device("EVO-800010")
     path = tmp_path / "b.json"
     path.write_bytes(bundle(dev, dev.enrolment()))
     assert _run(tmp_path, db_url, [path])[0] == 0
     code, out = _run(tmp_path, db_url, [path])
-    assert code == 1
-    assert "already enrolled" in out
+    assert (code, out.split()[0]) == (0, "unchanged")
+    # Another key for the same VPNID: refused unless the bundle says override.
+    other = Device(dev.vpnid)
     again = tmp_path / "again.json"
-    again.write_bytes(bundle(dev, dev.enrolment(override=True)))
+    again.write_bytes(bundle(other, other.enrolment()))
     code, out = _run(tmp_path, db_url, [again])
-    assert "--override" in out
-    assert _run(tmp_path, db_url, [again], "--override")[0] == 0
-
-
-def test_import_without_factory_token_is_a_config_error(tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["import", "--database", f"sqlite:///{tmp_path / 'r.db'}",
-                 str(tmp_path / "x.json")]) == 78
-    assert "factory_tokens" in capsys.readouterr().err
+    assert code == 65
+    assert "already enrolled" in out
+    again.write_bytes(bundle(other, other.enrolment(override=True)))
+    assert _run(tmp_path, db_url, [again])[0] == 0
+    db = Database(db_url)
+    assert Store(db).public_key(dev.vpnid) == other.public_key
+    db.close()

@@ -1,0 +1,323 @@
+"""Inside the appliance VM: run the agent, gather the evidence, send it all out, power off.
+
+Test only: the appliance test puts this file and evo-vm-probe.service into the image; the .deb
+never ships them.  It runs with the guest's Debian python (3.11, Debian's libraries), as root,
+after udev has settled and the network is configured, and writes ONE JSON document to the
+virtio-serial port given as argv[1].  Each step is timed and its failure recorded, so one broken
+step never hides the others; the host side (test_appliance.py) does all the asserting.
+"""
+
+# ruff: noqa: S606 - runs the guest's own tools (evo-agent, systemctl, udevadm) from PATH
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+RESULTS: dict[str, Any] = {"steps": {}}
+CONFIG_FILE = "/usr/local/lib/evo-vm/probe.json"
+
+
+def sh(argv: list[str], timeout: float = 300,
+       env: dict[str, str] | None = None) -> tuple[int, str, str, float]:
+    """Run a command; return (status, stdout, stderr, wall seconds)."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        err += f"\n[probe: killed after {timeout} s]"
+    return proc.returncode, out, err, time.monotonic() - t0
+
+
+def measured(argv: list[str], timeout: float = 300) -> dict[str, Any]:
+    """Run a command and return its own wall time, CPU time and peak RSS (from wait4)."""
+    t0 = time.monotonic()
+    r, w = os.pipe()
+    e_r, e_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.dup2(w, 1)
+        os.dup2(e_w, 2)
+        os.close(r)
+        os.close(e_r)
+        try:
+            os.execvp(argv[0], argv)
+        finally:
+            os._exit(127)
+    os.close(w)
+    os.close(e_w)
+    chunks: list[bytes] = []
+    errs: list[bytes] = []
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(r, selectors.EVENT_READ, chunks)
+    sel.register(e_r, selectors.EVENT_READ, errs)
+    open_fds = 2
+    while open_fds:
+        for key, _ in sel.select(timeout):
+            data = os.read(key.fd, 65536)
+            if not data:
+                sel.unregister(key.fd)
+                os.close(key.fd)
+                open_fds -= 1
+            else:
+                key.data.append(data)
+    _, status, ru = os.wait4(pid, 0)
+    return {
+        "status": os.waitstatus_to_exitcode(status),
+        "stdout": b"".join(chunks).decode("utf-8", "replace"),
+        "stderr": b"".join(errs).decode("utf-8", "replace"),
+        "wall_s": round(time.monotonic() - t0, 3),
+        "cpu_s": round(ru.ru_utime + ru.ru_stime, 3),
+        "max_rss_kib": ru.ru_maxrss,
+    }
+
+
+def step(name: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
+    """Decorator: run the function now, record its result, time and any exception."""
+    def wrap(fn: Callable[[], Any]) -> Callable[[], Any]:
+        t0 = time.monotonic()
+        try:
+            value = fn()
+            RESULTS["steps"][name] = {"ok": True, "s": round(time.monotonic() - t0, 3)}
+            if value is not None:
+                RESULTS[name] = value
+        except Exception:
+            RESULTS["steps"][name] = {"ok": False, "s": round(time.monotonic() - t0, 3),
+                                      "error": traceback.format_exc()}
+        return fn
+    return wrap
+
+
+def text(argv: list[str], timeout: float = 120) -> dict[str, Any]:
+    """Run a command; return its status and output."""
+    status, out, err, _ = sh(argv, timeout)
+    return {"status": status, "stdout": out, "stderr": err}
+
+
+def read(path: str) -> str | None:
+    """Return a file's stripped text, or None."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def main() -> None:
+    """Run every step, send the results, power off."""
+    port = sys.argv[1]
+    cfg = json.loads(read(CONFIG_FILE) or "{}")
+    # The reboot in the delivery check only needs the delivery steps (evo.probe=delivery).
+    full = "evo.probe=delivery" not in (read("/proc/cmdline") or "").split()
+    RESULTS["full"] = full
+    RESULTS["started_monotonic"] = time.monotonic()
+
+    @step("system_running")
+    def _() -> Any:
+        return text(["systemctl", "is-system-running", "--wait"], 300)
+
+    @step("udev_settle")
+    def _() -> Any:
+        return text(["udevadm", "settle", "--timeout=120"], 150)
+
+    @step("network")
+    def _() -> Any:
+        # networkd configures the static addresses; wait for both (bounded) before the inventory.
+        want = set(cfg.get("guest_ips", []))
+        deadline = time.monotonic() + 60
+        while True:
+            addrs = json.loads(sh(["ip", "-j", "addr"])[1] or "[]")
+            have = {a["local"] for link in addrs for a in link.get("addr_info", [])}
+            if want <= have or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        result = {"ip_addr": addrs, "ip_route": json.loads(sh(["ip", "-j", "route"])[1] or "[]"),
+                  "waited_for": sorted(want), "missing": sorted(want - have)}
+        # Reach the test's listener on the host side of the namespace, over each LAN.
+        import socket
+
+        reach = {}
+        for peer in cfg.get("peers", []):
+            try:
+                with socket.create_connection((peer, cfg["echo_port"]), timeout=10) as s:
+                    s.sendall(b"evo-vm hello\n")
+                    reach[peer] = s.recv(100).decode("ascii", "replace").strip()
+            except OSError as exc:
+                reach[peer] = f"error: {exc}"
+        result["reach"] = reach
+        return result
+
+    if cfg.get("delivery_wait_s"):
+        @step("delivery")
+        def _() -> Any:
+            # The daemon sends the boot report once the network is up: wait (bounded) until
+            # `evo-agent status` shows a success and an empty outbox.
+            deadline = time.monotonic() + cfg["delivery_wait_s"]
+            polls = 0
+            while True:
+                polls += 1
+                status = text(["evo-agent", "status", "--json"], 60)
+                try:
+                    doc = json.loads(status["stdout"])
+                except ValueError:
+                    doc = None
+                done = bool(doc and doc["last_success"]["time"] and doc["outbox_depth"] == 0)
+                if done or time.monotonic() > deadline:
+                    break
+                time.sleep(2)
+            return {"status": status, "doc": doc, "done": done, "polls": polls,
+                    "waited_s": round(time.monotonic() - RESULTS["started_monotonic"], 1)}
+
+    if full:
+        @step("inventory_runs")
+        def _() -> Any:
+            return [measured(["evo-agent", "inventory", "--json"])
+                    for _ in range(cfg.get("runs", 3))]
+
+        @step("inventory_raw")
+        def _() -> Any:
+            return measured(["evo-agent", "inventory", "--raw", "--json"])
+
+        @step("collectors")
+        def _() -> Any:
+            return measured(["evo-agent", "collectors", "--json"])
+
+    @step("units")
+    def _() -> Any:
+        out: dict[str, dict[str, Any]] = {}
+        for unit in ("evo-agent.service", "evo-agent-manufacture.service"):
+            show = sh(["systemctl", "show", unit, "--no-pager", "-p",
+                       "ActiveState,SubState,Result,ExecMainStatus,NRestarts,ConditionResult,"
+                       "UnitFileState,User,Group,MemoryMax,Nice,CPUSchedulingPolicy,IOSchedulingClass,"
+                       "MainPID,ExecMainStartTimestampMonotonic,ActiveEnterTimestampMonotonic,"
+                       "MemoryCurrent"])[1]
+            out[unit] = {
+                "show": dict(line.split("=", 1) for line in show.splitlines() if "=" in line),
+                "journal": sh(["journalctl", "-b", "-u", unit, "-o", "cat", "--no-pager"])[1],
+                "security": text(["systemd-analyze", "security", unit, "--no-pager"]),
+            }
+            m = re.search(r"Overall exposure level for \S+: ([0-9.]+)",
+                          out[unit]["security"]["stdout"])
+            out[unit]["exposure"] = float(m.group(1)) if m else None
+            pid = out[unit]["show"].get("MainPID", "0")
+            if pid != "0":
+                status = read(f"/proc/{pid}/status") or ""
+                out[unit]["proc_status"] = {k: v.strip() for k, _, v in
+                                            (line.partition(":") for line in status.splitlines())
+                                            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
+        return out
+
+    @step("boot")
+    def _() -> Any:
+        return {
+            "analyze": text(["systemd-analyze", "time", "--no-pager"]),
+            "blame": sh(["systemd-analyze", "blame", "--no-pager"])[1].splitlines()[:25],
+            "critical_chain": text(["systemd-analyze", "critical-chain", "--no-pager"]),
+            "evo_units": [line.strip() for line in
+                          sh(["systemd-analyze", "blame", "--no-pager"])[1].splitlines()
+                          if "evo-agent" in line],
+            "failed": text(["systemctl", "--failed", "--no-legend", "--no-pager"]),
+            "cmdline": read("/proc/cmdline"),
+            "kernel": read("/proc/sys/kernel/osrelease"),
+        }
+
+    if not full:
+        RESULTS["finished_monotonic"] = time.monotonic()
+        send(port, cfg)
+        return
+
+    @step("package")
+    def _() -> Any:
+        return {
+            "dpkg": text(["dpkg-query", "-W", "-f",
+                          "${Package} ${Version} ${Status}\n${Conffiles}\n", "evo-agent"]),
+            "user": text(["getent", "passwd", "evo-agent"]),
+            "state_dir": text(["ls", "-ld", "/var/lib/evo-agent"]),
+            "python": sys.version,
+            "libs": text(["dpkg-query", "-W", "python3-psutil", "python3-pyroute2",
+                          "python3-pyudev", "python3-requests", "python3-systemd",
+                          "python3-cryptography", "dmidecode"]),
+        }
+
+    @step("evidence")
+    def _() -> Any:
+        # Ground truth as the guest sees it, for the report when a value does not match.
+        usb: dict[str, dict[str, str]] = {}
+        for dev in sorted(os.listdir("/sys/bus/usb/devices")):
+            base = f"/sys/bus/usb/devices/{dev}"
+            if os.path.exists(f"{base}/idVendor"):
+                usb[dev] = {k: read(f"{base}/{k}") or "" for k in
+                            ("idVendor", "idProduct", "manufacturer", "product")}
+        pci: dict[str, dict[str, str | None]] = {}
+        for dev in sorted(os.listdir("/sys/bus/pci/devices")):
+            base = f"/sys/bus/pci/devices/{dev}"
+            pci[dev] = {k: read(f"{base}/{k}") for k in ("vendor", "device", "class")}
+            pci[dev]["driver"] = os.path.basename(os.path.realpath(f"{base}/driver")) \
+                if os.path.exists(f"{base}/driver") else None
+            # The names udev itself gives the device: its hwdb lookup uses the full modalias,
+            # subsystem IDs included ("... (QEMU Virtual Machine)" for the q35 host bridge).
+            props = sh(["udevadm", "info", "--query=property", f"--path={base}"])[1]
+            for line in props.splitlines():
+                if line.startswith(("ID_VENDOR_FROM_DATABASE=", "ID_MODEL_FROM_DATABASE=")):
+                    key, _, value = line.partition("=")
+                    pci[dev][key] = value
+        hwdb = {}
+        for p in pci.values():
+            vendor, device = (p["vendor"] or "")[2:].upper(), (p["device"] or "")[2:].upper()
+            key = f"pci:v0000{vendor}d0000{device}"
+            hwdb[key] = sh(["systemd-hwdb", "query", key])[1]
+        for u in usb.values():
+            key = f"usb:v{u['idVendor'].upper()}p{u['idProduct'].upper()}"
+            hwdb[key] = sh(["systemd-hwdb", "query", key])[1]
+        disks = {}
+        for name in ("sda", "sr0"):
+            disks[name] = sh(["udevadm", "info", "--query=property", f"--name=/dev/{name}"])[1]
+        return {
+            "dmidecode": sh(["dmidecode"])[1],
+            "asound_cards": read("/proc/asound/cards"),
+            "usb": usb, "pci": pci, "hwdb": hwdb, "disks": disks,
+            "cpuinfo_model": sorted({line.split(":", 1)[1].strip()
+                                     for line in (read("/proc/cpuinfo") or "").splitlines()
+                                     if line.startswith("model name")}),
+            "nproc": os.cpu_count(),
+            "meminfo_total": (read("/proc/meminfo") or "").splitlines()[:1],
+        }
+
+    if cfg.get("bench_runs"):
+        @step("bench")
+        def _() -> Any:
+            return text([sys.executable, "/usr/local/lib/evo-vm/bench/inventory_bench.py",
+                         "--runs", str(cfg["bench_runs"]), "--python", sys.executable], 3600)
+
+    RESULTS["finished_monotonic"] = time.monotonic()
+    send(port, cfg)
+
+
+def send(port: str, cfg: dict[str, Any]) -> None:
+    """Write the results to the virtio port, then power off."""
+    data = (json.dumps(RESULTS) + "\n").encode()
+    # A virtio port takes a write in pieces (32 KiB at a time here): loop until all is out.
+    # (fsync on a port is EINVAL; close() waits for nothing, so the host reads to the newline.)
+    fd = os.open(port, os.O_WRONLY)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    if cfg.get("poweroff", True):
+        subprocess.run(["systemctl", "poweroff", "--no-block"], check=False)
+
+
+if __name__ == "__main__":
+    main()
