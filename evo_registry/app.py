@@ -13,17 +13,18 @@ import importlib.resources
 import json
 import logging
 import re
+import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from evo_registry import pages, rules, wire
+from evo_registry import enrol, pages, rules, wire
 from evo_registry.config import Settings
 from evo_registry.db import Database, parse_utc, utc_text
-from evo_registry.errors import HttpError
+from evo_registry.errors import DatabaseError, HttpError
 from evo_registry.geo import Geo
-from evo_registry.store import Enrolment, Limits, Store, region_list
+from evo_registry.store import Limits, Store
 
 LOG = logging.getLogger(__name__)
 
@@ -73,16 +74,15 @@ def _add_months(moment: datetime, months: int) -> datetime:
     raise AssertionError("unreachable: every month has 28 days")
 
 
-def _parse_rfc3339(text: Any) -> datetime:
-    if not isinstance(text, str):
-        raise HttpError(400, "manufactured_at: an RFC 3339 timestamp is needed")
+def _database_down(exc: BaseException) -> bool:
+    """Return True for errors that mean "the database cannot be reached", not a bug."""
+    if isinstance(exc, DatabaseError | sqlite3.OperationalError):
+        return True
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise HttpError(400, f"manufactured_at: not RFC 3339: {text[:40]!r}") from exc
-    if moment.tzinfo is None:
-        raise HttpError(400, "manufactured_at: the time zone is missing")
-    return moment.astimezone(timezone.utc)
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(exc, psycopg.OperationalError)
 
 
 class Registry:
@@ -96,6 +96,7 @@ class Registry:
         self.geo = geo or Geo(settings.geo_database)
         self.clock: Clock = clock or (lambda: datetime.now(timezone.utc))
         self.trusted = settings.networks()
+        self.vpn = settings.vpn()
         self.limits = Limits(settings.rate_limit_reports,
                              timedelta(seconds=settings.rate_limit_window_s))
         self.routes: list[tuple[str, re.Pattern[str], Callable[..., Response]]] = [
@@ -121,15 +122,24 @@ class Registry:
             response = self.dispatch(environ)
         except HttpError as exc:
             response = json_response(exc.status, {"error": exc.reason}, exc.headers)
-        except Exception:
-            LOG.exception("internal error on %s %s", environ.get("REQUEST_METHOD"),
-                          environ.get("PATH_INFO"))
-            response = json_response(500, {"error": "internal error"})
+        except Exception as exc:
+            if _database_down(exc):
+                # The agent retries 5xx with backoff; Retry-After spares a restarting database.
+                LOG.warning("database unavailable on %s %s: %s", environ.get("REQUEST_METHOD"),
+                            environ.get("PATH_INFO"), exc)
+                response = json_response(503, {"error": "database unavailable, retry later"},
+                                         {"Retry-After": "60"})
+            else:
+                LOG.exception("internal error on %s %s", environ.get("REQUEST_METHOD"),
+                              environ.get("PATH_INFO"))
+                response = json_response(500, {"error": "internal error"})
         headers = [("Content-Type", response.content_type),
                    ("Content-Length", str(len(response.body)))]
         headers += list((response.headers or {}).items())
         reason = _REASONS.get(response.status, "")
         start_response(f"{response.status} {reason}", headers)
+        if str(environ.get("REQUEST_METHOD", "")).upper() == "HEAD":
+            return []  # same headers (and Content-Length) as GET, no body
         return [response.body]
 
     def dispatch(self, environ: Environ) -> Response:
@@ -226,6 +236,10 @@ class Registry:
         path = str(environ.get("HTTP_X_EVO_PATH", "")).strip().lower()
         path_value = path if path in ("vpn", "https") else None
         wan_ip = self.wan_ip(environ)
+        if wan_ip is not None and wire.in_networks(wan_ip, self.vpn):
+            # Through the VPN the registry sees the tunnel address, not the home's WAN IP: the
+            # device is seen, its last known WAN IP and location stay as they were.
+            wan_ip = None
         location = self.geo.lookup(wan_ip)
         result = self.store.ingest(doc, vpnid, wan_ip, location, now=self.clock(),
                                    path=path_value, limits=self.limits)
@@ -243,44 +257,10 @@ class Registry:
         if wire.media_type(environ.get("CONTENT_TYPE")) != "application/json":
             raise HttpError(415, "Content-Type must be application/json")
         body = self._read_body(environ, wire.MAX_EXPANDED)
-        doc = wire.parse_json(body)
-        if not isinstance(doc, dict):
-            raise HttpError(400, "body: a JSON object is needed")
-        unknown = set(doc) - {"vpnid", "public_key", "report", "sales_region", "psu_variant",
-                              "manufactured_at", "override", "model"}
-        if unknown:
-            raise HttpError(400, f"unknown keys: {', '.join(sorted(unknown))}")
-        vpnid = doc.get("vpnid")
-        if not isinstance(vpnid, str) or not wire.VPNID.match(vpnid):
-            raise HttpError(400, "vpnid: missing or not a vpnid")
-        if not isinstance(doc.get("public_key"), str):
-            raise HttpError(400, "public_key: base64 of the 32-byte Ed25519 key is needed")
-        wire.public_key_bytes(doc["public_key"])
-        report = doc.get("report")
-        reason = wire.schema_errors(report)
-        if reason:
-            raise HttpError(400, f"report: {reason}")
-        if not isinstance(report, dict):  # the schema says object; this tells mypy
-            raise HttpError(400, "report: a JSON object is needed")
-        if report["trigger"] != "manufacturing":
-            raise HttpError(400, "report: trigger must be \"manufacturing\"")
-        if report["functional"]["vpnid"] != vpnid:
-            raise HttpError(400, "report: functional/vpnid differs from vpnid")
-        regions = doc.get("sales_region")
-        region = region_list(regions if isinstance(regions, list) else [])
-        psu = doc.get("psu_variant")
-        if not isinstance(psu, str) or rules.parse_psu_variant(psu) is None:
-            raise HttpError(400, "psu_variant: like \"230V\", \"120V\", \"100V\" or \"100-240V\"")
         now = self.clock()
-        made = _parse_rfc3339(doc["manufactured_at"]) if "manufactured_at" in doc else now
-        model = doc.get("model")
-        if model is not None and not (isinstance(model, str) and 0 < len(model) <= 64):
-            raise HttpError(400, "model: a string of at most 64 characters")
-        override = doc.get("override", False)
-        if not isinstance(override, bool):
-            raise HttpError(400, "override: true or false")
-        self.store.enroll(Enrolment(vpnid, doc["public_key"].strip(), report, region,
-                                    psu.strip().upper(), made, model), now, override)
+        enrolment, override = enrol.parse(wire.parse_json(body), now)
+        self.store.enroll(enrolment, now, override)
+        vpnid = enrolment.vpnid
         return json_response(201, {"status": "enrolled", "vpnid": vpnid,
                                    "registration_form":
                                        f"/v1/devices/{vpnid}/registration-form.pdf"})
@@ -354,7 +334,7 @@ class Registry:
         visitor = self.wan_ip(environ)
         rows = (self.store.finder(visitor, self.clock(), self.settings.finder_days)
                 if visitor else [])
-        html = pages.finder(rows)
+        html = pages.finder(rows, self.settings.finder_days)
         return Response(200, html.encode(), "text/html; charset=utf-8", dict(_PAGE_HEADERS))
 
     def openapi(self, environ: Environ) -> Response:

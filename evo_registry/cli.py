@@ -30,6 +30,7 @@ from evo_registry.store import Store
 
 LOG = logging.getLogger(__name__)
 PRUNE_EVERY_S = 6 * 3600
+PRUNE_FIRST_S = 60  # after start-up, when the first requests have been served
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,7 +107,9 @@ def _pruner(settings: Settings, stop: threading.Event) -> None:
     """Prune now and then; idempotent, so several processes may all do it."""
     db = Database(settings.database)
     store = Store(db)
-    while not stop.wait(PRUNE_EVERY_S):
+    wait = PRUNE_FIRST_S
+    while not stop.wait(wait):
+        wait = PRUNE_EVERY_S
         try:
             gone = store.prune(datetime.now(timezone.utc), timedelta(days=settings.retention_days))
             LOG.info("retention: pruned %s", gone)

@@ -6,6 +6,7 @@ The file (``/etc/evo-registry/registry.toml`` in production, mode 0640: it holds
     listen = "127.0.0.1:8432"
     geo_database = "/var/lib/GeoIP/GeoLite2-City.mmdb"       # optional
     trusted_proxies = ["127.0.0.1/32", "::1/128"]            # who may set X-Forwarded-For
+    vpn_networks = ["10.8.0.0/16"]                           # reports via the VPN come from here
     factory_tokens = ["..."]                                 # the manufacturing line
     support_tokens = ["..."]                                 # support staff
     warranty_months = 24
@@ -43,6 +44,7 @@ class Settings:
     listen: str = "127.0.0.1:8432"
     geo_database: str | None = None
     trusted_proxies: list[str] = field(default_factory=list)
+    vpn_networks: list[str] = field(default_factory=list)
     factory_tokens: list[str] = field(default_factory=list)
     support_tokens: list[str] = field(default_factory=list)
     warranty_months: int = 24
@@ -56,6 +58,10 @@ class Settings:
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """Return the trusted proxies as networks."""
         return [ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies]
+
+    def vpn(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """Return the VPN's address ranges as networks."""
+        return [ipaddress.ip_network(p, strict=False) for p in self.vpn_networks]
 
 
 def _check(path: str, data: dict[str, Any]) -> Settings:
@@ -75,10 +81,11 @@ def _check(path: str, data: dict[str, Any]) -> Settings:
         if (isinstance(default, str) or key == "geo_database") and not isinstance(value, str):
             raise ConfigError(f"{path}: key '{key}': a string is needed")
         setattr(s, key, value)
-    try:
-        s.networks()
-    except ValueError as exc:
-        raise ConfigError(f"{path}: key 'trusted_proxies': {exc}") from exc
+    for key, check in (("trusted_proxies", s.networks), ("vpn_networks", s.vpn)):
+        try:
+            check()
+        except ValueError as exc:
+            raise ConfigError(f"{path}: key '{key}': {exc}") from exc
     return s
 
 

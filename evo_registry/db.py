@@ -16,6 +16,7 @@ import logging
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -168,6 +169,25 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {col[0]: row[i] for i, col in enumerate(cursor.description)}
 
 
+def _wal(conn: sqlite3.Connection, patience_s: float = 30.0) -> None:
+    """Put a database in WAL mode (once: the mode is kept in the file)."""
+    # Switching the journal mode answers "database is locked" at once, without the busy
+    # timeout, while another connection holds a lock: seen when several processes open a new
+    # database together (tests/registry/test_storage.py, the migration race).  So retry.
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            row = conn.execute("PRAGMA journal_mode").fetchone()
+            mode = next(iter(row.values())) if isinstance(row, dict) else row[0]
+            if str(mode).lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _is_closed(conn: Any) -> bool:
     closed = getattr(conn, "closed", False)  # psycopg has it; sqlite3 connections do not
     return bool(closed)
@@ -222,7 +242,7 @@ class Database:
             raise DatabaseError(f"cannot open {self.path}: {exc}") from exc
         conn.row_factory = _dict_row
         # WAL: readers (the finder) do not wait for the writer; processes may share the file.
-        conn.execute("PRAGMA journal_mode=WAL")
+        _wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         return conn

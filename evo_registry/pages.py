@@ -43,11 +43,12 @@ def _when(stamp: object) -> str:
     return escape(str(stamp)[:16].replace("T", " ") + " UTC") if stamp else ""
 
 
-def finder(rows: Sequence[Row]) -> str:
+def finder(rows: Sequence[Row], days: int = 30) -> str:
     """Return the finder page for the visitor's devices."""
     if not rows:
-        body = ("<p>No 432 EVO has reported from your network in the last 30 days. Check that "
-                "it is switched on and connected to the internet, then reload this page.</p>")
+        body = (f"<p>No 432 EVO has reported from your network in the last {int(days)} days. "
+                "Check that it is switched on and connected to the internet, then reload this "
+                "page.</p>")
         return _page("Your 432 EVO", body)
     items = []
     for r in rows:

@@ -220,8 +220,12 @@ def client_address(peer: str | None, forwarded_for: str | None,
     return current
 
 
-def _is_trusted(addr: str | None, trusted: Sequence[Network]) -> bool:
+def in_networks(addr: str | None, networks: Sequence[Network]) -> bool:
+    """Return True when an address lies in one of the networks."""
     if addr is None:
         return False
     ip = ipaddress.ip_address(addr)
-    return any(ip.version == net.version and ip in net for net in trusted)
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+_is_trusted = in_networks

@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import zlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,6 +207,9 @@ def test_methods_and_paths(server: Server) -> None:
     assert server.request("GET", "/v1/reports").status == 405
     assert server.request("GET", "/nothing").status == 404
     assert server.request("GET", "/healthz").json()["status"] == "ok"
+    head = server.request("HEAD", "/healthz")
+    assert (head.status, head.body) == (200, b"")
+    assert int(head.headers["content-length"]) > 0
 
 
 # ---- enrolment ---------------------------------------------------------------------------------
@@ -270,3 +274,37 @@ def test_support_routes_need_the_support_token(server: Server, device: Device) -
         assert server.request(method, path,
                               headers={"Authorization": f"Bearer {FACTORY}"}).status == 401
     assert get_device(server, "EVO-404").status == 404
+
+
+def test_database_down_is_503_with_retry_after(tmp_path: Path, clock: Clock) -> None:
+    from evo_registry.app import Registry
+    from evo_registry.config import Settings
+
+    # A PostgreSQL URL whose socket directory holds no server: every request finds it down.
+    app = Registry(Settings(database=f"postgresql://evo@/none?host={tmp_path}"), clock=clock)
+    srv = Server(app)
+    try:
+        dev = Device("EVO-200099")
+        reply = send(srv, dev)
+        assert reply.status == 503
+        assert reply.headers["retry-after"] == "60"
+        assert srv.request("GET", "/", headers={"X-Forwarded-For": HOME_A}).status == 503
+        assert srv.request("GET", "/healthz").status == 503
+    finally:
+        srv.close()
+        app.db.close()
+
+
+def test_report_through_the_vpn_keeps_the_last_wan_ip(server: Server, device: Device,
+                                                      clock: Clock) -> None:
+    from evo_registry.config import Settings
+
+    server.app.vpn = Settings(vpn_networks=["10.8.0.0/16"]).vpn()
+    assert send(server, device, wan=HOME_A).status == 201
+    clock.advance(hours=5)
+    # The VPN concentrator sits behind the same trusted proxy; the peer is a tunnel address.
+    assert send(server, device, wan="10.8.3.7", headers={"X-Evo-Path": "vpn"}).status == 201
+    record = get_device(server, device.vpnid).json()
+    assert (record["wan_ip"], record["country"], record["city"]) == (HOME_A, "BE", "Gent")
+    assert record["last_seen"] == "2026-11-23T17:00:00.000000Z"
+    assert record["reports"][0]["path"] == "vpn"
