@@ -210,6 +210,8 @@ def test_no_name_in_the_hardware_databases_looks_personal() -> None:
     assert [n for n in names if looks_personal(n)] == []
     assert CLEANERS["text"]("Virtual Printer (/Users/john/Parallels/x.txt)") is None
     assert CLEANERS["text"]("Owner: jane.doe@example.org") is None
+    assert CLEANERS["text"]("Studio DAC of jane.doe@example.") is None  # cut by the kernel
+    assert CLEANERS["text"]("Core i5-4590 CPU @ 3.30GHz") == "Core i5-4590 CPU @ 3.30GHz"
     assert CLEANERS["text"]("see https://example.org/x") is None
     assert CLEANERS["text"]("C:\\Users\\jane") is None
     assert CLEANERS["text"]("Radeon HD 7700/7800 Series") == "Radeon HD 7700/7800 Series"
