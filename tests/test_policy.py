@@ -211,6 +211,8 @@ def test_no_name_in_the_hardware_databases_looks_personal() -> None:
     assert CLEANERS["text"]("Virtual Printer (/Users/john/Parallels/x.txt)") is None
     assert CLEANERS["text"]("Owner: jane.doe@example.org") is None
     assert CLEANERS["text"]("Studio DAC of jane.doe@example.") is None  # cut by the kernel
+    assert CLEANERS["text"]("Studio DAC of jane.doe@exam") is None
+    assert CLEANERS["text"]("TV@nywhere Plus") == "TV@nywhere Plus"
     assert CLEANERS["text"]("Core i5-4590 CPU @ 3.30GHz") == "Core i5-4590 CPU @ 3.30GHz"
     assert CLEANERS["text"]("see https://example.org/x") is None
     assert CLEANERS["text"]("C:\\Users\\jane") is None
