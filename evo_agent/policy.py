@@ -81,8 +81,9 @@ def is_placeholder(value: str) -> bool:
 # string into the ALSA card name.  A second line of defence behind the collectors' own checks.
 _PERSONAL = re.compile(
     # an e-mail address, whole or cut short at the end (ALSA keeps 31 bytes of a USB product
-    # name); product names with an "@" (TV@nywhere, PowerC@m, SMART S@T) have no dotted domain
-    r"[\w.+-]+@[\w-]+\.|[\w.+-]{2,}@[\w-]{3,}$"
+    # name); product names with an "@" (TV@nywhere, PowerC@m, Smart@Link) have no dotted,
+    # lower-case domain
+    r"[\w.+-]+@[\w-]+\.|[\w.+-]{2,}@(?-i:[a-z0-9-]{3,})$"
     r"|(?:^|[\s(\[\"'=:,])(?:~[^\s/\\]*/|\.{0,2}/[A-Za-z_.][^\s/\\]*[/\\]|[A-Za-z]:\\|\\\\[A-Za-z])"
     r"|[a-z][a-z0-9+.-]*://",
     re.IGNORECASE,
