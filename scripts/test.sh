@@ -37,4 +37,6 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,registry]"
 
+# every skip is a failure here: this script installed everything the tests need
+export EVO_STRICT_SKIPS=1
 exec "$VENV/bin/python" -m pytest "$@"
