@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collectors._hwids import USB_IDS_PATHS, holds_serial, plausible_name, serial_like
 
@@ -143,3 +145,19 @@ def test_udev_corpus_strings_rejected_are_the_serials() -> None:
     assert len(strings) > 200
     rejected = {text for text, serial in strings if plausible_name(text, serial) is None}
     assert rejected == UDEV_SERIALS
+
+
+_SERIALISH = st.text(alphabet="0123456789abcdefABCDEFxyzXYZ -._", min_size=0, max_size=24)
+
+
+@settings(max_examples=400, deadline=None)
+@given(before=st.text(max_size=30), serial=_SERIALISH, after=st.text(max_size=30),
+       upper=st.booleans())
+def test_fuzz_a_name_holding_its_serial_is_never_kept(before: str, serial: str, after: str,
+                                                      upper: bool) -> None:
+    """Any text around a 4+ character serial, in either case: no name; never an exception."""
+    text = before + (serial.upper() if upper else serial.lower()) + after
+    got = plausible_name(text, serial)
+    assert got is None or got == text.strip()
+    if len(serial.strip()) >= 4:
+        assert got is None
