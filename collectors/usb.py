@@ -111,10 +111,12 @@ def read_device(host: Host, name: str, ids: IdsFile) -> dict[str, object] | None
                                     host.read_attr(f"{base}/busnum"),
                                     host.read_attr(f"{base}/devnum"))
     udev = _udevdb.properties(host, record) if record else {}
+    # A device's strings are compared with its own serial: a maker may put the unit's serial in
+    # them ("SN 8F3A2C91D0" / "DAC 8f3a2c91d0e4" with serial "8f3a2c91d0e4").
     vendor = (udev.get("ID_VENDOR_FROM_DATABASE") or ids.vendor(vendor_id)
-              or plausible_name(manufacturer))
+              or plausible_name(manufacturer, serial))
     model = (udev.get("ID_MODEL_FROM_DATABASE") or ids.device(vendor_id, product_id)
-             or plausible_name(product))
+             or plausible_name(product, serial))
     if uevent_text is not None:
         driver = uevent.get("DRIVER")  # present exactly when a driver is bound
     else:
