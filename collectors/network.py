@@ -4,9 +4,10 @@ The published policy sends "mac address" (a hardware identity: it must not chang
 dongle is plugged in or when interfaces are renamed), the LAN IP (so the owner can find the device
 on his network) and the second LAN IP of the fiber dongle.  Interfaces are read from sysfs, where
 the kernel says which are hardware (``device`` link, a path outside ``/devices/virtual``), on which
-bus, with which driver.  Addresses are not in sysfs: they come from an in-process probe (psutil,
+bus, with which driver.  Addresses are not in sysfs: IPv4 comes from an in-process probe (psutil,
 which Debian ships; never pyroute2, whose import alone costs 2.2 s in a QEMU guest), recorded in
-captures as ``commands/netlink-addresses.txt``; without it, from /proc/net.
+captures as ``commands/netlink-addresses.txt``, and without it from /proc/net; IPv6 comes from
+/proc/net/if_inet6, whose flags tell a stable address from a temporary one.
 """
 
 from __future__ import annotations
@@ -383,7 +384,7 @@ def _int(value: str | None) -> int:
 
 
 def _primary(iface: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> str | None:
-    """Return the interface's primary IPv4 (else a global IPv6), looking through its masters.
+    """Return the interface's primary IPv4 (else an IPv6), looking through its masters.
 
     A NIC enslaved to a bridge (br0) or bond carries no address of its own: the LAN address is
     on the master, so the master's (and its master's) addresses are the NIC's.
@@ -405,7 +406,7 @@ _ULA = ipaddress.IPv6Network("fc00::/7")
 
 
 def _lan_ipv6(addrs: list[str]) -> str | None:
-    """Return the first global IPv6 address of the list, else the first ULA (fc00::/7)."""
+    """Return the first global IPv6 address of the list, else the first local one (ULA)."""
     ula = None
     for addr in addrs:
         try:
@@ -414,7 +415,7 @@ def _lan_ipv6(addrs: list[str]) -> str | None:
             continue
         if ip.is_link_local or ip.is_loopback or ip.is_multicast or ip.is_unspecified:
             continue
-        if ip not in _ULA:
+        if ip not in _ULA and not ip.is_site_local:  # fec0::/10: RFC 3879 withdrew it
             return str(ip)  # global (documentation prefixes included: they are not local)
         ula = ula or str(ip)
     return ula
