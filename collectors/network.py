@@ -4,9 +4,10 @@ The published policy sends "mac address" (a hardware identity: it must not chang
 dongle is plugged in or when interfaces are renamed), the LAN IP (so the owner can find the device
 on his network) and the second LAN IP of the fiber dongle.  Interfaces are read from sysfs, where
 the kernel says which are hardware (``device`` link, a path outside ``/devices/virtual``), on which
-bus, with which driver.  Addresses are not in sysfs: they come from an in-process probe (psutil,
+bus, with which driver.  Addresses are not in sysfs: IPv4 comes from an in-process probe (psutil,
 which Debian ships; never pyroute2, whose import alone costs 2.2 s in a QEMU guest), recorded in
-captures as ``commands/netlink-addresses.txt``; without it, from /proc/net.
+captures as ``commands/netlink-addresses.txt``, and without it from /proc/net; IPv6 comes from
+/proc/net/if_inet6, whose flags tell a stable address from a temporary one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import re
 from typing import Any
 
+from collectors._udevdb import decimal, properties
 from evo_agent.collector import Collector, Raw
 from evo_agent.errors import CommandFailed, CommandUnavailable
 from evo_agent.hostroot import Host
@@ -41,6 +43,17 @@ _NOT_ETHERNET_NAMES = re.compile(r"^(can|vcan|slcan|ib|wlan|wwan|ppp|sl|tun|tap|
 # if_inet6 flags (include/uapi/linux/if_addr.h) of addresses not fit to be "the" LAN address:
 # temporary (privacy extensions, rotated daily), DAD failed, tentative.
 _IFA_F_SKIP = 0x01 | 0x08 | 0x40
+#: IFA_F_DEPRECATED: preferred lifetime over, still valid: kept, but after the preferred ones.
+_IFA_F_DEPRECATED = 0x20
+#: Where the kernel lists PCI slots (drivers/pci/slot.c): <slot>/address is "DDDD:BB:DD", or
+#: "DDDD:BB" for a slot that stands for a whole bus (slot number 0xff).
+PCI_SLOTS = "/sys/bus/pci/slots"
+_SLOT_ADDRESS = re.compile(r"^([0-9a-f]{4,8}):([0-9a-f]{2})(?::([0-9a-f]{2}))?$")
+#: Drivers of phone tethering over USB, never a USB/PCI Ethernet adapter: ipheth is Apple's
+#: iPhone/iPad protocol; RNDIS is what Android phones (and BMC virtual NICs) speak, and no Ethernet
+#: adapter does.  cdc_ether and cdc_ncm are not listed: Android tethering uses them, but so do real
+#: adapters (Realtek RTL8153/RTL8156 bind cdc_ether/cdc_ncm when r8152 does not take them).
+_TETHERING_DRIVERS = frozenset({"ipheth", "rndis_host"})
 
 
 # ---- address sources ------------------------------------------------------------------------
@@ -150,7 +163,7 @@ def parse_route(text: str) -> list[tuple[str, int, int]]:
 
 def parse_if_inet6(text: str) -> dict[str, list[str]]:
     """Return each interface's usable IPv6 addresses from /proc/net/if_inet6."""
-    out: dict[str, list[str]] = {}
+    found: dict[str, list[tuple[int, str]]] = {}
     for line in text.splitlines():
         fields = line.split()
         if len(fields) != 6 or len(fields[0]) != 32:
@@ -162,8 +175,10 @@ def parse_if_inet6(text: str) -> dict[str, list[str]]:
             continue
         if flags & _IFA_F_SKIP:
             continue
-        out.setdefault(fields[5], []).append(str(addr))
-    return out
+        found.setdefault(fields[5], []).append((flags & _IFA_F_DEPRECATED, str(addr)))
+    # stable sort: deprecated addresses after the preferred ones, otherwise the kernel's order
+    return {name: [addr for _, addr in sorted(addrs, key=lambda a: a[0])]
+            for name, addrs in found.items()}
 
 
 def addresses_from_proc(host: Host) -> dict[str, dict[str, list[str]]]:
@@ -257,13 +272,45 @@ def _pci_key(path: str) -> tuple[int, int, int, int] | None:
     return None
 
 
-def read_interface(host: Host, name: str) -> dict[str, Any]:
+def read_pci_slots(host: Host) -> frozenset[tuple[int, int, int | None]]:
+    """Return (domain, bus, device, or None for a whole-bus slot) of each slot in /sys/bus/pci."""
+    slots = set()
+    for entry in host.listdir_or_empty(PCI_SLOTS):
+        m = _SLOT_ADDRESS.fullmatch((host.read_attr(f"{PCI_SLOTS}/{entry}/address") or "").lower())
+        if m:
+            slots.add((int(m.group(1), 16), int(m.group(2), 16),
+                       None if m.group(3) is None else int(m.group(3), 16)))
+    return frozenset(slots)
+
+
+def _in_slot(pci: tuple[int, int, int, int] | None,
+             slots: frozenset[tuple[int, int, int | None]], udev: dict[str, str]) -> bool:
+    """Return True when the kernel or udev puts the NIC's PCI function in a physical slot.
+
+    The kernel registers a slot on the bus its devices sit on: pciehp on the downstream port's
+    secondary bus, device 0 ("0000:01:00" for a card behind root port 00:01.0); ACPI _SUN on the
+    bus of the ACPI device that has it.  udev's net_id (ID_NET_NAME_SLOT, "ens1f0") matches slot
+    addresses as a prefix of the PCI function's name and, since naming scheme v251 (Debian 12 has
+    systemd 252), ignores a match at a bridge further up: firmware puts _SUN on chipset root ports
+    (slot "0000:00:1c"), which would put the onboard NIC behind 00:1c.2 in a slot.  So the NIC's
+    own function is matched, by device or by its whole bus (the upstream bridge's secondary bus).
+    udev's record says the same when it has ID_NET_NAME_SLOT, unless the firmware also names the
+    NIC onboard (ID_NET_NAME_ONBOARD: VMware gives both, checkbox VM_WITH_FLOPPY).
+    """
+    if pci is not None and ((pci[0], pci[1], pci[2]) in slots or (pci[0], pci[1], None) in slots):
+        return True
+    return bool(udev.get("ID_NET_NAME_SLOT")) and not udev.get("ID_NET_NAME_ONBOARD")
+
+
+def read_interface(host: Host, name: str,
+                   slots: frozenset[tuple[int, int, int | None]] = frozenset()) -> dict[str, Any]:
     """Return what sysfs says of one interface (addresses are added later)."""
     base = f"{NET}/{name}"
     real = host.realpath(base)
     has_device = host.lstat_kind(f"{base}/device") is not None
     physical = has_device or (real.startswith("/sys/devices/") and "/virtual/" not in real)
-    devtype = _uevent(host, base).get("DEVTYPE")
+    uevent = _uevent(host, base)
+    devtype = uevent.get("DEVTYPE")
     wireless = (devtype in ("wlan", "wwan") or host.exists(f"{base}/wireless")
                 or host.exists(f"{base}/phy80211"))
     if not physical:
@@ -292,6 +339,14 @@ def read_interface(host: Host, name: str) -> dict[str, Any]:
     # (bmc_network_vs_network: the onboard atlantic NIC sits behind the Mellanox card's domain).
     firmware_onboard = has_device and any(
         _int(host.read_attr(f"{base}/device/{attr}")) > 0 for attr in ("acpi_index", "index"))
+    # Without a firmware index, a NIC in a physical slot is an add-in card: it ranks after the
+    # NICs soldered on the board.  On consumer boards the onboard NIC sits behind the chipset
+    # (enp3s0, AMD enp42s0) while the CPU's x16 slot is bus 01: by address alone a PCIe SFP card
+    # (ixgbe) would become "onboard", and removing it would change the device's MAC.  Among slot
+    # NICs (every NIC of a QEMU guest can be in one) the order stays by address.
+    ifindex = _int(host.read_attr(f"{base}/ifindex")) or _int(uevent.get("IFINDEX"))
+    udev = properties(host, f"n{ifindex}") if physical and ifindex > 0 else {}
+    in_slot = bus == "pci" and _in_slot(_pci_key(real), slots, udev)
     onboard_ok = physical and bus != "usb"
     if physical and bus == "usb":
         # a USB NIC wired to a hub port the hub declares non-removable is part of the board
@@ -315,19 +370,21 @@ def read_interface(host: Host, name: str) -> dict[str, Any]:
                       and (arphrd == _ARPHRD_ETHER
                            or (arphrd is None and not _NOT_ETHERNET_NAMES.match(name)))),
         "_onboard_ok": onboard_ok,
-        "_sort": (not firmware_onboard, _BUS_RANK.get(bus or "", 2), _pci_key(real) or (0, 0, 0, 0),
-                  real, _int(host.read_attr(f"{base}/dev_port")), name),
+        "_sort": (not firmware_onboard, in_slot, _BUS_RANK.get(bus or "", 2),
+                  _pci_key(real) or (0, 0, 0, 0), real, _int(host.read_attr(f"{base}/dev_port")),
+                  name),
+        "_tethering": driver in _TETHERING_DRIVERS,
         "_master": master,
     }
 
 
 def _int(value: str | None) -> int:
-    """Return a decimal attribute as an int, 0 when absent or not a number."""
-    return int(value) if value and value.isdigit() else 0
+    """Return a decimal attribute as an int, 0 when absent or not an ASCII number."""
+    return decimal(value) or 0
 
 
 def _primary(iface: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> str | None:
-    """Return the interface's primary IPv4 (else a global IPv6), looking through its masters.
+    """Return the interface's primary IPv4 (else an IPv6), looking through its masters.
 
     A NIC enslaved to a bridge (br0) or bond carries no address of its own: the LAN address is
     on the master, so the master's (and its master's) addresses are the NIC's.
@@ -338,15 +395,30 @@ def _primary(iface: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> str |
         seen.add(node["name"])
         if node["ipv4"]:
             return str(node["ipv4"][0])
-        for addr in node["ipv6"]:
-            try:
-                ip = ipaddress.IPv6Address(addr)
-            except ValueError:
-                continue
-            if not (ip.is_link_local or ip.is_loopback or ip.is_multicast):
-                return str(ip)
+        v6 = _lan_ipv6(node["ipv6"])
+        if v6:
+            return v6
         node = by_name.get(node["_master"] or "")
     return None
+
+
+_ULA = ipaddress.IPv6Network("fc00::/7")
+
+
+def _lan_ipv6(addrs: list[str]) -> str | None:
+    """Return the first global IPv6 address of the list, else the first local one (ULA)."""
+    ula = None
+    for addr in addrs:
+        try:
+            ip = ipaddress.IPv6Address(addr)
+        except ValueError:
+            continue
+        if ip.is_link_local or ip.is_loopback or ip.is_multicast or ip.is_unspecified:
+            continue
+        if ip not in _ULA and not ip.is_site_local:  # fec0::/10: RFC 3879 withdrew it
+            return str(ip)  # global (documentation prefixes included: they are not local)
+        ula = ula or str(ip)
+    return ula
 
 
 class Network(Collector):
@@ -354,16 +426,20 @@ class Network(Collector):
     description = "onboard NIC MAC, LAN IP, fiber dongle's LAN IP, and all interfaces"
     fields = {
         "mac_address": "MAC of the onboard NIC (firmware-named onboard first, then the first "
-                       "wired non-USB NIC by bus address), the burnt-in one when readable",
-        "lan_ip": "primary IPv4 of the onboard NIC (or of its bridge), else a global IPv6",
-        "lan_ip_secondary": "primary IPv4 of the second wired NIC (the fiber dongle)",
+                       "wired non-USB NIC not in a PCI slot by bus address), the burnt-in one "
+                       "when readable",
+        "lan_ip": "primary IPv4 of the onboard NIC (or of its bridge), else a stable global "
+                  "IPv6, else a ULA",
+        "lan_ip_secondary": "primary IPv4 of the second wired NIC (the fiber dongle; phone "
+                            "tethering only when there is no other)",
         "interfaces": "every interface: name, mac, permanent, bus, driver, operstate, carrier, "
                       "ipv4, ipv6, role (never sent)",
     }
 
     def collect(self, host: Host) -> Raw:
         names = [n for n in host.listdir_or_empty(NET) if host.is_dir(f"{NET}/{n}")]
-        ifaces = [read_interface(host, n) for n in names]
+        slots = read_pci_slots(host)
+        ifaces = [read_interface(host, n, slots) for n in names]
         by_name = {i["name"]: i for i in ifaces}
         for name, addrs in self._addresses(host).items():
             if name in by_name:
@@ -375,6 +451,9 @@ class Network(Collector):
         onboard = next((i for i in wired if i["_onboard_ok"]), None)
         secondary = None
         others = [i for i in wired if i is not onboard]
+        # A phone tethering over USB (ipheth, rndis_host) is no fiber dongle: a real Ethernet
+        # adapter is preferred, even one without an address; a phone only when nothing else is.
+        others = [i for i in others if not i["_tethering"]] or others
         if others:
             # The fiber dongle: the other wired NIC that has an address, else the first other.
             secondary = next((i for i in others if _primary(i, by_name)), others[0])
@@ -390,7 +469,7 @@ class Network(Collector):
                 and secondary["_master"] == onboard["_master"]):
             lan_ip_secondary = None  # both in one bridge: one LAN presence, not a second one
         for i in ifaces:
-            for key in ("_ethernet", "_onboard_ok", "_sort", "_master"):
+            for key in ("_ethernet", "_onboard_ok", "_sort", "_master", "_tethering"):
                 i.pop(key)
         return {
             "mac_address": onboard["mac"] if onboard else None,
@@ -405,7 +484,23 @@ class Network(Collector):
         except (CommandUnavailable, CommandFailed) as exc:
             LOG.debug("address probe unavailable (%s): reading /proc/net", exc)
             parsed = None
-        return parsed if parsed is not None else addresses_from_proc(host)
+        if parsed is None:
+            return addresses_from_proc(host)
+        # The probe (getifaddrs) gives IPv6 addresses without their flags, and the kernel lists
+        # the newest first: on an IPv6-only LAN the "LAN IP" would be a temporary (privacy
+        # extensions) address that rotates daily.  So the probe gives IPv4 only, and IPv6 comes
+        # from /proc/net/if_inet6, read through the host (captured, replayed) with its flags,
+        # exactly as without the probe.  When that file is absent (ipv6.disable=1, or a capture
+        # made before it was read), the probe's IPv6 list is kept.
+        try:
+            v6 = parse_if_inet6(host.read_text("/proc/net/if_inet6"))
+        except OSError:
+            return parsed
+        for name, entry in parsed.items():
+            entry["ipv6"] = v6.pop(name, [])
+        for name, addrs in v6.items():
+            parsed[name] = {"ipv4": [], "ipv6": addrs}
+        return parsed
 
     def _permanent_mac(self, host: Host, iface: dict[str, Any],
                        by_name: dict[str, dict[str, Any]]) -> None:

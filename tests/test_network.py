@@ -397,10 +397,11 @@ CHECKBOX = CORPUS / "udev" / "checkbox"
 def net_tree_from_export_db(text: str, root: Path, *, skip_usb: bool = False) -> list[str]:
     """Lay out the net devices of ``udevadm info --export-db`` as sysfs shows them.
 
-    Each record's path becomes /sys/devices/<path> with /sys/class/net/<name> pointing at it, a
-    ``device`` link to its parent and a ``driver`` link from ID_NET_DRIVER (hardware only), and a
-    uevent with the record's INTERFACE/IFINDEX/DEVTYPE.  The MAC is written only where udev's
-    ID_NET_NAME_MAC gives it (enx<12 hex>); the records hold no ARPHRD type, so no ``type``.
+    Each record's path becomes /sys/devices/<path> with /sys/class/net/<name> pointing at it, its
+    properties /run/udev/data/n<ifindex>, a ``device`` link to its parent and a ``driver`` link
+    from ID_NET_DRIVER (hardware only), and a uevent with the record's INTERFACE/IFINDEX/DEVTYPE.
+    The MAC is written only where udev's ID_NET_NAME_MAC gives it (enx<12 hex>); the records
+    hold no ARPHRD type, so no ``type``.
     """
     names = []
     for chunk in text.split("\n\n"):
@@ -429,6 +430,10 @@ def net_tree_from_export_db(text: str, root: Path, *, skip_usb: bool = False) ->
             (netdir / "address").write_text(
                 ":".join(mac[3 + i:5 + i] for i in range(0, 12, 2)) + "\n")
         _link(root / "sys" / "class" / "net" / name, netdir)
+        if props.get("IFINDEX"):  # the record itself, as udev keeps it: /run/udev/data/n<ifindex>
+            record = root / "run" / "udev" / "data" / f"n{props['IFINDEX']}"
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text("".join(f"E:{k}={v}\n" for k, v in props.items()))
         parent = devpath.split("/net/")[0]
         if not devpath.startswith("/devices/virtual/"):
             _link(netdir / "device", root / "sys" / parent.lstrip("/"))
@@ -525,3 +530,206 @@ def test_cli_inventory_from_the_sandbox_capture(capsys: pytest.CaptureFixture[st
     assert report["hardware"]["mac_address"] == "02:fc:00:00:00:01"
     assert report["collectors"]["network"]["status"] == "ok"
     assert report["collectors"]["disks"]["status"] == "no_data"  # no block devices captured
+
+
+# ---- add-in cards in physical slots (review: a PCIe SFP card became the "onboard" NIC) --------
+# A consumer board as the kernel lays it out: the onboard r8169 behind the chipset's root port
+# 00:1c.2 (bus 03, enp3s0), and a dual-port ixgbe SFP+ card in the CPU's x16 slot, behind root
+# port 00:01.0 on bus 01 (enp1s0f0/f1).  pciehp registers that slot on the port's secondary bus,
+# device 0: /sys/bus/pci/slots/1/address is "0000:01:00" (drivers/pci/hotplug/pciehp_core.c).
+REALTEK = "pci0000:00/0000:00:1c.2/0000:03:00.0"
+SFP_F0 = "pci0000:00/0000:00:01.0/0000:01:00.0"
+SFP_F1 = "pci0000:00/0000:00:01.0/0000:01:00.1"
+
+
+def slot(root: Path, name: str, address: str) -> None:
+    """One /sys/bus/pci/slots/<name> directory with its address file."""
+    d = root / "sys" / "bus" / "pci" / "slots" / name
+    d.mkdir(parents=True)
+    (d / "address").write_text(address + "\n")
+
+
+def consumer_board(root: Path, *, card: bool = True) -> None:
+    add_nic(root, "lo", None, mac="00:00:00:00:00:00", arphrd=772, operstate="unknown")
+    add_nic(root, "enp3s0", REALTEK, mac="00:d8:61:aa:bb:cc", driver="r8169")
+    table = {"enp3s0": {"ipv4": ["192.168.1.50"], "ipv6": []}}
+    if card:
+        add_nic(root, "enp1s0f0", SFP_F0, mac="90:e2:ba:11:22:30", driver="ixgbe")
+        add_nic(root, "enp1s0f1", SFP_F1, mac="90:e2:ba:11:22:31", driver="ixgbe",
+                operstate="down", carrier=0)
+        table["enp1s0f0"] = {"ipv4": ["10.43.2.20"], "ipv6": []}
+    write_addresses(root, table)
+
+
+@pytest.mark.parametrize("address", ["0000:01:00", "0000:01"])
+def test_card_in_a_slot_is_never_onboard(tmp_path: Path, address: str) -> None:
+    # "0000:01" is the kernel's form for a slot standing for a whole bus (slot number 0xff)
+    consumer_board(tmp_path)
+    slot(tmp_path, "1", address)
+    raw = collect(tmp_path)
+    assert raw["mac_address"] == "00:d8:61:aa:bb:cc"
+    assert (raw["lan_ip"], raw["lan_ip_secondary"]) == ("192.168.1.50", "10.43.2.20")
+    roles = {i["name"]: i["role"] for i in raw["interfaces"]}
+    assert roles == {"lo": None, "enp3s0": "onboard", "enp1s0f0": "secondary", "enp1s0f1": None}
+    # pulling the card out changes neither the MAC nor the LAN IP
+    consumer_board(tmp_path / "without", card=False)
+    without = collect(tmp_path / "without")
+    assert (without["mac_address"], without["lan_ip"]) == ("00:d8:61:aa:bb:cc", "192.168.1.50")
+
+
+def test_slot_on_a_root_port_does_not_make_the_onboard_nic_a_card(tmp_path: Path) -> None:
+    # Firmware that puts ACPI _SUN on the chipset root port itself: drivers/acpi/pci_slot.c
+    # registers slot "0000:00:1c" on the root bus.  net_id ignores a slot matched at a bridge
+    # (naming scheme v251), and so do we: enp3s0 stays the onboard NIC.
+    consumer_board(tmp_path)
+    slot(tmp_path, "1", "0000:01:00")
+    slot(tmp_path, "4", "0000:00:1c")
+    raw = collect(tmp_path)
+    assert raw["mac_address"] == "00:d8:61:aa:bb:cc"
+    assert raw["lan_ip_secondary"] == "10.43.2.20"
+
+
+def _udev_record(root: Path, name: str, props: dict[str, str]) -> None:
+    """udev's database record of a net device, n<ifindex>, as systemd writes it."""
+    uevent = (root / "sys" / "class" / "net" / name / "uevent").read_text()
+    ifindex = re.search(r"IFINDEX=(\d+)", uevent)
+    assert ifindex
+    data = root / "run" / "udev" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / f"n{ifindex.group(1)}").write_text(
+        "I:1234567\n" + "".join(f"E:{k}={v}\n" for k, v in props.items()) + "G:systemd\n")
+
+
+def test_udev_slot_name_marks_a_card(tmp_path: Path) -> None:
+    # no /sys/bus/pci/slots entry (e.g. a capture without it), but udev named the card by its
+    # slot: ID_NET_NAME_SLOT=ens1f0, as on checkbox RNDIS's add-in card
+    consumer_board(tmp_path)
+    _udev_record(tmp_path, "enp1s0f0", {"ID_NET_NAME_PATH": "enp1s0f0",
+                                        "ID_NET_NAME_SLOT": "ens1f0"})
+    _udev_record(tmp_path, "enp1s0f1", {"ID_NET_NAME_PATH": "enp1s0f1",
+                                        "ID_NET_NAME_SLOT": "ens1f1"})
+    _udev_record(tmp_path, "enp3s0", {"ID_NET_NAME_PATH": "enp3s0"})
+    raw = collect(tmp_path)
+    assert raw["mac_address"] == "00:d8:61:aa:bb:cc"
+    assert (raw["lan_ip"], raw["lan_ip_secondary"]) == ("192.168.1.50", "10.43.2.20")
+
+
+def test_udev_slot_and_onboard_names_is_not_a_card(tmp_path: Path) -> None:
+    # VMware gives its e1000 both names (checkbox VM_WITH_FLOPPY: eno16777736 and ens33): the
+    # firmware calls it onboard, so a slot name alone does not send it behind the others
+    consumer_board(tmp_path)
+    _udev_record(tmp_path, "enp1s0f0", {"ID_NET_NAME_ONBOARD": "eno1",
+                                        "ID_NET_NAME_SLOT": "ens1f0"})
+    raw = collect(tmp_path)
+    assert raw["mac_address"] == "90:e2:ba:11:22:30"  # no slot evidence left: by address
+
+
+@pytest.mark.parametrize("machine", ["q35", "i440fx"])
+def test_qemu_nics_all_in_slots_keep_their_address_order(tmp_path: Path, machine: str) -> None:
+    # q35: each virtio-net behind its own pcie-root-port, every port a hot-plug slot on its
+    # secondary bus; i440fx: ACPI hot-plug slots for every device of bus 0 (names ens3, ens4)
+    if machine == "q35":
+        first, second = ("pci0000:00/0000:00:02.0/0000:01:00.0/virtio1",
+                         "pci0000:00/0000:00:02.1/0000:02:00.0/virtio2")
+        slot(tmp_path, "0", "0000:01:00")
+        slot(tmp_path, "1", "0000:02:00")
+    else:
+        first, second = "pci0000:00/0000:00:03.0/virtio0", "pci0000:00/0000:00:04.0/virtio1"
+        slot(tmp_path, "3", "0000:00:03")
+        slot(tmp_path, "4", "0000:00:04")
+    add_nic(tmp_path, "eth1", second, mac="52:54:00:00:00:02", driver="virtio_net",
+            bus="virtio")
+    add_nic(tmp_path, "eth0", first, mac="52:54:00:00:00:01", driver="virtio_net", bus="virtio")
+    write_addresses(tmp_path, {"eth0": {"ipv4": ["192.0.2.2"], "ipv6": []},
+                               "eth1": {"ipv4": ["198.51.100.2"], "ipv6": []}})
+    raw = collect(tmp_path)
+    assert raw["mac_address"] == "52:54:00:00:00:01"
+    assert (raw["lan_ip"], raw["lan_ip_secondary"]) == ("192.0.2.2", "198.51.100.2")
+
+
+def test_unicode_digit_in_a_firmware_index_is_no_crash(tmp_path: Path) -> None:
+    # str.isdigit() accepts "²", int() refuses it: the collector died with ValueError
+    consumer_board(tmp_path)
+    for attr in ("index", "acpi_index"):
+        (tmp_path / "sys" / "devices" / SFP_F0 / attr).write_text("²\n")
+    (tmp_path / "sys" / "devices" / SFP_F0 / "net" / "enp1s0f0" / "dev_port").write_text("٣\n")
+    raw = collect(tmp_path)
+    assert raw["mac_address"] == "90:e2:ba:11:22:30"  # no index read, no slot: by address
+
+
+# ---- IPv6-only LAN: the probe's IPv6 list carries no flags -----------------------------------
+def _ipv6_only(root: Path, if_inet6: str | None) -> dict[str, Any]:
+    add_nic(root, "enp0s31f6", ONBOARD, mac="a4:bb:6d:12:34:56", driver="e1000e")
+    # getifaddrs order: the newest (temporary) address first, the stable one after
+    write_addresses(root, {"enp0s31f6": {"ipv4": [], "ipv6": [
+        "2001:db8:5:0:5c1e:77ab:9d02:e3f1", "fd12:3456:789a::50", "2001:db8:5::50",
+        "fe80::a6bb:6dff:fe12:3456"]}})
+    if if_inet6 is not None:
+        (root / "proc" / "net").mkdir(parents=True)
+        (root / "proc" / "net" / "if_inet6").write_text(if_inet6)
+    return collect(root)
+
+
+# /proc/net/if_inet6 of that interface (net/ipv6/addrconf.c if6_seq_show: address, ifindex,
+# prefix length, scope, flags): 0x01 temporary, 0x80 permanent, 0x00 from SLAAC
+IF_INET6 = ("20010db8000500005c1e77ab9d02e3f1 02 40 00 01 enp0s31f6\n"
+            "fd123456789a00000000000000000050 02 40 00 00 enp0s31f6\n"
+            "20010db8000500000000000000000050 02 40 00 00 enp0s31f6\n"
+            "fe80000000000000a6bb6dfffe123456 02 40 20 80 enp0s31f6\n"
+            "00000000000000000000000000000001 01 80 10 80       lo\n")
+
+
+def test_ipv6_lan_ip_is_never_a_temporary_address(tmp_path: Path) -> None:
+    raw = _ipv6_only(tmp_path, IF_INET6)
+    assert raw["lan_ip"] == "2001:db8:5::50"  # stable global, neither temporary nor the ULA
+    nic = raw["interfaces"][0]
+    assert "2001:db8:5:0:5c1e:77ab:9d02:e3f1" not in nic["ipv6"]
+    # the probe path and the /proc fallback agree
+    os.unlink(tmp_path / "commands" / "netlink-addresses.txt")
+    assert collect(tmp_path)["lan_ip"] == "2001:db8:5::50"
+
+
+def test_ipv6_ula_when_no_global_and_deprecated_last(tmp_path: Path) -> None:
+    ula_only = "".join(line for line in IF_INET6.splitlines(keepends=True)
+                       if not line.startswith("20010db8"))
+    assert _ipv6_only(tmp_path / "ula", ula_only)["lan_ip"] == "fd12:3456:789a::50"
+    # ::50 and the ULA past their preferred lifetime (IFA_F_DEPRECATED 0x20), ::51 preferred:
+    # ::51 is chosen, and the deprecated ones are listed last
+    deprecated = (IF_INET6.replace("0050 02 40 00 00 enp0s31f6", "0050 02 40 00 20 enp0s31f6")
+                  .replace("20010db8000500005c1e77ab9d02e3f1 02 40 00 01",
+                           "20010db8000500000000000000000051 02 40 00 00"))
+    raw = _ipv6_only(tmp_path / "dep", deprecated)
+    assert raw["lan_ip"] == "2001:db8:5::51"
+    assert raw["interfaces"][0]["ipv6"][-1] == "2001:db8:5::50"
+
+
+def test_ipv6_probe_kept_when_if_inet6_is_absent(tmp_path: Path) -> None:
+    # an older capture (or ipv6.disable=1 with a stale probe): nothing to filter with
+    raw = _ipv6_only(tmp_path, None)
+    assert raw["interfaces"][0]["ipv6"][0] == "2001:db8:5:0:5c1e:77ab:9d02:e3f1"
+
+
+# ---- phone tethering is no fiber dongle -----------------------------------------------------
+IPHONE = "pci0000:00/0000:00:14.0/usb1/1-3/1-3:4.2"  # ipheth binds the iPhone's interface 2
+
+
+@pytest.mark.parametrize("driver", ["ipheth", "rndis_host"])
+def test_phone_tethering_is_not_the_fiber_dongle(tmp_path: Path, driver: str) -> None:
+    appliance(tmp_path)
+    add_nic(tmp_path, "eth1", IPHONE, mac="be:ef:00:00:00:01", driver=driver, bus="usb")
+    table = json.loads((tmp_path / "commands" / "netlink-addresses.txt").read_text())
+    table["eth1"] = {"ipv4": ["172.20.10.2"], "ipv6": []}  # iOS Personal Hotspot subnet
+    write_addresses(tmp_path, table)
+    raw = collect(tmp_path)
+    assert raw["lan_ip_secondary"] == "10.43.2.20"
+    # the fiber dongle without a link: still the dongle, no address (not the phone's)
+    table["enx00e04c680001"] = {"ipv4": [], "ipv6": []}
+    write_addresses(tmp_path, table)
+    raw = collect(tmp_path)
+    roles = {i["name"]: i["role"] for i in raw["interfaces"]}
+    assert (roles["enx00e04c680001"], roles["eth1"]) == ("secondary", None)
+    assert raw["lan_ip_secondary"] is None
+    # only the phone: it is what there is
+    shutil.rmtree(tmp_path / "sys" / "devices" / DONGLE / "net")
+    os.unlink(tmp_path / "sys" / "class" / "net" / "enx00e04c680001")
+    assert collect(tmp_path)["lan_ip_secondary"] == "172.20.10.2"
