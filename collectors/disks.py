@@ -419,10 +419,17 @@ def _sysfs_serial(host: Host, dev: str) -> str | None:
         return None
 
 
+#: A sysfs decimal number, in ASCII digits: str.isdigit() also takes "²", which int() refuses,
+#: and int() takes the digits of other scripts ("𞥐", "٣"), which the kernel never prints.  Up to
+#: 20 digits, since a size counts 512-byte sectors (a 20 TB disk has 11 digits): collectors/
+#: _udevdb.decimal() stops at 9.
+_DECIMAL = re.compile(r"[0-9]{1,20}")
+
+
 def _int_attr(host: Host, path: str) -> int | None:
     """Return a non-negative integer attribute, or None."""
     value = host.read_attr(path)
-    if value is None or not value.isdigit():
+    if value is None or not _DECIMAL.fullmatch(value):
         return None
     return int(value)
 
