@@ -63,7 +63,8 @@ class Dmi(Collector):
         "bios_vendor": "BIOS vendor, type 0 (never sent)",
         "bios_version": "BIOS version (never sent)",
         "bios_date": "BIOS release date (never sent)",
-        "cpu_model": "CPU model name of the first enabled socket (type 4 Version)",
+        "cpu_model": "CPU model name of the first enabled socket (type 4 Version; /proc/cpuinfo's "
+                     "when that is missing or a placeholder)",
         "cpu_cores": "CPU cores summed over the enabled sockets",
         "cpu_threads": "CPU threads summed over the enabled sockets",
         "cpu_sockets": "number of enabled CPU sockets (never sent)",
