@@ -6,7 +6,9 @@ from the kernel's view, never from device names guessed in advance: the root fil
 number comes from ``/proc/self/mountinfo`` and is followed through ``/sys/dev/block`` to the disk,
 down partitions, device-mapper (LVM, LUKS) and md layers (``slaves/``), loop files and overlay
 lower directories.  Identity comes from udev's database first (what ata_id, scsi_id and the NVMe
-rules read from the drive itself), then from sysfs attributes.
+rules read from the drive itself), then from sysfs attributes.  The rip drive is the optical drive
+that cdrom_id finds reads or writes discs and that is not on USB, else one on USB that does: the
+first srN may be a virtual CD-ROM (a BMC's virtual media, a USB device's driver CD).
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ _NO_DEVICE_FS = frozenset({"tmpfs", "ramfs", "rootfs", "devtmpfs", "nfs", "nfs4"
                            "9p", "virtiofs", "fuse", "zfs"})
 #: SCSI peripheral device type 5: CD/DVD (SPC-4 table 49); sysfs prints it in decimal.
 _SCSI_TYPE_CDROM = "5"
+#: The disc formats cdrom_id finds a drive can read or write (ID_CDROM_CD, _CD_R, _DVD_PLUS_RW,
+#: _BD_RE, _HDDVD_R...), from the drive's MMC profiles or the kernel's CDROM_GET_CAPABILITY.  Not
+#: ID_CDROM_MEDIA_* (the disc in the tray), _MRW/_MRW_W (Mount Rainier packet writing on CD-RW),
+#: _MO (magneto-optical) or _RW_REMOVABLE.  Every optical drive of the checkbox captures has
+#: some, down to the DVD-ROMs of XEON and HP_PRO2110 (CD, DVD) and QEMU's CD-ROM in
+#: IBM_PSERIES_POWER7 (CD, DVD); the AMI virtual CD-ROMs of VIRT_CDROM have none.
+_DISC_FORMAT = re.compile(r"ID_CDROM_(?:CD|CD_R|CD_RW|DVD(?:_[A-Z_]+)?|BD(?:_[A-Z_]+)?"
+                          r"|HDDVD(?:_[A-Z_]+)?)")
 
 
 @dataclass(frozen=True)
@@ -306,7 +316,8 @@ class Disks(Collector):
         "boot_drive_serial": "serial number of that disk",
         "boot_drive_device": "kernel name of that disk (nvme0n1, sda, mmcblk0); the last layer "
                              "reached (dm-0) when sysfs shows nothing below it",
-        "rip_drive_model": "model of the optical drive (the first, sorted by name)",
+        "rip_drive_model": "model of the optical drive (one that reads discs and is not on USB "
+                           "first, then one on USB, then the rest; by name within each)",
         "rip_drive_serial": "serial number of the optical drive",
         "rip_drive_device": "kernel name of the optical drive (sr0)",
         "drives": "every drive: name, model, serial, wwn, size_bytes, rotational, removable, "
@@ -329,9 +340,9 @@ class Disks(Collector):
                 name = os.path.basename(disk)
                 boot = next((d for d in drives if d["name"] == name), None) or drive_info(
                     host, name, disk)
-        rip = next((d for d in drives if d["optical"]), None)
+        rip = min((d for d in drives if d["optical"]), key=_rip_rank, default=None)
         for d in drives:
-            del d["optical"]
+            del d["optical"], d["reads_discs"]
         return {
             "boot_drive_model": boot["model"] if boot else None,
             "boot_drive_serial": boot["serial"] if boot else None,
@@ -384,6 +395,8 @@ def drive_info(host: Host, name: str, syspath: str | None = None) -> dict[str, A
     optical = (props.get("ID_CDROM") == "1"
                or host.read_attr(f"{dev}/type") == _SCSI_TYPE_CDROM
                or re.fullmatch(r"sr\d+", name) is not None)
+    reads_discs = optical and any(
+        value == "1" and _DISC_FORMAT.fullmatch(key) for key, value in props.items())
     return {
         "name": name,
         "model": model,
@@ -395,7 +408,19 @@ def drive_info(host: Host, name: str, syspath: str | None = None) -> dict[str, A
         "removable": None if removable not in ("0", "1") else removable == "1",
         "transport": _transport(name, base, props),
         "optical": optical,
+        "reads_discs": reads_discs,
     }
+
+
+def _rip_rank(drive: dict[str, Any]) -> tuple[int, tuple[tuple[int, int | str], ...]]:
+    """Sort key of the optical drives: the rip drive is the smallest."""
+    # A drive that reads or writes disc formats (cdrom_id) and is not on USB is the machine's
+    # own; then a USB one that does; then the rest, which have no disc format at all: the
+    # virtual CD-ROMs of BMCs (AMI "Virtual CDROM0-3" on USB in VIRT_CDROM, DISK_SAMSUNG_KIOXIA
+    # and NVIDIA_DGXA100, sr0 to sr3) and of USB devices that carry their own driver CD.
+    usb = drive["transport"] == "usb"
+    tier = (0 if not usb else 1) if drive["reads_discs"] else 2
+    return tier, natural_key(drive["name"])
 
 
 def _sysfs_text(host: Host, path: str) -> str | None:
@@ -419,10 +444,17 @@ def _sysfs_serial(host: Host, dev: str) -> str | None:
         return None
 
 
+#: A sysfs decimal number, in ASCII digits: str.isdigit() also takes "²", which int() refuses,
+#: and int() takes the digits of other scripts ("𞥐", "٣"), which the kernel never prints.  Up to
+#: 20 digits, since a size counts 512-byte sectors (a 20 TB disk has 11 digits): collectors/
+#: _udevdb.decimal() stops at 9.
+_DECIMAL = re.compile(r"[0-9]{1,20}")
+
+
 def _int_attr(host: Host, path: str) -> int | None:
     """Return a non-negative integer attribute, or None."""
     value = host.read_attr(path)
-    if value is None or not value.isdigit():
+    if value is None or not _DECIMAL.fullmatch(value):
         return None
     return int(value)
 

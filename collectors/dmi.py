@@ -11,7 +11,8 @@ may find no table (some ARM boards, containers).  Then the collector falls back 
 exports to everyone: ``/sys/class/dmi/id/*`` for the board, system, chassis and BIOS (the serials
 there are root-only too), ``/proc/cpuinfo`` for the CPU, and the memory blocks for the RAM size;
 there is no module list then.  ``/proc/cpuinfo`` also fills the CPU when the table has no
-processor record, or one too old (SMBIOS < 2.5) to give core and thread counts.
+processor record, one too old (SMBIOS < 2.5) to give core and thread counts, or one whose Version
+is a placeholder ("To Be Filled By O.E.M.", "Not Specified", "Unknown").
 
 It collects more than leaves the device (system and chassis serials, UUID, module serials and
 asset tags, OEM strings): the privacy filter (``config/policy.toml``) drops them, and tests plant
@@ -28,6 +29,7 @@ from collectors._dmidecode import parse, summarize, usable
 from evo_agent.collector import Collector, Raw
 from evo_agent.errors import HostReadError
 from evo_agent.hostroot import Host
+from evo_agent.policy import is_placeholder
 
 LOG = logging.getLogger(__name__)
 
@@ -61,7 +63,8 @@ class Dmi(Collector):
         "bios_vendor": "BIOS vendor, type 0 (never sent)",
         "bios_version": "BIOS version (never sent)",
         "bios_date": "BIOS release date (never sent)",
-        "cpu_model": "CPU model name of the first enabled socket (type 4 Version)",
+        "cpu_model": "CPU model name of the first enabled socket (type 4 Version; /proc/cpuinfo's "
+                     "when that is missing or a placeholder)",
         "cpu_cores": "CPU cores summed over the enabled sockets",
         "cpu_threads": "CPU threads summed over the enabled sockets",
         "cpu_sockets": "number of enabled CPU sockets (never sent)",
@@ -84,11 +87,14 @@ class Dmi(Collector):
                 LOG.debug("dmidecode gave no usable SMBIOS table; reading /sys/class/dmi/id")
         if raw is None:
             raw = read_sysfs(host)
-        if any(raw.get(k) is None for k in CPU_KEYS):
+        missing = [key for key in CPU_KEYS if _cpu_value_missing(key, raw.get(key))]
+        if missing:
             cpu = read_cpuinfo(host)
-            for key in CPU_KEYS:
-                if raw.get(key) is None:
-                    raw[key] = cpu.get(key)
+            for key in missing:
+                # A placeholder the kernel cannot replace stays as the firmware gave it: the
+                # privacy filter nulls it, and the raw value shows what the table said.
+                if cpu.get(key) is not None:
+                    raw[key] = cpu[key]
         if raw.get("ram_total_bytes") is None:
             raw["ram_total_bytes"] = read_ram_size(host)
         return raw
@@ -102,6 +108,18 @@ class Dmi(Collector):
             LOG.debug("dmidecode unavailable: %s", exc)
             return None
         return out.decode("utf-8", errors="replace")
+
+
+def _cpu_value_missing(key: str, value: Any) -> bool:
+    """Return whether a CPU value from the table is absent or says nothing."""
+    if value is None:
+        return True
+    if key == "cpu_model":
+        # Firmware leaves type 4's Version unset as "Not Specified" (glpi-agent linux-2.6,
+        # rhel-4.6), "None" (windows-hyperV-2019), "Unknown" (linuxhw aml-s905x-cc) or zeros
+        # (glpi-agent vmware): /proc/cpuinfo's "model name" is the CPU's own brand string.
+        return not isinstance(value, str) or is_placeholder(value)
+    return not isinstance(value, int) or value <= 0
 
 
 def read_sysfs(host: Host) -> dict[str, Any]:

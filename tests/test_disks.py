@@ -193,6 +193,110 @@ def test_every_optical_capture_gives_a_rip_drive(tmp_path: Path, capture: str) -
     assert all(not re.match(r"(loop|ram|dm-|md)\d", n) for n in names)
 
 
+def optical_chunks(capture: str, name: str, new_name: str) -> str:
+    """Return the export-db records of one optical drive of a capture (its block device and its
+    SCSI device), renamed ``new_name`` with the minor number that name has (srN is 11:N)."""
+    text = (CHECKBOX / f"{capture}.txt").read_text("utf-8", "replace")
+    records = re.split(r"\n\s*\n", text)
+    chunks = [c for c in records if re.search(rf"^P: \S+/block/{name}$", c, re.M)]
+    assert len(chunks) == 1, (capture, name)
+    block = chunks[0]
+    scsi_path = re.search(rf"^P: (\S+)/block/{name}$", block, re.M)
+    assert scsi_path
+    scsi = [c for c in records if re.search(rf"^P: {re.escape(scsi_path.group(1))}$", c, re.M)]
+    minor = int(new_name[2:])
+    block = re.sub(rf"/block/{name}$", f"/block/{new_name}", block, flags=re.M)
+    block = re.sub(rf"^N: {name}$", f"N: {new_name}", block, flags=re.M)
+    block = re.sub(rf"^E: DEVNAME=/dev/{name}$", f"E: DEVNAME=/dev/{new_name}", block, flags=re.M)
+    block = re.sub(r"^E: MINOR=\d+$", f"E: MINOR={minor}", block, flags=re.M)
+    return "\n\n".join([*scsi, block]) + "\n\n"
+
+
+def collect_merged(tmp_path: Path, *parts: tuple[str, str, str]) -> dict[str, Any]:
+    """Run the collector on the optical drives (capture, name in it, name here) put together."""
+    tree_from_export_db("".join(optical_chunks(*part) for part in parts), tmp_path)
+    write_mountinfo(tmp_path, [])
+    raw = Disks().collect(ReplayHost(tmp_path))
+    assert [d["name"] for d in raw["drives"]] == sorted((p[2] for p in parts), key=natural_key)
+    return raw
+
+
+# The corpus has no machine with a real optical drive beside a virtual one, so the records of
+# named captures are put together, each drive under its own device path.  AMI's "Virtual CDROM0"
+# (the BMC's virtual media on USB; VIRT_CDROM, DISK_SAMSUNG_KIOXIA, NVIDIA_DGXA100) stands for
+# every USB device that shows a CD-ROM of its own (network adapters and modems in their driver-CD
+# mode): an sr device on USB for which cdrom_id finds no disc format.
+AMI = ("VIRT_CDROM", "sr0", "sr0")
+RIP_RANKING = {
+    # a SATA DVD writer beats the virtual CD-ROM named before it
+    "sata_writer_after_virtual": (
+        [AMI, ("HP_DVDRW_WITH_ISO9660_DISC", "sr0", "sr1")],
+        ("sr1", "hp HLDS DVDRW GUD1N", "7TNEBSAKKLY730")),
+    # a read-only SATA DVD-ROM (ID_CDROM_CD and ID_CDROM_DVD only) too
+    "sata_dvd_rom_after_virtual": (
+        [AMI, ("XEON", "sr0", "sr1")], ("sr1", "hp DVD D DS8DBSH", "426428902161")),
+    # a USB Blu-ray writer beats a USB device without disc formats
+    "usb_writer_after_virtual": (
+        [AMI, ("ONE_CDROM_ONLY", "sr0", "sr2")], ("sr2", "BDDVDW SE-506BB", None)),
+    # a drive not on USB beats a USB one, both with disc formats
+    "sata_after_usb_writer": (
+        [("ONE_CDROM_ONLY", "sr0", "sr0"), ("HP_DVDRW_WITH_ISO9660_DISC", "sr0", "sr1")],
+        ("sr1", "hp HLDS DVDRW GUD1N", "7TNEBSAKKLY730")),
+    # QEMU's CD-ROM as cdrom_id reports it (CD, DVD, MRW): the drive of a VM
+    "qemu_cdrom_after_virtual": (
+        [AMI, ("VIRT_CDROM", "sr1", "sr1"), ("IBM_PSERIES_POWER7", "sr0", "sr2")],
+        ("sr2", "QEMU CD-ROM", "scsi0-cd2")),
+    # within a rank, the natural order of names: sr2 before sr10
+    "natural_order_within_a_rank": (
+        [("VM_WITH_FLOPPY", "sr1", "sr10"), ("VM_WITH_FLOPPY", "sr0", "sr2"), AMI],
+        ("sr2", "VMware Virtual SATA CDRW Drive", "00000000000000000001")),
+    # only virtual CD-ROMs: still a rip drive, the first by name
+    "only_virtual": (
+        [("VIRT_CDROM", "sr1", "sr1"), AMI], ("sr0", "Virtual CDROM0", "AAAABBBBCCCC1")),
+}
+
+
+@needs_corpus
+@pytest.mark.parametrize("case", sorted(RIP_RANKING))
+def test_rip_drive_ranking_on_named_captures(tmp_path: Path, case: str) -> None:
+    parts, expected = RIP_RANKING[case]
+    raw = collect_merged(tmp_path, *parts)
+    assert (raw["rip_drive_device"], raw["rip_drive_model"], raw["rip_drive_serial"]) == expected
+    assert all("reads_discs" not in d and "optical" not in d for d in raw["drives"])
+
+
+@needs_corpus
+def test_qemu_ide_cd_beats_a_usb_virtual_cdrom(tmp_path: Path) -> None:
+    # The appliance VM (tests/vm/vmlib.py): QEMU -device ide-cd on the q35's AHCI, which answers
+    # GET CONFIGURATION with the DVD-ROM and CD-ROM profiles; cdrom_id's properties as for QEMU's
+    # CD-ROM in IBM_PSERIES_POWER7.  A USB virtual CD-ROM (VIRT_CDROM's record) is sr0.
+    tree_from_export_db(optical_chunks(*AMI), tmp_path)
+    _scsi_disk(tmp_path, 1, "sr1", "11:1", "QEMU DVD-ROM", vpd_serial=b"QM00003", scsi_type=5)
+    (tmp_path / "run" / "udev" / "data" / "b11:1").write_text(
+        "S:cdrom\nE:ID_CDROM=1\nE:ID_CDROM_CD=1\nE:ID_CDROM_DVD=1\nE:ID_CDROM_MRW=1\n"
+        "E:ID_CDROM_MRW_W=1\nE:ID_ATA=1\nE:ID_TYPE=cd\nE:ID_BUS=ata\n"
+        "E:ID_MODEL=PIONEER_BD-RW_BDR-XD07\nE:ID_SERIAL_SHORT=EVO0123456\n")
+    write_mountinfo(tmp_path, [])
+    raw = Disks().collect(ReplayHost(tmp_path))
+    assert (raw["rip_drive_device"], raw["rip_drive_model"], raw["rip_drive_serial"]) == (
+        "sr1", "PIONEER BD-RW BDR-XD07", "EVO0123456")
+
+
+@needs_corpus
+def test_media_in_a_virtual_cdrom_is_no_disc_format(tmp_path: Path) -> None:
+    # A BMC's virtual CD-ROM with an ISO in it: cdrom_id adds ID_CDROM_MEDIA_* (the disc, as for
+    # the ISO9660 disc of HP_DVDRW_WITH_ISO9660_DISC), still no drive capability.  The USB
+    # Blu-ray writer of ONE_CDROM_ONLY (sr1) stays ahead of it.
+    ami = optical_chunks(*AMI).rstrip("\n") + (
+        "\nE: ID_CDROM_MEDIA=1\nE: ID_CDROM_MEDIA_CD=1\nE: ID_CDROM_MEDIA_DVD=1"
+        "\nE: ID_CDROM_MEDIA_STATE=complete\n\n")
+    tree_from_export_db(ami + optical_chunks("ONE_CDROM_ONLY", "sr0", "sr1"), tmp_path)
+    assert "ID_CDROM_MEDIA_CD=1" in (tmp_path / "run/udev/data/b11:0").read_text()
+    write_mountinfo(tmp_path, [])
+    raw = Disks().collect(ReplayHost(tmp_path))
+    assert (raw["rip_drive_device"], raw["rip_drive_model"]) == ("sr1", "BDDVDW SE-506BB")
+
+
 @needs_corpus
 def test_optical_corpus_is_what_the_readme_says() -> None:
     # guards the parametrisation above against an empty or moved corpus

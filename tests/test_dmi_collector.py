@@ -234,6 +234,69 @@ def test_old_smbios_without_core_count_takes_counts_from_cpuinfo(tmp_path: Path)
     assert raw["ram_total_bytes"] == 2 * GiB  # the modules', not the snapshot's
 
 
+XEON_L5640 = "linux-amd64-8581cf3a529e5d8b97ea876eade2f60d"  # 2 x 6 cores, HT
+L5640_MODEL = "Intel(R) Xeon(R) CPU           L5640  @ 2.27GHz"
+
+
+@needs_corpus
+@pytest.mark.corpus
+@pytest.mark.parametrize(("path", "placeholder", "counts"), [
+    # Every corpus text whose type 4 Version is a placeholder (10 of the 164 with a type 4
+    # record); counts are the table's where it states them, else cpuinfo's (12 cores, 24 threads).
+    ("glpi-agent/linux-2.6", "Not Specified", (12, 24)),
+    ("glpi-agent/rhel-4.6", "Not Specified", (12, 24)),
+    ("glpi-agent/openbsd-3.8", "Not Specified", (12, 24)),
+    ("glpi-agent/openbsd-4.5", "Not Specified", (12, 24)),
+    ("glpi-agent/windows-2003R2-Hotfix", "Not Specified", (12, 24)),
+    ("glpi-agent/windows-xp", "Not Specified", (2, 2)),
+    ("glpi-agent/windows-hyperV-2019", "None", (1, 1)),
+    ("glpi-agent/vmware", "0" * 32, (12, 24)),
+    ("glpi-agent/vmware-esx", "0" * 32, (12, 24)),
+])
+def test_placeholder_cpu_model_is_taken_from_cpuinfo(
+        tmp_path: Path, path: str, placeholder: str, counts: tuple[int, int]) -> None:
+    # The texts are glpi-agent's (GPL: read in place); the /proc/cpuinfo beside them is ghw's.
+    text = (TXT / path).read_bytes()
+    assert placeholder in Dmi().collect(ReplayHost(capture_with_dmidecode(
+        tmp_path / "alone", text)))["cpu_model"]  # no cpuinfo: the table's word is kept
+    extract(GHW / f"{XEON_L5640}.tar.gz", tmp_path / "host")
+    raw = collect(capture_with_dmidecode(tmp_path / "host", text))
+    assert raw["source"] == "dmidecode"
+    assert (raw["cpu_model"], raw["cpu_cores"], raw["cpu_threads"]) == (L5640_MODEL, *counts)
+    assert report(raw)["hardware"]["cpu"] == {  # the filter collapses the runs of spaces
+        "model": "Intel(R) Xeon(R) CPU L5640 @ 2.27GHz", "cores": counts[0], "threads": counts[1]}
+
+
+@needs_corpus
+@pytest.mark.corpus
+def test_placeholder_cpu_model_without_a_cpuinfo_model_stays_null(tmp_path: Path) -> None:
+    # The Amlogic S905X board (linuxhw) says "Unknown"; an arm64 kernel's cpuinfo names no model
+    # (ghw's arm64 snapshot): nothing is invented, the filter nulls the placeholder.
+    extract(GHW / "linux-arm64-c288e0776090cd558ef793b2a4e61939.tar.gz", tmp_path)
+    capture_with_dmidecode(tmp_path, (
+        TXT / "linuxhw-DMI" / "System On Chip" / "libre-computer" / "aml-s905"
+        / "aml-s905x-cc" / "F3CD39003109").read_bytes())
+    raw = collect(tmp_path)
+    assert (raw["cpu_model"], raw["cpu_cores"], raw["cpu_threads"]) == ("Unknown", None, 1)
+    assert report(raw)["hardware"]["cpu"] == {"model": None, "cores": None, "threads": 1}
+
+
+def test_zero_counts_are_taken_from_cpuinfo(tmp_path: Path) -> None:
+    # A type 4 record stating "Core Count: 0" and "Thread Count: 0" (edited from the MSI
+    # capture): zero is no count, /proc/cpuinfo's is used.
+    text = (DATA / "capture-msi-ms-7816" / "commands" / "dmidecode.txt").read_text("utf-8")
+    text = text.replace("Core Count: 4", "Core Count: 0").replace("Thread Count: 8",
+                                                                   "Thread Count: 0")
+    capture_with_dmidecode(tmp_path, text)
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cpuinfo").write_text("".join(
+        f"processor\t: {i}\nmodel name\t: Other\nphysical id\t: 0\ncore id\t\t: {i % 2}\n\n"
+        for i in range(4)))
+    raw = collect(tmp_path)
+    assert (raw["cpu_model"], raw["cpu_cores"], raw["cpu_threads"]) == (
+        "Intel(R) Core(TM) i7-4770 CPU @ 3.40GHz", 2, 4)
+
+
 def test_cpuinfo_parser_counts_pairs_not_lines() -> None:
     text = "".join(
         f"processor\t: {i}\nmodel name\t: Test CPU\nphysical id\t: {i // 4}\n"
@@ -368,7 +431,7 @@ def test_module_imports_no_heavy_library() -> None:
 def test_cli_inventory_from_canary_capture(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     """`evo-agent inventory --from CAPTURE --json`: the document that would be sent."""
-    import jsonschema  # type: ignore[import-untyped]  # no stubs in the test environment
+    import jsonschema  # untyped: pyproject.toml lets mypy ignore its missing stubs
 
     from evo_agent.cli import main
 
