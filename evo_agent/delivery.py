@@ -37,7 +37,7 @@ from typing import Any
 
 from evo_agent.config import Config
 from evo_agent.errors import DeliveryError, EvoError, StateError
-from evo_agent.outbox import Entry, Outbox, ensure_dir, writer_lock
+from evo_agent.outbox import Entry, Outbox, ensure_dir, prune, writer_lock
 from evo_agent.schedule import Now, after_failure, after_success, load_state, read_clock, save_state
 
 LOG = logging.getLogger(__name__)
@@ -155,6 +155,7 @@ def _send(cfg: Config, entry: Entry, via: str, key: Any, *, clock: Callable[[], 
 def _set_aside(state_dir: Path, entry: Entry) -> None:
     target = ensure_dir(state_dir / "outbox" / "rejected") / entry.path.name
     os.replace(entry.path, target)
+    prune(target.parent)
     LOG.error("report %s refused by the registry: kept in %s, not retried", entry.report_id,
               target)
 

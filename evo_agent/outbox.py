@@ -50,6 +50,8 @@ from evo_agent.errors import StateError
 
 LOG = logging.getLogger(__name__)
 
+#: Reports kept in outbox/rejected/ (refused by the registry) and outbox/corrupt/, newest first.
+MAX_SET_ASIDE = 10
 #: Waiting manufacturing reports kept at most (each is kept until acknowledged; a factory station
 #: re-running enrolment must still not fill the disk).
 MAX_MANUFACTURING = 8
@@ -79,6 +81,17 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o640) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def prune(directory: Path, keep: int = MAX_SET_ASIDE) -> None:
+    """Delete all but the ``keep`` newest files of a set-aside directory (names sort by age)."""
+    try:
+        files = sorted(p for p in directory.iterdir() if p.is_file())
+    except FileNotFoundError:
+        return
+    for p in files[:max(0, len(files) - keep)]:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
 
 
 def ensure_dir(path: Path, mode: int = 0o750) -> Path:
@@ -247,6 +260,7 @@ class Outbox:
             (self.dir / "corrupt").mkdir(mode=0o750, exist_ok=True)
             os.replace(path, self.dir / "corrupt" / path.name)
             fsync_dir(self.dir)
+            prune(self.dir / "corrupt")
         except OSError as exc:  # a read-only verb (no permission) leaves it for the daemon
             LOG.debug("outbox: cannot move %s aside: %s", path.name, exc)
 

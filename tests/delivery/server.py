@@ -86,6 +86,9 @@ def _handler(reg: Registry) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length)
             if reg.mode == "slow":
                 time.sleep(reg.delay)
+            if reg.mode == "400":
+                self._answer(400, {"error": "hardware.cpu: not valid for the schema"})
+                return
             if reg.mode in ("500", "503"):
                 self._answer(int(reg.mode), {"error": "test failure"})
                 return
