@@ -132,7 +132,7 @@ def test_plain_http_refused_outside_vpn_and_loopback() -> None:
         transport.choose({"vpn_url": "http://127.0.0.1:9", "vpn_interface": "evotest0"}, "vpn")
 
 
-def test_loopback_is_not_a_vpn_route() -> None:
+def test_vpn_check_follows_the_kernels_route() -> None:
     # `lo` is up, and the route to 127.0.0.1 goes through it: so the route check says yes for lo
     ok, why = transport.vpn_state("http://127.0.0.1:9", "lo")
     assert ok, why
