@@ -148,6 +148,12 @@ def status_doc(cfg: Config) -> dict[str, Any]:
     vpn_ok, vpn_why = transport.vpn_state(delivery["vpn_url"], delivery["vpn_interface"])
     now = read_clock()
     due = next_due(state, now, vpnid_of(cfg))
+    try:
+        local = json.loads((cfg.state_dir / "local.json").read_bytes())
+        local_doc: dict[str, Any] | None = {k: local.get(k) for k in
+                                            ("time", "reason", "differences_from_sent")}
+    except (OSError, ValueError, AttributeError):
+        local_doc = None
     return {
         "enabled": cfg.enabled,
         "daemon": {"running": daemon is not None,
@@ -160,6 +166,7 @@ def status_doc(cfg: Config) -> dict[str, Any]:
                      if cfg.enabled else None),
         "outbox_depth": depth,
         "vpn": {"usable": vpn_ok, "detail": vpn_why},
+        "local_inventory": local_doc,
         "state_dir": str(cfg.state_dir),
     }
 
@@ -185,6 +192,12 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         ("outbox", f"{doc['outbox_depth']} waiting"),
         ("vpn", ("usable: " if doc["vpn"]["usable"] else "not used: ") + doc["vpn"]["detail"]),
     ]
+    local = doc["local_inventory"]
+    if local:
+        differ = local.get("differences_from_sent")
+        rows.append(("inventory", f"refreshed {_fmt(local.get('time'))} ({local.get('reason')})"
+                     + (f", {differ} field(s) differ from the last report sent"
+                        if differ is not None else "")))
     for k, v in rows:
         out.write(f"{k + ':':<14}{v}\n")
     return 0

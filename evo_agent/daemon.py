@@ -19,6 +19,8 @@ The loop waits in one ``select()`` for, and only for:
 * a request on the control socket (``evo_agent.control``);
 * a netlink event (``evo_agent.netlink``): the VPN interface came up or a default route appeared
   while a report waits for its retry -> the waiting report goes at once (at most once a minute);
+* a kernel hot-plug event (usb, sound, block): once the devices settle, a child refreshes the
+  local inventory that ``status`` shows (``state_dir/local.json``); it never sends early;
 * the child's output, when a cycle is running.
 
 No timer ticks otherwise: an idle daemon wakes for the watchdog only.
@@ -65,6 +67,11 @@ NET_KICK_INTERVAL = 60.0
 STOP_GRACE = 2.0
 #: How long a control client may take to send its request line.
 CLIENT_READ_TIMEOUT = 2.0
+#: Device classes whose hot-plug refreshes the local inventory.
+HOTPLUG_SUBSYSTEMS = frozenset({"usb", "sound", "block"})
+#: Quiet time after the last hot-plug event before the refresh (plugging a USB DAC emits dozens
+#: of events over a second or two: one refresh, not dozens).
+HOTPLUG_SETTLE = 5.0
 
 
 @dataclass
@@ -108,6 +115,7 @@ class Cycle:
     started: float
     output: bytes = b""
     waiters: list[socket.socket] = field(default_factory=list)
+    kind: str = "cycle"  # or "snapshot" (hot-plug refresh of the local inventory)
 
 
 class Daemon:
@@ -134,6 +142,9 @@ class Daemon:
         self.settings: Settings
         self.listener: socket.socket | None = None
         self.monitor: socket.socket | None = None
+        #: monotonic time of the pending hot-plug refresh, and why
+        self.refresh_at: float | None = None
+        self.refresh_reason = ""
 
     # -- configuration ---------------------------------------------------------------------------
     def _child_argv(self, action: str, *extra: str) -> list[str]:
@@ -207,6 +218,10 @@ class Daemon:
             self.sel.register(self.monitor, selectors.EVENT_READ, "netlink")
         except OSError as exc:
             LOG.warning("no netlink events (%s): waiting reports go at their retry time only", exc)
+        try:
+            self.sel.register(netlink.open_uevents(), selectors.EVENT_READ, "uevent")
+        except OSError as exc:
+            LOG.warning("no hot-plug events (%s): status shows the last collected inventory", exc)
         self.notifier.ready(self._status_line())
         LOG.info("started (pid %s), %s", os.getpid(), self._status_line())
         try:
@@ -249,6 +264,12 @@ class Daemon:
                     self._start_cycle(due.trigger, "auto", [])
                 else:
                     timeout = due.at - now.boottime
+                if self.cycle is None and self.refresh_at is not None:
+                    wait = self.refresh_at - time.monotonic()
+                    if wait <= 0:
+                        self._start_snapshot()
+                    else:
+                        timeout = wait if timeout is None else min(timeout, wait)
         if self.cycle is not None:
             left = self.cycle.started + self.settings.cycle_deadline() - time.monotonic()
             timeout = max(0.0, left) if timeout is None else min(timeout, left)
@@ -258,7 +279,8 @@ class Daemon:
         timeout = cap if timeout is None else min(timeout, cap)
         for key, _mask in self.sel.select(timeout):
             handler = {"signal": self._on_signal, "control": self._on_control,
-                       "netlink": self._on_netlink, "child": self._on_child}[key.data]
+                       "netlink": self._on_netlink, "child": self._on_child,
+                       "uevent": self._on_uevent}[key.data]
             handler(key.fileobj)
         if self.cycle is not None and (time.monotonic() - self.cycle.started
                                        > self.settings.cycle_deadline()):
@@ -295,6 +317,31 @@ class Daemon:
                      relevant[0].name)
             self.last_net_kick = time.monotonic()
             self.kick = True
+
+    def _on_uevent(self, sock: Any) -> None:
+        relevant = [e for e in netlink.drain_uevents(sock)
+                    if e.get("SUBSYSTEM") in HOTPLUG_SUBSYSTEMS | {"unknown"}]
+        if relevant and self.settings.enabled:
+            last = relevant[-1]
+            self.refresh_reason = f"{last.get('ACTION')} {last.get('SUBSYSTEM')}"
+            self.refresh_at = time.monotonic() + HOTPLUG_SETTLE  # debounce: restart the wait
+            LOG.debug("hot-plug %s: local inventory refresh in %.0f s", self.refresh_reason,
+                      HOTPLUG_SETTLE)
+
+    def _start_snapshot(self) -> None:
+        reason, self.refresh_at = self.refresh_reason, None
+        argv = self._child_argv("snapshot", "--reason", f"hot-plug: {reason}")
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    env=_child_env())
+        except OSError as exc:
+            LOG.error("cannot refresh the local inventory: %s", exc)
+            return
+        if proc.stdout is None:  # pragma: no cover - stdout=PIPE always gives one
+            return
+        os.set_blocking(proc.stdout.fileno(), False)
+        self.cycle = Cycle(proc, None, "none", time.monotonic(), kind="snapshot")
+        self.sel.register(proc.stdout, selectors.EVENT_READ, "child")
 
     def _on_control(self, listener: Any) -> None:
         try:
@@ -380,6 +427,10 @@ class Daemon:
             result = {"ok": False, "error": f"report cycle died (exit status {code})"}
         if not isinstance(result, dict):
             result = {"ok": False, "error": "report cycle gave no result"}
+        if cycle.kind == "snapshot":
+            LOG.info("local inventory refreshed (%s): %s", result.get("reason"),
+                     "ok" if result.get("ok") else result.get("error"))
+            return
         if "acknowledged" not in result and self.settings.enabled:
             # The child died or failed before it could record the attempt: record it here, so a
             # child that crashes at once backs off like any failure instead of spinning.

@@ -197,6 +197,32 @@ def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
         return result
 
 
+LOCAL_INVENTORY = "local.json"
+
+
+def snapshot(cfg: Config, reason: str) -> dict[str, Any]:
+    """Collect the inventory now and keep it locally (``status`` shows it); nothing is sent."""
+    import time
+
+    from evo_agent.outbox import atomic_write
+    from evo_agent.translog import TransparencyLog
+
+    if not cfg.enabled:
+        return {"ok": False, "reason": reason, "error": "opted out: nothing is collected"}
+    report = collect_report(cfg, "manual")
+    last = TransparencyLog(cfg.state_dir).last_acknowledged()
+    differences = None
+    if last is not None:
+        from evo_agent.cli_delivery import diff_reports
+
+        differences = len(diff_reports(json.loads(last[1]), report))
+    doc = {"time": time.time(), "reason": reason, "differences_from_sent": differences,
+           "report": report}
+    atomic_write(ensure_dir(cfg.state_dir) / LOCAL_INVENTORY,
+                 json.dumps(doc, sort_keys=True).encode())
+    return {"ok": True, "reason": reason, "differences_from_sent": differences}
+
+
 def describe(cfg: Config) -> dict[str, Any]:
     """Return what the daemon needs of a validated configuration."""
     from evo_agent.schedule import splay
@@ -210,7 +236,8 @@ def describe(cfg: Config) -> dict[str, Any]:
 def child_main(argv: Sequence[str] | None = None) -> int:
     """Entry of ``python3 -m evo_agent.delivery``: one JSON line on stdout."""
     p = argparse.ArgumentParser(prog="evo_agent.delivery")
-    p.add_argument("action", choices=("cycle", "describe"))
+    p.add_argument("action", choices=("cycle", "describe", "snapshot"))
+    p.add_argument("--reason", default="")
     p.add_argument("--config")
     p.add_argument("--trigger", choices=("boot", "daily", "manual", "manufacturing"))
     p.add_argument("--via", choices=("auto", "vpn", "https"), default="auto")
@@ -228,6 +255,9 @@ def child_main(argv: Sequence[str] | None = None) -> int:
         cfg = load(args.config)
         if args.action == "describe":
             print(json.dumps(describe(cfg)), flush=True)
+            return 0
+        if args.action == "snapshot":
+            print(json.dumps(snapshot(cfg, args.reason)), flush=True)
             return 0
         ensure_dir(cfg.state_dir)
         result = run_cycle(cfg, trigger=args.trigger, via=args.via)
