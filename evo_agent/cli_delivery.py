@@ -87,8 +87,8 @@ def cmd_daemon(args: argparse.Namespace, out: TextIO) -> int:
     """Run the resident service."""
     from evo_agent import daemon
 
-    if os.geteuid() != 0 and not os.environ.get("EVO_AGENT_ALLOW_NONROOT"):
-        raise NotPermitted("evo-agent daemon: needs root (it writes the state directory)")
+    # The unit runs it as the system user evo-agent (units/evo-agent.service): what it needs is
+    # write access to the state directory, which it checks when it starts.
     return daemon.main(getattr(args, "config", None), getattr(args, "verbose", False))
 
 
@@ -107,11 +107,9 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
         result = control.request(sock, {"op": "send", "via": via}, timeout)
         how = "through the daemon"
     except control.NoDaemon:
-        from evo_agent.delivery import run_cycle
-
         if not cfg.enabled:
             raise DeliveryError("not sent: opted out ([agent] enabled = false)") from None
-        result = run_cycle(cfg, trigger="manual", via=via).__dict__
+        result = standalone_cycle(cfg, via)
         how = "standalone (no daemon runs)"
     except (OSError, ValueError) as exc:
         raise DeliveryError(f"the daemon did not answer: {exc}") from None
@@ -123,6 +121,57 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     if code == NotPermitted.exit_code:
         raise NotPermitted(f"not sent: {result.get('error')}")
     raise DeliveryError(f"not acknowledged ({how}): {result.get('error')}")
+
+
+def standalone_cycle(cfg: Config, via: str) -> dict[str, Any]:
+    """Run a manual cycle here; as root, write the state directory as its owner (the daemon's user).
+
+    Files that root created in the daemon's state directory would lock the daemon out of them (an
+    index it must append to, a key it must read).  So root collects (with root's rights, like the
+    daemon's capability) and a child that has dropped to the directory's owner does the writing.
+    """
+    from evo_agent.delivery import run_cycle
+
+    try:
+        st = cfg.state_dir.stat()
+    except FileNotFoundError:
+        st = None
+    if st is None or os.geteuid() != 0 or st.st_uid == 0:
+        return run_cycle(cfg, trigger="manual", via=via).__dict__
+    import gzip  # noqa: F401 - imported before the drop: the child may not read root's paths
+    import http.client  # noqa: F401
+    import ssl  # noqa: F401
+
+    from evo_agent import signing, translog, transport  # noqa: F401
+    from evo_agent.delivery import collect_report
+
+    report = collect_report(cfg, "manual")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to the owner, run the cycle, report on the pipe
+        os.close(r)
+        try:
+            os.setgroups([])
+            os.setgid(st.st_gid)
+            os.setuid(st.st_uid)
+            doc: dict[str, Any] = run_cycle(cfg, trigger="manual", via=via,
+                                            report=report).__dict__
+        except EvoError as exc:
+            doc = {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+        except BaseException as exc:  # anything must reach the parent
+            doc = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "exit_code": 70}
+        with os.fdopen(w, "wb") as fh:
+            fh.write(json.dumps(doc).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        data = fh.read()
+    os.waitpid(pid, 0)
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = {"ok": False, "error": "the sending process died", "exit_code": 70}
+    return answer if isinstance(answer, dict) else {"ok": False, "error": "no result"}
 
 
 # -- status --------------------------------------------------------------------------------------

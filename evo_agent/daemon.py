@@ -168,8 +168,11 @@ class Daemon:
         return Settings.from_describe(doc)
 
     def _apply(self, settings: Settings) -> None:
-        self.settings = settings
         ensure_dir(settings.state_dir)
+        if not os.access(settings.state_dir, os.W_OK | os.X_OK):
+            raise StateError(f"{settings.state_dir}: not writable by uid {os.geteuid()} (the "
+                             "unit's StateDirectory= makes it the service user's)")
+        self.settings = settings
         share_with_support(settings.state_dir, 0o2750)
         if not settings.enabled:
             with writer_lock(settings.state_dir):
@@ -188,7 +191,11 @@ class Daemon:
         if new.control_socket != self.settings.control_socket:
             LOG.warning("control_socket changed to %s: takes effect at the next restart",
                         new.control_socket)
-        self._apply(new)
+        try:
+            self._apply(new)
+        except StateError as exc:
+            LOG.error("configuration reload refused, keeping the previous one: %s", exc)
+            return
         LOG.info("configuration reloaded from %s", ", ".join(new.sources) or "defaults")
         self._status()
 

@@ -162,8 +162,13 @@ def _set_aside(state_dir: Path, entry: Entry) -> None:
 
 def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
               clock: Callable[[], Now] = read_clock,
-              draw: Callable[[], float] = random.random, wait_lock: bool = True) -> CycleResult:
-    """Run one delivery cycle (see the module docstring); ``trigger`` None sends only what waits."""
+              draw: Callable[[], float] = random.random, wait_lock: bool = True,
+              report: dict[str, Any] | None = None) -> CycleResult:
+    """Run one delivery cycle (see the module docstring); ``trigger`` None sends only what waits.
+
+    ``report``: one collected beforehand (``send --now`` as root collects with root's rights, then
+    writes the state directory as its owner); else the cycle collects when a trigger is given.
+    """
     with writer_lock(cfg.state_dir, wait=wait_lock):
         box = Outbox(cfg.state_dir)
         if not cfg.enabled:
@@ -181,7 +186,7 @@ def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
                 result.ok = False
                 break
         if trigger is not None:
-            entry = box.enqueue(collect_report(cfg, trigger))
+            entry = box.enqueue(report if report is not None else collect_report(cfg, trigger))
             result.queued = entry.report_id
             if result.ok:
                 result.ok = _send(cfg, entry, via, key, clock=clock, result=result)

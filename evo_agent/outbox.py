@@ -26,6 +26,10 @@ writer holds ``lock`` with ``flock``, see :func:`writer_lock`):
    between the backend's answer and the unlink makes the next cycle send the same file again, which
    the backend acknowledges as a duplicate: delivered once, acknowledged, removed.
 
+Modes are set explicitly (fchmod/chmod), whatever the umask: the unit runs with UMask=0077 and the
+agent opens up only what the support group reads (directories 0750, reports and state 0640; the
+device key and the lock stay 0600).
+
 Waiting reports are sent oldest first, before a new report is collected, so a healthy backend sees
 every queued report.  A file that cannot be parsed (a disk fault; a crash cannot cause it) is moved
 to ``outbox/corrupt/`` and logged: nothing is silently dropped, and it never blocks the queue.
@@ -73,6 +77,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o640) -> None:
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
+        os.fchmod(fd, mode)  # the umask must not decide what the support group may read
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -96,8 +101,11 @@ def prune(directory: Path, keep: int = MAX_SET_ASIDE) -> None:
 
 def ensure_dir(path: Path, mode: int = 0o750) -> Path:
     """Create a state directory if needed; a missing parent or no permission is a StateError."""
+    if path.is_dir():
+        return path
     try:
         path.mkdir(mode=mode, parents=True, exist_ok=True)
+        os.chmod(path, mode)  # mkdir's mode is filtered by the umask
     except OSError as exc:
         raise StateError(f"{path}: cannot be created ({exc.strerror})") from None
     return path
@@ -108,7 +116,7 @@ def writer_lock(state_dir: Path, *, wait: bool = True) -> Iterator[None]:
     """Hold the state directory's writer lock: one process writes the outbox and state at a time."""
     ensure_dir(state_dir)
     try:
-        fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise StateError(f"{state_dir}/lock: cannot be opened ({exc.strerror}); "
                          "verbs that change state need root") from None
@@ -209,6 +217,7 @@ class Outbox:
         tmp = self.dir / f".tmp-{rid}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         try:
+            os.fchmod(fd, 0o640)
             view = memoryview(body)
             while view:
                 view = view[os.write(fd, view):]
@@ -257,11 +266,11 @@ class Outbox:
     def _set_aside(self, path: Path, why: str) -> None:
         LOG.error("outbox: %s is unreadable (%s); moved to %s/corrupt/", path.name, why, self.dir)
         try:
-            (self.dir / "corrupt").mkdir(mode=0o750, exist_ok=True)
+            ensure_dir(self.dir / "corrupt")
             os.replace(path, self.dir / "corrupt" / path.name)
             fsync_dir(self.dir)
             prune(self.dir / "corrupt")
-        except OSError as exc:  # a read-only verb (no permission) leaves it for the daemon
+        except (OSError, StateError) as exc:  # a read-only verb leaves it for the daemon
             LOG.debug("outbox: cannot move %s aside: %s", path.name, exc)
 
     def acknowledge(self, entry: Entry) -> None:

@@ -55,6 +55,7 @@ class TransparencyLog:
         line = (json.dumps(entry, sort_keys=True) + "\n").encode()
         fd = os.open(self.index, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
+            os.fchmod(fd, 0o640)  # readable by the support group whatever the umask
             os.write(fd, line)
             os.fsync(fd)
         finally:

@@ -275,3 +275,45 @@ def test_hotplug_refreshes_the_local_inventory_without_sending(
     assert code == 0 and "refreshed" in out and "hot-plug: change block" in out
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(5) == 0
+
+
+def test_send_as_root_writes_the_state_dir_as_its_owner(server: RegistryServer, pki: Pki,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The unit runs the daemon as user evo-agent; `sudo evo-agent send --now` without a daemon
+    must not leave root-owned files there (the daemon could no longer append to the log, read
+    the key...).  Here the state directory belongs to "nobody" (65534)."""
+    import shutil
+    import tempfile
+
+    from evo_agent import signing
+    from tests.delivery.fixtures import VPNID, write_host_root
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to change users")
+    base = Path(tempfile.mkdtemp(prefix="evo-owner-", dir="/tmp"))  # traversable by nobody
+    try:
+        base.chmod(0o755)
+        state = base / "state"
+        state.mkdir(mode=0o750)
+        os.chown(state, 65534, 65534)
+        ca = base / "ca.pem"
+        shutil.copy(pki.ca_pem, ca)
+        ca.chmod(0o644)
+        cfg = write_config(base / "agent.toml", state, write_host_root(base / "root"), server.url,
+                           ca=ca)
+        # the key made at manufacturing, enrolled, owned by the service user
+        key = signing.load_or_create(state)
+        os.chown(state / "device.key", 65534, 65534)
+        server.registry.enroll(VPNID, signing.public_b64(key))
+        code, out = _cli(capsys, "send", "--now", "--config", str(cfg))
+        assert code == 0, out
+        owners = {(p.relative_to(state).as_posix(), p.stat().st_uid) for p in state.rglob("*")}
+        assert owners and all(uid == 65534 for _, uid in owners), owners
+        modes = {p.name: p.stat().st_mode & 0o777 for p in state.rglob("*")}
+        assert modes["device.key"] == 0o600 and modes["state.json"] == 0o640
+        assert modes["sent"] == 0o750 and modes["index.jsonl"] == 0o640
+        [stored] = server.registry.stored.values()  # signed with that key, verified
+        assert stored["functional"]["vpnid"] == VPNID and stored["trigger"] == "manual"
+        assert {"state.json", "sequence", "lock", "outbox", "sent"} <= {p for p, _ in owners}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
