@@ -317,3 +317,53 @@ def test_send_as_root_writes_the_state_dir_as_its_owner(server: RegistryServer, 
         assert {"state.json", "sequence", "lock", "outbox", "sent"} <= {p for p, _ in owners}
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
+                    reason="needs root (to start it as another user) and Debian's python3")
+def test_daemon_runs_as_an_unprivileged_user(server: RegistryServer, pki: Pki,
+                                             tmp_path: Path) -> None:
+    """As the unit runs it: another user than root (here "nobody"), umask 077, Debian's python."""
+    import shutil
+    import tempfile
+
+    from evo_agent import signing
+    from tests.delivery.fixtures import VPNID, write_host_root
+
+    base = Path(tempfile.mkdtemp(prefix="evo-user-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        state, run = base / "state", base / "run"
+        for d in (state, run):
+            d.mkdir(mode=0o750)
+            os.chown(d, 65534, 65534)
+        ca = base / "ca.pem"
+        shutil.copy(pki.ca_pem, ca)
+        ca.chmod(0o644)
+        cfg = write_config(base / "agent.toml", state, write_host_root(base / "root"), server.url,
+                           ca=ca)
+        cfg.write_text(cfg.read_text().replace(str(base / "control.sock"),
+                                               str(run / "control.sock")))
+        cfg.chmod(0o644)
+        key = signing.load_or_create(state)
+        os.chown(state / "device.key", 65534, 65534)
+        server.registry.enroll(VPNID, signing.public_b64(key))
+        log = (tmp_path / "daemon.log").open("wb")
+        proc = subprocess.Popen(["/usr/bin/python3", "-m", "evo_agent", "daemon", "--config",
+                                 str(cfg)], cwd=REPO, user=65534, group=65534, extra_groups=[],
+                                umask=0o077, stderr=log, env={"PATH": "/usr/bin:/bin",
+                                                              "PYTHONPATH": str(REPO)})
+        try:
+            wait_for(lambda: len(server.registry.stored) == 1, 20)
+            wait_for((run / "control.sock").exists, 5)
+            wait_for(lambda: load_state(state / "state.json").success_path == "https", 5)
+            assert (run / "control.sock").stat().st_mode & 0o777 == 0o660
+            modes = {p.name: p.stat().st_mode & 0o777 for p in state.rglob("*")}
+            assert modes["state.json"] == 0o640 and modes["outbox"] == 0o750, modes
+            assert {p.stat().st_uid for p in state.rglob("*")} == {65534}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0, (tmp_path / "daemon.log").read_text()
+            log.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
