@@ -13,8 +13,11 @@ A cycle, under the state directory's writer lock:
 1. opted out (``[agent] enabled = false``): the outbox is emptied and nothing else happens;
 2. temp files of an interrupted cycle are removed; the device key is created if absent;
 3. waiting reports are sent oldest first, each removed only on 200/201;
-4. if those all went and a report is due, a new one is collected, queued (durably) and sent;
-   if they did not, the new one is still queued (it replaces a waiting periodic one) for the retry;
+4. a scheduled report (boot, daily) that finds a periodic report waiting is that report: the
+   waiting one was collected for this same due time and failed, so the retry sends it rather
+   than a second one (no double report after an outage); otherwise a new report is collected,
+   queued (durably) and sent if the waiting ones went, or kept for the retry if they did not (it
+   replaces a waiting periodic one); ``send --now`` always collects a fresh one;
 5. the schedule state records success, or a failure with its backoff and the backend's
    Retry-After.
 
@@ -181,7 +184,10 @@ def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
 
         key = signing.load_or_create(cfg.state_dir)
         result = CycleResult(ok=True)
-        for entry in box.pending():
+        waiting = box.pending()
+        if trigger in ("boot", "daily") and any(e.kind == "periodic" for e in waiting):
+            trigger = None  # the retry of the report that waits (step 4)
+        for entry in waiting:
             if not _send(cfg, entry, via, key, clock=clock, result=result):
                 result.ok = False
                 break

@@ -170,3 +170,18 @@ def test_refused_reports_are_set_aside_bounded(agent: Agent, server: RegistrySer
     assert rejected[-1].name.startswith(f"{MAX_SET_ASIDE + 3:012d}-")  # the newest kept
     server.registry.mode = "ok"
     assert run_cycle(cfg, trigger="daily", clock=_clock).ok
+
+
+def test_a_retry_sends_the_waiting_report_not_a_second_one(agent: Agent,
+                                                           server: RegistryServer) -> None:
+    server.registry.mode = "503"
+    cfg = agent.load()
+    failed = run_cycle(cfg, trigger="boot", clock=_clock)
+    [waiting] = Outbox(agent.state_dir).pending()
+    assert failed.queued == waiting.report_id
+    server.registry.mode = "ok"
+    retry = run_cycle(cfg, trigger="boot", clock=_clock)  # what the daemon runs at the retry
+    assert retry.ok and retry.acknowledged == [waiting.report_id] and retry.queued is None
+    assert list(server.registry.stored) == [waiting.report_id]
+    manual = run_cycle(cfg, trigger="manual", clock=_clock)  # send --now: always a fresh one
+    assert manual.ok and manual.queued and len(server.registry.stored) == 2
