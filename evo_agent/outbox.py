@@ -28,7 +28,9 @@ writer holds ``lock`` with ``flock``, see :func:`writer_lock`):
 
 Modes are set explicitly (fchmod/chmod), whatever the umask: the unit runs with UMask=0077 and the
 agent opens up only what the support group reads (directories 0750, reports and state 0640; the
-device key and the lock stay 0600).
+device key and the lock stay 0600).  Ownership: the daemon runs as its own user; what root creates
+in the state directory (``sudo evo-agent send --now``, the manufacturing station) is given to the
+directory's owner (:func:`adopt`), or the daemon would be locked out of its own key and log.
 
 Waiting reports are sent oldest first, before a new report is collected, so a healthy backend sees
 every queued report.  A file that cannot be parsed (a disk fault; a crash cannot cause it) is moved
@@ -72,12 +74,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def adopt(fd: int, directory: Path) -> None:
+    """As root, give a file just created in ``directory`` to that directory's owner."""
+    if os.geteuid() != 0:
+        return
+    st = os.stat(directory)
+    if st.st_uid != 0:
+        os.fchown(fd, st.st_uid, st.st_gid)
+
+
 def atomic_write(path: Path, data: bytes, mode: int = 0o640) -> None:
     """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory."""
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)  # the umask must not decide what the support group may read
+        adopt(fd, path.parent)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -106,6 +118,11 @@ def ensure_dir(path: Path, mode: int = 0o750) -> Path:
     try:
         path.mkdir(mode=mode, parents=True, exist_ok=True)
         os.chmod(path, mode)  # mkdir's mode is filtered by the umask
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            adopt(fd, path.parent)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise StateError(f"{path}: cannot be created ({exc.strerror})") from None
     return path
@@ -117,6 +134,7 @@ def writer_lock(state_dir: Path, *, wait: bool = True) -> Iterator[None]:
     ensure_dir(state_dir)
     try:
         fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        adopt(fd, state_dir)
     except OSError as exc:
         raise StateError(f"{state_dir}/lock: cannot be opened ({exc.strerror}); "
                          "verbs that change state need root") from None
@@ -218,6 +236,7 @@ class Outbox:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         try:
             os.fchmod(fd, 0o640)
+            adopt(fd, self.dir)
             view = memoryview(body)
             while view:
                 view = view[os.write(fd, view):]

@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from evo_agent.outbox import atomic_write, ensure_dir, fsync_dir
+from evo_agent.outbox import adopt, atomic_write, ensure_dir, fsync_dir
 
 LOG = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class TransparencyLog:
         fd = os.open(self.index, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             os.fchmod(fd, 0o640)  # readable by the support group whatever the umask
+            adopt(fd, self.dir)
             os.write(fd, line)
             os.fsync(fd)
         finally:
