@@ -283,9 +283,31 @@ def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any
     return rows
 
 
+def current_report(cfg: Config) -> tuple[dict[str, Any], str]:
+    """Return the inventory as of now, and who collected it.
+
+    The daemon collects it when it runs (with its rights: a technician's own account may not
+    read what the daemon reads, e.g. the SMBIOS table, and would see false differences); else
+    this process collects it.
+    """
+    from evo_agent import control
+    from evo_agent.delivery import LOCAL_INVENTORY, collect_report
+
+    try:
+        answer = control.request(str(cfg.values["agent"]["control_socket"]), {"op": "refresh"},
+                                 cfg.collector_timeout * 3 + 30)
+    except control.NoDaemon:
+        return collect_report(cfg, "manual"), f"collected by this process (uid {os.getuid()})"
+    except (OSError, ValueError) as exc:
+        raise EvoError(f"the daemon did not answer: {exc}") from None
+    if not answer.get("ok"):
+        raise DeliveryError(f"the daemon could not collect: {answer.get('error')}")
+    doc = json.loads((cfg.state_dir / LOCAL_INVENTORY).read_bytes())
+    return doc["report"], "collected by the daemon"
+
+
 def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
     """Compare this inventory with the last report the registry acknowledged."""
-    from evo_agent.delivery import collect_report
     from evo_agent.translog import TransparencyLog
 
     _audit("diff")
@@ -295,11 +317,13 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
         raise EvoError("no report was acknowledged yet (or the log no longer holds it): "
                        "nothing to compare with; see 'evo-agent sent'")
     entry, data = last
-    rows = diff_reports(json.loads(data), collect_report(cfg, "manual"))
+    now, who = current_report(cfg)
+    rows = diff_reports(json.loads(data), now)
     if args.json:
-        _dump({"compared_with": entry, "differences": rows}, out)
+        _dump({"compared_with": entry, "current": who, "differences": rows}, out)
         return 0
-    out.write(f"compared with report {entry['report_id']} sent {_fmt(entry.get('time'))}\n")
+    out.write(f"compared with report {entry['report_id']} sent {_fmt(entry.get('time'))}; "
+              f"current inventory {who}\n")
     if not rows:
         out.write("no difference\n")
     for r in rows:

@@ -145,6 +145,8 @@ class Daemon:
         #: monotonic time of the pending hot-plug refresh, and why
         self.refresh_at: float | None = None
         self.refresh_reason = ""
+        #: clients of a "refresh" request (evo-agent diff), answered when the snapshot is done
+        self.refresh_waiters: list[socket.socket] = []
 
     # -- configuration ---------------------------------------------------------------------------
     def _child_argv(self, action: str, *extra: str) -> list[str]:
@@ -330,24 +332,28 @@ class Daemon:
                     if e.get("SUBSYSTEM") in HOTPLUG_SUBSYSTEMS | {"unknown"}]
         if relevant and self.settings.enabled:
             last = relevant[-1]
-            self.refresh_reason = f"{last.get('ACTION')} {last.get('SUBSYSTEM')}"
+            self.refresh_reason = f"hot-plug: {last.get('ACTION')} {last.get('SUBSYSTEM')}"
             self.refresh_at = time.monotonic() + HOTPLUG_SETTLE  # debounce: restart the wait
             LOG.debug("hot-plug %s: local inventory refresh in %.0f s", self.refresh_reason,
                       HOTPLUG_SETTLE)
 
     def _start_snapshot(self) -> None:
         reason, self.refresh_at = self.refresh_reason, None
-        argv = self._child_argv("snapshot", "--reason", f"hot-plug: {reason}")
+        waiters, self.refresh_waiters = self.refresh_waiters, []
+        argv = self._child_argv("snapshot", "--reason", reason)
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                     env=_child_env())
         except OSError as exc:
             LOG.error("cannot refresh the local inventory: %s", exc)
+            for conn in waiters:
+                self._answer(conn, {"ok": False, "error": str(exc), "exit_code": 70})
             return
         if proc.stdout is None:  # pragma: no cover - stdout=PIPE always gives one
             return
         os.set_blocking(proc.stdout.fileno(), False)
-        self.cycle = Cycle(proc, None, "none", time.monotonic(), kind="snapshot")
+        self.cycle = Cycle(proc, None, "none", time.monotonic(), kind="snapshot",
+                           waiters=waiters)
         self.sel.register(proc.stdout, selectors.EVENT_READ, "child")
 
     def _on_control(self, listener: Any) -> None:
@@ -365,6 +371,14 @@ class Daemon:
             return
         if op == "status":
             self._answer(conn, {"ok": True, **self.status()})
+        elif op == "refresh":  # evo-agent diff: collect now with the daemon's rights, keep locally
+            if not self.settings.enabled:
+                self._answer(conn, {"ok": False, "exit_code": 75,
+                                    "error": "opted out ([agent] enabled = false): no collection"})
+            else:
+                self.refresh_waiters.append(conn)
+                self.refresh_reason = "asked by evo-agent diff"
+                self.refresh_at = time.monotonic()
         elif op == "send":
             try:
                 uid = control.peer_uid(conn)
@@ -437,6 +451,8 @@ class Daemon:
         if cycle.kind == "snapshot":
             LOG.info("local inventory refreshed (%s): %s", result.get("reason"),
                      "ok" if result.get("ok") else result.get("error"))
+            for conn in cycle.waiters:
+                self._answer(conn, result)
             return
         if "acknowledged" not in result and self.settings.enabled:
             # The child died or failed before it could record the attempt: record it here, so a
@@ -510,6 +526,8 @@ class Daemon:
                                     "exit_code": 75})
         for conn, _via in self.pending_sends:
             self._answer(conn, {"ok": False, "error": "the daemon is stopping", "exit_code": 75})
+        for conn in self.refresh_waiters:
+            self._answer(conn, {"ok": False, "error": "the daemon is stopping", "exit_code": 75})
         if self.listener is not None:
             self.listener.close()
             with contextlib.suppress(OSError):
@@ -530,8 +548,13 @@ def share_with_support(path: Path, mode: int) -> None:
     except KeyError:
         return  # no such group on this system: root only
     try:
-        os.chown(path, -1, gid)
-        os.chmod(path, mode)
+        st = os.stat(path)
+        # under the unit the group is already the service's primary group: no chown (a
+        # privileged call its seccomp filter refuses)
+        if st.st_gid != gid:
+            os.chown(path, -1, gid)
+        if st.st_mode & 0o7777 != mode:
+            os.chmod(path, mode)
     except OSError as exc:
         LOG.warning("cannot share %s with group %s: %s", path, SUPPORT_GROUP, exc)
 

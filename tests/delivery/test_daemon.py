@@ -367,3 +367,22 @@ def test_daemon_runs_as_an_unprivileged_user(server: RegistryServer, pki: Pki,
             log.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_diff_uses_the_daemons_collection_when_it_runs(agent: Agent, server: RegistryServer,
+                                                       run_daemon: object,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    proc, notify, log = run_daemon(agent.config)  # type: ignore[operator]
+    notify.collect(10, until="READY=1")
+    wait_for(lambda: len(server.registry.stored) == 1)
+    wait_for(lambda: load_state(agent.state_dir / "state.json").success_path == "https", 5)
+    (agent.host_root / "proc/sys/kernel/hostname").write_text("evo-attic\n")
+    code, out = _cli(capsys, "diff", "--json", "--config", str(agent.config))
+    doc = json.loads(out)
+    assert code == 0 and doc["current"] == "collected by the daemon"
+    assert doc["differences"] == [{"field": "functional.netbios_name", "sent": "EVO-LIVING-ROOM",
+                                   "now": "EVO-ATTIC"}]
+    assert "asked by evo-agent diff" in log.read_text()
+    assert len(server.registry.requests) == 1  # nothing sent
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(5) == 0
