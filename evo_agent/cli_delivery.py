@@ -437,15 +437,20 @@ def _check_state_dir(rows: list[dict[str, str]], sd: Path) -> None:
         key = signing.key_path(sd)
         try:
             problem = signing.mode_problem(key)
-            signing.load(key)
-            _check(rows, "device key", "fail" if problem else "ok",
-                   problem or f"{key}: Ed25519, mode 0600",
-                   f"chmod 600 {key}" if problem else "")
+            if problem:
+                _check(rows, "device key", "fail", problem, f"chmod 600 {key}")
+            elif not os.access(key, os.R_OK):  # a support account: the key is not for it
+                _check(rows, "device key", "warn", f"{key}: mode 0600, owner uid "
+                       f"{key.stat().st_uid}; its content is not readable by uid {os.getuid()}",
+                       "run doctor as root to check the key itself")
+            else:
+                signing.load(key)
+                _check(rows, "device key", "ok", f"{key}: Ed25519, mode 0600")
         except FileNotFoundError:
             _check(rows, "device key", "warn", f"{key} absent",
                    "start the daemon once: it creates the key (then enrol it)")
-        except (EvoError, PermissionError) as exc:
-            _check(rows, "device key", "fail", str(exc), "run as root, or re-create and re-enrol")
+        except EvoError as exc:
+            _check(rows, "device key", "fail", str(exc), "re-create the key and re-enrol")
 
 
 def _check_clock(rows: list[dict[str, str]]) -> None:

@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import re
+import stat
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -117,7 +118,9 @@ def ensure_dir(path: Path, mode: int = 0o750) -> Path:
         return path
     try:
         path.mkdir(mode=mode, parents=True, exist_ok=True)
-        os.chmod(path, mode)  # mkdir's mode is filtered by the umask
+        # mkdir's mode is filtered by the umask; keep the setgid bit inherited from a shared
+        # parent (the state dir, 2750 with group evo-support), so files below get its group
+        os.chmod(path, mode | (os.stat(path.parent).st_mode & stat.S_ISGID))
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             adopt(fd, path.parent)

@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from evo_agent.errors import StateError
 from evo_agent.outbox import adopt, atomic_write, ensure_dir, fsync_dir
 
 LOG = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class TransparencyLog:
             lines = self.index.read_bytes().splitlines()
         except FileNotFoundError:
             return []
+        except PermissionError:
+            raise StateError(f"{self.index}: not readable by uid {os.getuid()}; the read-only "
+                             "verbs need membership of group evo-support") from None
         out = []
         for raw in lines:
             try:

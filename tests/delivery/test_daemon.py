@@ -386,3 +386,68 @@ def test_diff_uses_the_daemons_collection_when_it_runs(agent: Agent, server: Reg
     assert len(server.registry.requests) == 1  # nothing sent
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(5) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
+                    reason="needs root (to run the verbs as another user) and Debian's python3")
+def test_read_only_verbs_work_for_a_support_group_member(server: RegistryServer, pki: Pki,
+                                                         run_daemon: object) -> None:
+    """The state dir as the unit leaves it (owner the service, group evo-support, 2750); a
+    technician in that group (here uid 65534 with the directory's group) runs status, sent, diff
+    and doctor without root; send is refused."""
+    import shutil
+    import tempfile
+
+    from evo_agent import signing
+    from tests.delivery.fixtures import VPNID, write_host_root
+
+    base = Path(tempfile.mkdtemp(prefix="evo-support-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        state = base / "state"
+        state.mkdir()
+        os.chmod(state, 0o2750)  # noqa: S103 - as StateDirectory= and the daemon leave it
+        os.chown(state, 0, 65534)  # owner: the service (root here); group: the support group
+        ca = base / "ca.pem"
+        shutil.copy(pki.ca_pem, ca)
+        ca.chmod(0o644)
+        cfg = write_config(base / "agent.toml", state, write_host_root(base / "root"), server.url,
+                           ca=ca)
+        cfg.write_text(cfg.read_text().replace(str(base / "control.sock"),
+                                               str(base / "control.sock")))
+        for p in (cfg, *base.joinpath("root").rglob("*")):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        server.registry.enroll(VPNID, signing.public_b64(signing.load_or_create(state)))
+        proc, notify, _log = run_daemon(cfg)  # type: ignore[operator]
+        notify.collect(10, until="READY=1")
+        wait_for(lambda: len(server.registry.stored) == 1)
+        wait_for(lambda: load_state(state / "state.json").success_path == "https", 5)
+        os.chown(base / "control.sock", 0, 65534)  # what the daemon does with evo-support
+
+        def verb(*argv: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["/usr/bin/python3", "-m", "evo_agent", *argv, "--config",
+                                   str(cfg)], cwd=REPO, user=65534, group=65534,
+                                  extra_groups=[], capture_output=True, text=True, timeout=60,
+                                  env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+                                  check=False)
+
+        st = verb("status", "--json")
+        assert st.returncode == 0, st.stderr
+        doc = json.loads(st.stdout)
+        assert doc["daemon"]["running"] and doc["last_success"]["path"] == "https"
+        assert doc["outbox_depth"] == 0
+        sent = verb("sent", "--bytes")
+        assert sent.returncode == 0 and '"functional"' in sent.stdout, sent.stderr
+        diff = verb("diff")
+        assert diff.returncode == 0 and "no difference" in diff.stdout, diff.stderr
+        assert "collected by the daemon" in diff.stdout
+        doctor = verb("doctor")
+        assert "WARN  device key" in doctor.stdout and "run doctor as root" in doctor.stdout
+        assert "OK    reach https_url" in doctor.stdout, doctor.stdout
+        send = verb("send", "--now")
+        assert send.returncode == 77 and "needs root" in send.stderr
+        assert len(server.registry.stored) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
