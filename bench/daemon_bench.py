@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -118,6 +119,8 @@ def main() -> int:
         "cycle_maxrss_kib": r1.ru_maxrss,
     }
     print(json.dumps(doc, indent=1))
+    ns.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
