@@ -46,10 +46,19 @@ def _status(pid: int) -> dict[str, int]:
 
 
 def main() -> int:
+    """Run the measurement in a temp dir that is removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="evo-bench-"))
+    try:
+        return measure(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(tmp: Path) -> int:
+    """Start the daemon under ``tmp`` and print the figures."""
     p = argparse.ArgumentParser()
     p.add_argument("--idle", type=float, default=600.0)
     args = p.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="evo-bench-"))
     pki = make_pki(tmp / "pki", "bench")
     srv = RegistryServer((pki.cert_pem, pki.key_pem))
     cfg = write_config(tmp / "agent.toml", tmp / "state", write_host_root(tmp / "root"), srv.url,
@@ -120,7 +129,6 @@ def main() -> int:
     }
     print(json.dumps(doc, indent=1))
     ns.close()
-    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
