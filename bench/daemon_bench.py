@@ -47,18 +47,18 @@ def _status(pid: int) -> dict[str, int]:
 
 def main() -> int:
     """Run the measurement in a temp dir that is removed afterwards."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--idle", type=float, default=600.0)
+    args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="evo-bench-"))
     try:
-        return measure(tmp)
+        return measure(tmp, args.idle)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def measure(tmp: Path) -> int:
+def measure(tmp: Path, idle_for: float) -> int:
     """Start the daemon under ``tmp`` and print the figures."""
-    p = argparse.ArgumentParser()
-    p.add_argument("--idle", type=float, default=600.0)
-    args = p.parse_args()
     pki = make_pki(tmp / "pki", "bench")
     srv = RegistryServer((pki.cert_pem, pki.key_pem))
     cfg = write_config(tmp / "agent.toml", tmp / "state", write_host_root(tmp / "root"), srv.url,
@@ -96,7 +96,7 @@ def measure(tmp: Path) -> int:
     before = _status(proc.pid)
     t_idle = time.monotonic()
     pings_before = len(pings)
-    time.sleep(args.idle)
+    time.sleep(idle_for)
     after = _status(proc.pid)
     idle = time.monotonic() - t_idle
     pings_idle = len(pings) - pings_before
