@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,10 +46,19 @@ def _status(pid: int) -> dict[str, int]:
 
 
 def main() -> int:
+    """Run the measurement in a temp dir that is removed afterwards."""
     p = argparse.ArgumentParser()
     p.add_argument("--idle", type=float, default=600.0)
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="evo-bench-"))
+    try:
+        return measure(tmp, args.idle)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(tmp: Path, idle_for: float) -> int:
+    """Start the daemon under ``tmp`` and print the figures."""
     pki = make_pki(tmp / "pki", "bench")
     srv = RegistryServer((pki.cert_pem, pki.key_pem))
     cfg = write_config(tmp / "agent.toml", tmp / "state", write_host_root(tmp / "root"), srv.url,
@@ -86,7 +96,7 @@ def main() -> int:
     before = _status(proc.pid)
     t_idle = time.monotonic()
     pings_before = len(pings)
-    time.sleep(args.idle)
+    time.sleep(idle_for)
     after = _status(proc.pid)
     idle = time.monotonic() - t_idle
     pings_idle = len(pings) - pings_before
@@ -118,6 +128,7 @@ def main() -> int:
         "cycle_maxrss_kib": r1.ru_maxrss,
     }
     print(json.dumps(doc, indent=1))
+    ns.close()
     return 0
 
 

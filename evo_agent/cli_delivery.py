@@ -87,8 +87,8 @@ def cmd_daemon(args: argparse.Namespace, out: TextIO) -> int:
     """Run the resident service."""
     from evo_agent import daemon
 
-    if os.geteuid() != 0 and not os.environ.get("EVO_AGENT_ALLOW_NONROOT"):
-        raise NotPermitted("evo-agent daemon: needs root (it writes the state directory)")
+    # The unit runs it as the system user evo-agent (units/evo-agent.service): what it needs is
+    # write access to the state directory, which it checks when it starts.
     return daemon.main(getattr(args, "config", None), getattr(args, "verbose", False))
 
 
@@ -107,11 +107,9 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
         result = control.request(sock, {"op": "send", "via": via}, timeout)
         how = "through the daemon"
     except control.NoDaemon:
-        from evo_agent.delivery import run_cycle
-
         if not cfg.enabled:
             raise DeliveryError("not sent: opted out ([agent] enabled = false)") from None
-        result = run_cycle(cfg, trigger="manual", via=via).__dict__
+        result = standalone_cycle(cfg, via)
         how = "standalone (no daemon runs)"
     except (OSError, ValueError) as exc:
         raise DeliveryError(f"the daemon did not answer: {exc}") from None
@@ -123,6 +121,57 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     if code == NotPermitted.exit_code:
         raise NotPermitted(f"not sent: {result.get('error')}")
     raise DeliveryError(f"not acknowledged ({how}): {result.get('error')}")
+
+
+def standalone_cycle(cfg: Config, via: str) -> dict[str, Any]:
+    """Run a manual cycle here; as root, write the state directory as its owner (the daemon's user).
+
+    Files that root created in the daemon's state directory would lock the daemon out of them (an
+    index it must append to, a key it must read).  So root collects (with root's rights, like the
+    daemon's capability) and a child that has dropped to the directory's owner does the writing.
+    """
+    from evo_agent.delivery import run_cycle
+
+    try:
+        st = cfg.state_dir.stat()
+    except FileNotFoundError:
+        st = None
+    if st is None or os.geteuid() != 0 or st.st_uid == 0:
+        return run_cycle(cfg, trigger="manual", via=via).__dict__
+    import gzip  # noqa: F401 - imported before the drop: the child may not read root's paths
+    import http.client  # noqa: F401
+    import ssl  # noqa: F401
+
+    from evo_agent import signing, translog, transport  # noqa: F401
+    from evo_agent.delivery import collect_report
+
+    report = collect_report(cfg, "manual")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to the owner, run the cycle, report on the pipe
+        os.close(r)
+        try:
+            os.setgroups([])
+            os.setgid(st.st_gid)
+            os.setuid(st.st_uid)
+            doc: dict[str, Any] = run_cycle(cfg, trigger="manual", via=via,
+                                            report=report).__dict__
+        except EvoError as exc:
+            doc = {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+        except BaseException as exc:  # anything must reach the parent
+            doc = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "exit_code": 70}
+        with os.fdopen(w, "wb") as fh:
+            fh.write(json.dumps(doc).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        data = fh.read()
+    os.waitpid(pid, 0)
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = {"ok": False, "error": "the sending process died", "exit_code": 70}
+    return answer if isinstance(answer, dict) else {"ok": False, "error": "no result"}
 
 
 # -- status --------------------------------------------------------------------------------------
@@ -148,6 +197,12 @@ def status_doc(cfg: Config) -> dict[str, Any]:
     vpn_ok, vpn_why = transport.vpn_state(delivery["vpn_url"], delivery["vpn_interface"])
     now = read_clock()
     due = next_due(state, now, vpnid_of(cfg))
+    try:
+        local = json.loads((cfg.state_dir / "local.json").read_bytes())
+        local_doc: dict[str, Any] | None = {k: local.get(k) for k in
+                                            ("time", "reason", "differences_from_sent")}
+    except (OSError, ValueError, AttributeError):
+        local_doc = None
     return {
         "enabled": cfg.enabled,
         "daemon": {"running": daemon is not None,
@@ -160,6 +215,7 @@ def status_doc(cfg: Config) -> dict[str, Any]:
                      if cfg.enabled else None),
         "outbox_depth": depth,
         "vpn": {"usable": vpn_ok, "detail": vpn_why},
+        "local_inventory": local_doc,
         "state_dir": str(cfg.state_dir),
     }
 
@@ -185,6 +241,12 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         ("outbox", f"{doc['outbox_depth']} waiting"),
         ("vpn", ("usable: " if doc["vpn"]["usable"] else "not used: ") + doc["vpn"]["detail"]),
     ]
+    local = doc["local_inventory"]
+    if local:
+        differ = local.get("differences_from_sent")
+        rows.append(("inventory", f"refreshed {_fmt(local.get('time'))} ({local.get('reason')})"
+                     + (f", {differ} field(s) differ from the last report sent"
+                        if differ is not None else "")))
     for k, v in rows:
         out.write(f"{k + ':':<14}{v}\n")
     return 0
@@ -221,9 +283,31 @@ def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any
     return rows
 
 
+def current_report(cfg: Config) -> tuple[dict[str, Any], str]:
+    """Return the inventory as of now, and who collected it.
+
+    The daemon collects it when it runs (with its rights: a technician's own account may not
+    read what the daemon reads, e.g. the SMBIOS table, and would see false differences); else
+    this process collects it.
+    """
+    from evo_agent import control
+    from evo_agent.delivery import LOCAL_INVENTORY, collect_report
+
+    try:
+        answer = control.request(str(cfg.values["agent"]["control_socket"]), {"op": "refresh"},
+                                 cfg.collector_timeout * 3 + 30)
+    except control.NoDaemon:
+        return collect_report(cfg, "manual"), f"collected by this process (uid {os.getuid()})"
+    except (OSError, ValueError) as exc:
+        raise EvoError(f"the daemon did not answer: {exc}") from None
+    if not answer.get("ok"):
+        raise DeliveryError(f"the daemon could not collect: {answer.get('error')}")
+    doc = json.loads((cfg.state_dir / LOCAL_INVENTORY).read_bytes())
+    return doc["report"], "collected by the daemon"
+
+
 def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
     """Compare this inventory with the last report the registry acknowledged."""
-    from evo_agent.delivery import collect_report
     from evo_agent.translog import TransparencyLog
 
     _audit("diff")
@@ -233,11 +317,13 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
         raise EvoError("no report was acknowledged yet (or the log no longer holds it): "
                        "nothing to compare with; see 'evo-agent sent'")
     entry, data = last
-    rows = diff_reports(json.loads(data), collect_report(cfg, "manual"))
+    now, who = current_report(cfg)
+    rows = diff_reports(json.loads(data), now)
     if args.json:
-        _dump({"compared_with": entry, "differences": rows}, out)
+        _dump({"compared_with": entry, "current": who, "differences": rows}, out)
         return 0
-    out.write(f"compared with report {entry['report_id']} sent {_fmt(entry.get('time'))}\n")
+    out.write(f"compared with report {entry['report_id']} sent {_fmt(entry.get('time'))}; "
+              f"current inventory {who}\n")
     if not rows:
         out.write("no difference\n")
     for r in rows:
@@ -351,15 +437,20 @@ def _check_state_dir(rows: list[dict[str, str]], sd: Path) -> None:
         key = signing.key_path(sd)
         try:
             problem = signing.mode_problem(key)
-            signing.load(key)
-            _check(rows, "device key", "fail" if problem else "ok",
-                   problem or f"{key}: Ed25519, mode 0600",
-                   f"chmod 600 {key}" if problem else "")
+            if problem:
+                _check(rows, "device key", "fail", problem, f"chmod 600 {key}")
+            elif not os.access(key, os.R_OK):  # a support account: the key is not for it
+                _check(rows, "device key", "warn", f"{key}: mode 0600, owner uid "
+                       f"{key.stat().st_uid}; its content is not readable by uid {os.getuid()}",
+                       "run doctor as root to check the key itself")
+            else:
+                signing.load(key)
+                _check(rows, "device key", "ok", f"{key}: Ed25519, mode 0600")
         except FileNotFoundError:
             _check(rows, "device key", "warn", f"{key} absent",
                    "start the daemon once: it creates the key (then enrol it)")
-        except (EvoError, PermissionError) as exc:
-            _check(rows, "device key", "fail", str(exc), "run as root, or re-create and re-enrol")
+        except EvoError as exc:
+            _check(rows, "device key", "fail", str(exc), "re-create the key and re-enrol")
 
 
 def _check_clock(rows: list[dict[str, str]]) -> None:

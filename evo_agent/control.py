@@ -3,9 +3,11 @@
 ``evo-agent send --now`` asks the running daemon to run a cycle, so two processes never write the
 outbox at once (the daemon's child holds the writer lock; see ``evo_agent.outbox``), and
 ``evo-agent status`` asks it what it is doing.  Requests: ``{"op": "status"}`` and
-``{"op": "send", "via": "auto"|"vpn"|"https"}``.  The socket is mode 0660 (group evo-support may
-ask for status); a request that changes state needs the caller to be root, which the daemon checks
-with SO_PEERCRED, not with anything the caller says.
+``{"op": "send", "via": "auto"|"vpn"|"https"}`` and ``{"op": "refresh"}`` (collect the local
+inventory now, with the daemon's rights, for ``evo-agent diff``; nothing is sent).  The socket
+is mode 0660 (group evo-support may ask for status and a refresh); a request that changes state
+needs the caller to be root, which the daemon checks with SO_PEERCRED, not with anything the
+caller says.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ The loop waits in one ``select()`` for, and only for:
 * a request on the control socket (``evo_agent.control``);
 * a netlink event (``evo_agent.netlink``): the VPN interface came up or a default route appeared
   while a report waits for its retry -> the waiting report goes at once (at most once a minute);
+* a kernel hot-plug event (usb, sound, block): once the devices settle, a child refreshes the
+  local inventory that ``status`` shows (``state_dir/local.json``); it never sends early;
 * the child's output, when a cycle is running.
 
 No timer ticks otherwise: an idle daemon wakes for the watchdog only.
@@ -65,6 +67,11 @@ NET_KICK_INTERVAL = 60.0
 STOP_GRACE = 2.0
 #: How long a control client may take to send its request line.
 CLIENT_READ_TIMEOUT = 2.0
+#: Device classes whose hot-plug refreshes the local inventory.
+HOTPLUG_SUBSYSTEMS = frozenset({"usb", "sound", "block"})
+#: Quiet time after the last hot-plug event before the refresh (plugging a USB DAC emits dozens
+#: of events over a second or two: one refresh, not dozens).
+HOTPLUG_SETTLE = 5.0
 
 
 @dataclass
@@ -108,6 +115,7 @@ class Cycle:
     started: float
     output: bytes = b""
     waiters: list[socket.socket] = field(default_factory=list)
+    kind: str = "cycle"  # or "snapshot" (hot-plug refresh of the local inventory)
 
 
 class Daemon:
@@ -134,6 +142,11 @@ class Daemon:
         self.settings: Settings
         self.listener: socket.socket | None = None
         self.monitor: socket.socket | None = None
+        #: monotonic time of the pending hot-plug refresh, and why
+        self.refresh_at: float | None = None
+        self.refresh_reason = ""
+        #: clients of a "refresh" request (evo-agent diff), answered when the snapshot is done
+        self.refresh_waiters: list[socket.socket] = []
 
     # -- configuration ---------------------------------------------------------------------------
     def _child_argv(self, action: str, *extra: str) -> list[str]:
@@ -157,8 +170,11 @@ class Daemon:
         return Settings.from_describe(doc)
 
     def _apply(self, settings: Settings) -> None:
-        self.settings = settings
         ensure_dir(settings.state_dir)
+        if not os.access(settings.state_dir, os.W_OK | os.X_OK):
+            raise StateError(f"{settings.state_dir}: not writable by uid {os.geteuid()} (the "
+                             "unit's StateDirectory= makes it the service user's)")
+        self.settings = settings
         share_with_support(settings.state_dir, 0o2750)
         if not settings.enabled:
             with writer_lock(settings.state_dir):
@@ -177,7 +193,11 @@ class Daemon:
         if new.control_socket != self.settings.control_socket:
             LOG.warning("control_socket changed to %s: takes effect at the next restart",
                         new.control_socket)
-        self._apply(new)
+        try:
+            self._apply(new)
+        except StateError as exc:
+            LOG.error("configuration reload refused, keeping the previous one: %s", exc)
+            return
         LOG.info("configuration reloaded from %s", ", ".join(new.sources) or "defaults")
         self._status()
 
@@ -207,6 +227,10 @@ class Daemon:
             self.sel.register(self.monitor, selectors.EVENT_READ, "netlink")
         except OSError as exc:
             LOG.warning("no netlink events (%s): waiting reports go at their retry time only", exc)
+        try:
+            self.sel.register(netlink.open_uevents(), selectors.EVENT_READ, "uevent")
+        except OSError as exc:
+            LOG.warning("no hot-plug events (%s): status shows the last collected inventory", exc)
         self.notifier.ready(self._status_line())
         LOG.info("started (pid %s), %s", os.getpid(), self._status_line())
         try:
@@ -249,6 +273,12 @@ class Daemon:
                     self._start_cycle(due.trigger, "auto", [])
                 else:
                     timeout = due.at - now.boottime
+                if self.cycle is None and self.refresh_at is not None:
+                    wait = self.refresh_at - time.monotonic()
+                    if wait <= 0:
+                        self._start_snapshot()
+                    else:
+                        timeout = wait if timeout is None else min(timeout, wait)
         if self.cycle is not None:
             left = self.cycle.started + self.settings.cycle_deadline() - time.monotonic()
             timeout = max(0.0, left) if timeout is None else min(timeout, left)
@@ -258,7 +288,8 @@ class Daemon:
         timeout = cap if timeout is None else min(timeout, cap)
         for key, _mask in self.sel.select(timeout):
             handler = {"signal": self._on_signal, "control": self._on_control,
-                       "netlink": self._on_netlink, "child": self._on_child}[key.data]
+                       "netlink": self._on_netlink, "child": self._on_child,
+                       "uevent": self._on_uevent}[key.data]
             handler(key.fileobj)
         if self.cycle is not None and (time.monotonic() - self.cycle.started
                                        > self.settings.cycle_deadline()):
@@ -296,6 +327,35 @@ class Daemon:
             self.last_net_kick = time.monotonic()
             self.kick = True
 
+    def _on_uevent(self, sock: Any) -> None:
+        relevant = [e for e in netlink.drain_uevents(sock)
+                    if e.get("SUBSYSTEM") in HOTPLUG_SUBSYSTEMS | {"unknown"}]
+        if relevant and self.settings.enabled:
+            last = relevant[-1]
+            self.refresh_reason = f"hot-plug: {last.get('ACTION')} {last.get('SUBSYSTEM')}"
+            self.refresh_at = time.monotonic() + HOTPLUG_SETTLE  # debounce: restart the wait
+            LOG.debug("hot-plug %s: local inventory refresh in %.0f s", self.refresh_reason,
+                      HOTPLUG_SETTLE)
+
+    def _start_snapshot(self) -> None:
+        reason, self.refresh_at = self.refresh_reason, None
+        waiters, self.refresh_waiters = self.refresh_waiters, []
+        argv = self._child_argv("snapshot", "--reason", reason)
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    env=_child_env())
+        except OSError as exc:
+            LOG.error("cannot refresh the local inventory: %s", exc)
+            for conn in waiters:
+                self._answer(conn, {"ok": False, "error": str(exc), "exit_code": 70})
+            return
+        if proc.stdout is None:  # pragma: no cover - stdout=PIPE always gives one
+            return
+        os.set_blocking(proc.stdout.fileno(), False)
+        self.cycle = Cycle(proc, None, "none", time.monotonic(), kind="snapshot",
+                           waiters=waiters)
+        self.sel.register(proc.stdout, selectors.EVENT_READ, "child")
+
     def _on_control(self, listener: Any) -> None:
         try:
             conn, _ = listener.accept()
@@ -311,6 +371,14 @@ class Daemon:
             return
         if op == "status":
             self._answer(conn, {"ok": True, **self.status()})
+        elif op == "refresh":  # evo-agent diff: collect now with the daemon's rights, keep locally
+            if not self.settings.enabled:
+                self._answer(conn, {"ok": False, "exit_code": 75,
+                                    "error": "opted out ([agent] enabled = false): no collection"})
+            else:
+                self.refresh_waiters.append(conn)
+                self.refresh_reason = "asked by evo-agent diff"
+                self.refresh_at = time.monotonic()
         elif op == "send":
             try:
                 uid = control.peer_uid(conn)
@@ -380,6 +448,12 @@ class Daemon:
             result = {"ok": False, "error": f"report cycle died (exit status {code})"}
         if not isinstance(result, dict):
             result = {"ok": False, "error": "report cycle gave no result"}
+        if cycle.kind == "snapshot":
+            LOG.info("local inventory refreshed (%s): %s", result.get("reason"),
+                     "ok" if result.get("ok") else result.get("error"))
+            for conn in cycle.waiters:
+                self._answer(conn, result)
+            return
         if "acknowledged" not in result and self.settings.enabled:
             # The child died or failed before it could record the attempt: record it here, so a
             # child that crashes at once backs off like any failure instead of spinning.
@@ -452,6 +526,8 @@ class Daemon:
                                     "exit_code": 75})
         for conn, _via in self.pending_sends:
             self._answer(conn, {"ok": False, "error": "the daemon is stopping", "exit_code": 75})
+        for conn in self.refresh_waiters:
+            self._answer(conn, {"ok": False, "error": "the daemon is stopping", "exit_code": 75})
         if self.listener is not None:
             self.listener.close()
             with contextlib.suppress(OSError):
@@ -472,8 +548,13 @@ def share_with_support(path: Path, mode: int) -> None:
     except KeyError:
         return  # no such group on this system: root only
     try:
-        os.chown(path, -1, gid)
-        os.chmod(path, mode)
+        st = os.stat(path)
+        # under the unit the group is already the service's primary group: no chown (a
+        # privileged call its seccomp filter refuses)
+        if st.st_gid != gid:
+            os.chown(path, -1, gid)
+        if st.st_mode & 0o7777 != mode:
+            os.chmod(path, mode)
     except OSError as exc:
         LOG.warning("cannot share %s with group %s: %s", path, SUPPORT_GROUP, exc)
 

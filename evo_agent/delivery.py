@@ -13,8 +13,11 @@ A cycle, under the state directory's writer lock:
 1. opted out (``[agent] enabled = false``): the outbox is emptied and nothing else happens;
 2. temp files of an interrupted cycle are removed; the device key is created if absent;
 3. waiting reports are sent oldest first, each removed only on 200/201;
-4. if those all went and a report is due, a new one is collected, queued (durably) and sent;
-   if they did not, the new one is still queued (it replaces a waiting periodic one) for the retry;
+4. a scheduled report (boot, daily) that finds a periodic report waiting is that report: the
+   waiting one was collected for this same due time and failed, so the retry sends it rather
+   than a second one (no double report after an outage); otherwise a new report is collected,
+   queued (durably) and sent if the waiting ones went, or kept for the retry if they did not (it
+   replaces a waiting periodic one); ``send --now`` always collects a fresh one;
 5. the schedule state records success, or a failure with its backoff and the backend's
    Retry-After.
 
@@ -37,7 +40,7 @@ from typing import Any
 
 from evo_agent.config import Config
 from evo_agent.errors import DeliveryError, EvoError, StateError
-from evo_agent.outbox import Entry, Outbox, ensure_dir, writer_lock
+from evo_agent.outbox import Entry, Outbox, ensure_dir, prune, writer_lock
 from evo_agent.schedule import Now, after_failure, after_success, load_state, read_clock, save_state
 
 LOG = logging.getLogger(__name__)
@@ -155,14 +158,20 @@ def _send(cfg: Config, entry: Entry, via: str, key: Any, *, clock: Callable[[], 
 def _set_aside(state_dir: Path, entry: Entry) -> None:
     target = ensure_dir(state_dir / "outbox" / "rejected") / entry.path.name
     os.replace(entry.path, target)
+    prune(target.parent)
     LOG.error("report %s refused by the registry: kept in %s, not retried", entry.report_id,
               target)
 
 
 def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
               clock: Callable[[], Now] = read_clock,
-              draw: Callable[[], float] = random.random, wait_lock: bool = True) -> CycleResult:
-    """Run one delivery cycle (see the module docstring); ``trigger`` None sends only what waits."""
+              draw: Callable[[], float] = random.random, wait_lock: bool = True,
+              report: dict[str, Any] | None = None) -> CycleResult:
+    """Run one delivery cycle (see the module docstring); ``trigger`` None sends only what waits.
+
+    ``report``: one collected beforehand (``send --now`` as root collects with root's rights, then
+    writes the state directory as its owner); else the cycle collects when a trigger is given.
+    """
     with writer_lock(cfg.state_dir, wait=wait_lock):
         box = Outbox(cfg.state_dir)
         if not cfg.enabled:
@@ -175,12 +184,15 @@ def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
 
         key = signing.load_or_create(cfg.state_dir)
         result = CycleResult(ok=True)
-        for entry in box.pending():
+        waiting = box.pending()
+        if trigger in ("boot", "daily") and any(e.kind == "periodic" for e in waiting):
+            trigger = None  # the retry of the report that waits (step 4)
+        for entry in waiting:
             if not _send(cfg, entry, via, key, clock=clock, result=result):
                 result.ok = False
                 break
         if trigger is not None:
-            entry = box.enqueue(collect_report(cfg, trigger))
+            entry = box.enqueue(report if report is not None else collect_report(cfg, trigger))
             result.queued = entry.report_id
             if result.ok:
                 result.ok = _send(cfg, entry, via, key, clock=clock, result=result)
@@ -196,6 +208,32 @@ def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
         return result
 
 
+LOCAL_INVENTORY = "local.json"
+
+
+def snapshot(cfg: Config, reason: str) -> dict[str, Any]:
+    """Collect the inventory now and keep it locally (``status`` shows it); nothing is sent."""
+    import time
+
+    from evo_agent.outbox import atomic_write
+    from evo_agent.translog import TransparencyLog
+
+    if not cfg.enabled:
+        return {"ok": False, "reason": reason, "error": "opted out: nothing is collected"}
+    report = collect_report(cfg, "manual")
+    last = TransparencyLog(cfg.state_dir).last_acknowledged()
+    differences = None
+    if last is not None:
+        from evo_agent.cli_delivery import diff_reports
+
+        differences = len(diff_reports(json.loads(last[1]), report))
+    doc = {"time": time.time(), "reason": reason, "differences_from_sent": differences,
+           "report": report}
+    atomic_write(ensure_dir(cfg.state_dir) / LOCAL_INVENTORY,
+                 json.dumps(doc, sort_keys=True).encode())
+    return {"ok": True, "reason": reason, "differences_from_sent": differences}
+
+
 def describe(cfg: Config) -> dict[str, Any]:
     """Return what the daemon needs of a validated configuration."""
     from evo_agent.schedule import splay
@@ -209,7 +247,8 @@ def describe(cfg: Config) -> dict[str, Any]:
 def child_main(argv: Sequence[str] | None = None) -> int:
     """Entry of ``python3 -m evo_agent.delivery``: one JSON line on stdout."""
     p = argparse.ArgumentParser(prog="evo_agent.delivery")
-    p.add_argument("action", choices=("cycle", "describe"))
+    p.add_argument("action", choices=("cycle", "describe", "snapshot"))
+    p.add_argument("--reason", default="")
     p.add_argument("--config")
     p.add_argument("--trigger", choices=("boot", "daily", "manual", "manufacturing"))
     p.add_argument("--via", choices=("auto", "vpn", "https"), default="auto")
@@ -227,6 +266,9 @@ def child_main(argv: Sequence[str] | None = None) -> int:
         cfg = load(args.config)
         if args.action == "describe":
             print(json.dumps(describe(cfg)), flush=True)
+            return 0
+        if args.action == "snapshot":
+            print(json.dumps(snapshot(cfg, args.reason)), flush=True)
             return 0
         ensure_dir(cfg.state_dir)
         result = run_cycle(cfg, trigger=args.trigger, via=args.via)

@@ -1,5 +1,5 @@
 """Just enough rtnetlink, on a raw AF_NETLINK socket: which interface routes to an address, and
-events when a link comes up or a default route appears.
+events when a link comes up or a default route appears; and the kernel's hot-plug uevents.
 
 Why not pyroute2: importing it costs 34 MB and 2.2 s in a QEMU guest (the inventory issue), and the
 resident daemon needs two tiny things from netlink.  A route lookup is one RTM_GETROUTE request
@@ -7,6 +7,10 @@ resident daemon needs two tiny things from netlink.  A route lookup is one RTM_G
 RTMGRP_IPV4/IPV6_ROUTE multicast groups, which the daemon's event loop waits on like any other file
 descriptor, so it sleeps until the kernel has news.  Structures from linux/netlink.h,
 linux/rtnetlink.h and linux/if_link.h (stable kernel ABI).
+
+Hot-plug: the kernel broadcasts device events (``add@/devices/...`` then ``KEY=value`` strings,
+NUL-separated) on NETLINK_KOBJECT_UEVENT group 1, the socket udev itself reads.  pyudev would load
+libudev through ctypes for the same bytes; the daemon only needs ACTION and SUBSYSTEM.
 """
 
 from __future__ import annotations
@@ -152,3 +156,43 @@ def drain(sock: socket.socket) -> list[Event]:
                 sock.recv(0)
             return [*events, Event("default_route", "unknown")]
         events.extend(parse_events(data))
+
+
+NETLINK_KOBJECT_UEVENT = 15
+
+
+def open_uevents() -> socket.socket:
+    """Return a non-blocking socket that receives the kernel's device events."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                      NETLINK_KOBJECT_UEVENT)
+    s.bind((0, 1))
+    s.setblocking(False)
+    return s
+
+
+def parse_uevent(data: bytes) -> dict[str, str]:
+    """Return the KEY=value fields of one kernel uevent ({} for anything else)."""
+    if data.startswith(b"libudev"):  # udev's re-broadcast (group 2): not read here
+        return {}
+    fields: dict[str, str] = {}
+    for part in data.split(b"\0")[1:]:
+        key, sep, value = part.partition(b"=")
+        if sep and key:
+            fields[key.decode("ascii", "replace")] = value.decode("utf-8", "replace")
+    return fields if "ACTION" in fields and "SUBSYSTEM" in fields else {}
+
+
+def drain_uevents(sock: socket.socket) -> list[dict[str, str]]:
+    """Read every pending uevent."""
+    events: list[dict[str, str]] = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return events
+        except OSError as exc:  # ENOBUFS under an event storm: say "something changed"
+            LOG.debug("uevent monitor: %s", exc)
+            return [*events, {"ACTION": "change", "SUBSYSTEM": "unknown"}]
+        fields = parse_uevent(data)
+        if fields:
+            events.append(fields)

@@ -26,6 +26,12 @@ writer holds ``lock`` with ``flock``, see :func:`writer_lock`):
    between the backend's answer and the unlink makes the next cycle send the same file again, which
    the backend acknowledges as a duplicate: delivered once, acknowledged, removed.
 
+Modes are set explicitly (fchmod/chmod), whatever the umask: the unit runs with UMask=0077 and the
+agent opens up only what the support group reads (directories 0750, reports and state 0640; the
+device key and the lock stay 0600).  Ownership: the daemon runs as its own user; what root creates
+in the state directory (``sudo evo-agent send --now``, the manufacturing station) is given to the
+directory's owner (:func:`adopt`), or the daemon would be locked out of its own key and log.
+
 Waiting reports are sent oldest first, before a new report is collected, so a healthy backend sees
 every queued report.  A file that cannot be parsed (a disk fault; a crash cannot cause it) is moved
 to ``outbox/corrupt/`` and logged: nothing is silently dropped, and it never blocks the queue.
@@ -40,6 +46,7 @@ import json
 import logging
 import os
 import re
+import stat
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,6 +57,8 @@ from evo_agent.errors import StateError
 
 LOG = logging.getLogger(__name__)
 
+#: Reports kept in outbox/rejected/ (refused by the registry) and outbox/corrupt/, newest first.
+MAX_SET_ASIDE = 10
 #: Waiting manufacturing reports kept at most (each is kept until acknowledged; a factory station
 #: re-running enrolment must still not fill the disk).
 MAX_MANUFACTURING = 8
@@ -66,11 +75,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def adopt(fd: int, directory: Path) -> None:
+    """As root, give a file just created in ``directory`` to that directory's owner."""
+    if os.geteuid() != 0:
+        return
+    st = os.stat(directory)
+    if st.st_uid != 0:
+        os.fchown(fd, st.st_uid, st.st_gid)
+
+
 def atomic_write(path: Path, data: bytes, mode: int = 0o640) -> None:
     """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory."""
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
+        os.fchmod(fd, mode)  # the umask must not decide what the support group may read
+        adopt(fd, path.parent)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -81,10 +101,31 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o640) -> None:
     fsync_dir(path.parent)
 
 
+def prune(directory: Path, keep: int = MAX_SET_ASIDE) -> None:
+    """Delete all but the ``keep`` newest files of a set-aside directory (names sort by age)."""
+    try:
+        files = sorted(p for p in directory.iterdir() if p.is_file())
+    except FileNotFoundError:
+        return
+    for p in files[:max(0, len(files) - keep)]:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
 def ensure_dir(path: Path, mode: int = 0o750) -> Path:
     """Create a state directory if needed; a missing parent or no permission is a StateError."""
+    if path.is_dir():
+        return path
     try:
         path.mkdir(mode=mode, parents=True, exist_ok=True)
+        # mkdir's mode is filtered by the umask; keep the setgid bit inherited from a shared
+        # parent (the state dir, 2750 with group evo-support), so files below get its group
+        os.chmod(path, mode | (os.stat(path.parent).st_mode & stat.S_ISGID))
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            adopt(fd, path.parent)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise StateError(f"{path}: cannot be created ({exc.strerror})") from None
     return path
@@ -95,7 +136,8 @@ def writer_lock(state_dir: Path, *, wait: bool = True) -> Iterator[None]:
     """Hold the state directory's writer lock: one process writes the outbox and state at a time."""
     ensure_dir(state_dir)
     try:
-        fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        adopt(fd, state_dir)
     except OSError as exc:
         raise StateError(f"{state_dir}/lock: cannot be opened ({exc.strerror}); "
                          "verbs that change state need root") from None
@@ -196,6 +238,8 @@ class Outbox:
         tmp = self.dir / f".tmp-{rid}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         try:
+            os.fchmod(fd, 0o640)
+            adopt(fd, self.dir)
             view = memoryview(body)
             while view:
                 view = view[os.write(fd, view):]
@@ -244,10 +288,11 @@ class Outbox:
     def _set_aside(self, path: Path, why: str) -> None:
         LOG.error("outbox: %s is unreadable (%s); moved to %s/corrupt/", path.name, why, self.dir)
         try:
-            (self.dir / "corrupt").mkdir(mode=0o750, exist_ok=True)
+            ensure_dir(self.dir / "corrupt")
             os.replace(path, self.dir / "corrupt" / path.name)
             fsync_dir(self.dir)
-        except OSError as exc:  # a read-only verb (no permission) leaves it for the daemon
+            prune(self.dir / "corrupt")
+        except (OSError, StateError) as exc:  # a read-only verb leaves it for the daemon
             LOG.debug("outbox: cannot move %s aside: %s", path.name, exc)
 
     def acknowledge(self, entry: Entry) -> None:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from evo_agent.errors import StateError
-from evo_agent.outbox import ensure_dir, fsync_dir
+from evo_agent.outbox import adopt, ensure_dir, fsync_dir
 
 KEY_NAME = "device.key"
 
@@ -48,6 +48,8 @@ def load_or_create(state_dir: Path) -> Ed25519PrivateKey:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
+            os.fchmod(fd, 0o600)
+            adopt(fd, state_dir)  # made by root at manufacturing: the daemon's user must read it
             os.write(fd, pem)
             os.fsync(fd)
         finally:

@@ -25,7 +25,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from evo_agent.outbox import atomic_write, ensure_dir, fsync_dir
+from evo_agent.errors import StateError
+from evo_agent.outbox import adopt, atomic_write, ensure_dir, fsync_dir
 
 LOG = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class TransparencyLog:
         line = (json.dumps(entry, sort_keys=True) + "\n").encode()
         fd = os.open(self.index, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
+            os.fchmod(fd, 0o640)  # readable by the support group whatever the umask
+            adopt(fd, self.dir)
             os.write(fd, line)
             os.fsync(fd)
         finally:
@@ -68,6 +71,9 @@ class TransparencyLog:
             lines = self.index.read_bytes().splitlines()
         except FileNotFoundError:
             return []
+        except PermissionError:
+            raise StateError(f"{self.index}: not readable by uid {os.getuid()}; the read-only "
+                             "verbs need membership of group evo-support") from None
         out = []
         for raw in lines:
             try:

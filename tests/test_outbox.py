@@ -94,3 +94,24 @@ def test_writer_lock_is_exclusive(tmp_path: Path) -> None:
         assert os.WEXITSTATUS(status) == 0
     with writer_lock(tmp_path, wait=False):
         pass
+
+
+def test_root_gives_what_it_creates_to_the_state_dirs_owner(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 65534, 65534)
+    old = os.umask(0o077)  # as the unit runs
+    try:
+        box = Outbox(state)
+        with writer_lock(state):
+            box.enqueue(_report())
+        atomic_write(state / "state.json", b"{}")
+    finally:
+        os.umask(old)
+    found = {p.relative_to(state).as_posix(): (p.stat().st_uid, p.stat().st_mode & 0o777)
+             for p in state.rglob("*")}
+    assert all(uid == 65534 for uid, _ in found.values()), found
+    assert found["outbox"][1] == 0o750 and found["state.json"][1] == 0o640
+    assert found["lock"][1] == 0o600

@@ -86,6 +86,9 @@ def _handler(reg: Registry) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length)
             if reg.mode == "slow":
                 time.sleep(reg.delay)
+            if reg.mode == "400":
+                self._answer(400, {"error": "hardware.cpu: not valid for the schema"})
+                return
             if reg.mode in ("500", "503"):
                 self._answer(int(reg.mode), {"error": "test failure"})
                 return
@@ -184,12 +187,15 @@ def serve_main(argv: list[str] | None = None) -> int:
         def _answer(self, status: int, doc: dict[str, Any],
                     extra: dict[str, str] | None = None) -> None:
             super()._answer(status, doc, extra)
-            if status == 201:
-                rid = doc["report_id"]
-                (out / f"{rid}.json").write_text(json.dumps(reg.stored[rid]))
+            # the request line first: a test that sees the report file may read it at once
             with (out / "requests.jsonl").open("a") as fh:
                 fh.write(json.dumps({"status": status,
                                      "path": self.headers.get("X-Evo-Path")}) + "\n")
+            if status == 201:
+                rid = doc["report_id"]
+                tmp = out / f".{rid}.tmp"
+                tmp.write_text(json.dumps(reg.stored[rid]))
+                tmp.rename(out / f"{rid}.json")
 
     httpd = ThreadingHTTPServer((args.host, args.port), Recording)
     (out / "ready").write_text("1")

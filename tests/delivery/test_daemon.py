@@ -241,3 +241,213 @@ def test_sigterm_during_a_slow_delivery_exits_within_seconds(
     # the report stays queued for the next start; nothing half-written is left
     [entry] = Outbox(agent.state_dir).pending()
     assert [p.name for p in (agent.state_dir / "outbox").iterdir()] == [entry.path.name]
+
+
+def _loop_uevent() -> Path | None:
+    """A loop device's uevent file: writing "change" makes the kernel emit a real block uevent."""
+    loops = sorted(Path("/sys/block").glob("loop*"), key=lambda p: int(p.name[4:] or 0))
+    target = loops[-1] / "uevent" if loops else None
+    return target if target is not None and os.access(target, os.W_OK) else None
+
+
+@pytest.mark.skipif(_loop_uevent() is None, reason="needs a writable /sys/block/loop*/uevent")
+def test_hotplug_refreshes_the_local_inventory_without_sending(
+        agent: Agent, server: RegistryServer, run_daemon: object,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    proc, notify, log = run_daemon(agent.config)  # type: ignore[operator]
+    notify.collect(10, until="READY=1")
+    wait_for(lambda: len(server.registry.stored) == 1)
+    local = agent.state_dir / "local.json"
+    assert not local.exists()
+    uevent = _loop_uevent()
+    assert uevent is not None
+    for _ in range(3):  # a burst of events: one refresh after they settle
+        uevent.write_text("change")
+        time.sleep(0.3)
+    wait_for(local.exists, 20)
+    doc = json.loads(local.read_text())
+    assert doc["reason"] == "hot-plug: change block" and doc["differences_from_sent"] == 0
+    assert doc["report"]["functional"]["vpnid"] == "EVO-TEST-0042"
+    time.sleep(1)
+    assert log.read_text().count("local inventory refreshed") == 1
+    assert len(server.registry.requests) == 1  # hot-plug never sends early
+    code, out = _cli(capsys, "status", "--config", str(agent.config))
+    assert code == 0 and "refreshed" in out and "hot-plug: change block" in out
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(5) == 0
+
+
+def test_send_as_root_writes_the_state_dir_as_its_owner(server: RegistryServer, pki: Pki,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The unit runs the daemon as user evo-agent; `sudo evo-agent send --now` without a daemon
+    must not leave root-owned files there (the daemon could no longer append to the log, read
+    the key...).  Here the state directory belongs to "nobody" (65534)."""
+    import shutil
+    import tempfile
+
+    from evo_agent import signing
+    from tests.delivery.fixtures import VPNID, write_host_root
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to change users")
+    base = Path(tempfile.mkdtemp(prefix="evo-owner-", dir="/tmp"))  # traversable by nobody
+    try:
+        base.chmod(0o755)
+        state = base / "state"
+        state.mkdir(mode=0o750)
+        os.chown(state, 65534, 65534)
+        ca = base / "ca.pem"
+        shutil.copy(pki.ca_pem, ca)
+        ca.chmod(0o644)
+        cfg = write_config(base / "agent.toml", state, write_host_root(base / "root"), server.url,
+                           ca=ca)
+        # the key made by root at manufacturing, enrolled: it goes to the directory's owner
+        key = signing.load_or_create(state)
+        assert (state / "device.key").stat().st_uid == 65534
+        server.registry.enroll(VPNID, signing.public_b64(key))
+        code, out = _cli(capsys, "send", "--now", "--config", str(cfg))
+        assert code == 0, out
+        owners = {(p.relative_to(state).as_posix(), p.stat().st_uid) for p in state.rglob("*")}
+        assert owners and all(uid == 65534 for _, uid in owners), owners
+        modes = {p.name: p.stat().st_mode & 0o777 for p in state.rglob("*")}
+        assert modes["device.key"] == 0o600 and modes["state.json"] == 0o640
+        assert modes["sent"] == 0o750 and modes["index.jsonl"] == 0o640
+        [stored] = server.registry.stored.values()  # signed with that key, verified
+        assert stored["functional"]["vpnid"] == VPNID and stored["trigger"] == "manual"
+        assert {"state.json", "sequence", "lock", "outbox", "sent"} <= {p for p, _ in owners}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
+                    reason="needs root (to start it as another user) and Debian's python3")
+def test_daemon_runs_as_an_unprivileged_user(server: RegistryServer, pki: Pki,
+                                             tmp_path: Path) -> None:
+    """As the unit runs it: another user than root (here "nobody"), umask 077, Debian's python."""
+    import shutil
+    import tempfile
+
+    from evo_agent import signing
+    from tests.delivery.fixtures import VPNID, write_host_root
+
+    base = Path(tempfile.mkdtemp(prefix="evo-user-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        state, run = base / "state", base / "run"
+        for d in (state, run):
+            d.mkdir(mode=0o750)
+            os.chown(d, 65534, 65534)
+        ca = base / "ca.pem"
+        shutil.copy(pki.ca_pem, ca)
+        ca.chmod(0o644)
+        cfg = write_config(base / "agent.toml", state, write_host_root(base / "root"), server.url,
+                           ca=ca)
+        cfg.write_text(cfg.read_text().replace(str(base / "control.sock"),
+                                               str(run / "control.sock")))
+        cfg.chmod(0o644)
+        key = signing.load_or_create(state)
+        os.chown(state / "device.key", 65534, 65534)
+        server.registry.enroll(VPNID, signing.public_b64(key))
+        log = (tmp_path / "daemon.log").open("wb")
+        proc = subprocess.Popen(["/usr/bin/python3", "-m", "evo_agent", "daemon", "--config",
+                                 str(cfg)], cwd=REPO, user=65534, group=65534, extra_groups=[],
+                                umask=0o077, stderr=log, env={"PATH": "/usr/bin:/bin",
+                                                              "PYTHONPATH": str(REPO)})
+        try:
+            wait_for(lambda: len(server.registry.stored) == 1, 20)
+            wait_for((run / "control.sock").exists, 5)
+            wait_for(lambda: load_state(state / "state.json").success_path == "https", 5)
+            assert (run / "control.sock").stat().st_mode & 0o777 == 0o660
+            modes = {p.name: p.stat().st_mode & 0o777 for p in state.rglob("*")}
+            assert modes["state.json"] == 0o640 and modes["outbox"] == 0o750, modes
+            assert {p.stat().st_uid for p in state.rglob("*")} == {65534}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0, (tmp_path / "daemon.log").read_text()
+            log.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_diff_uses_the_daemons_collection_when_it_runs(agent: Agent, server: RegistryServer,
+                                                       run_daemon: object,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    proc, notify, log = run_daemon(agent.config)  # type: ignore[operator]
+    notify.collect(10, until="READY=1")
+    wait_for(lambda: len(server.registry.stored) == 1)
+    wait_for(lambda: load_state(agent.state_dir / "state.json").success_path == "https", 5)
+    (agent.host_root / "proc/sys/kernel/hostname").write_text("evo-attic\n")
+    code, out = _cli(capsys, "diff", "--json", "--config", str(agent.config))
+    doc = json.loads(out)
+    assert code == 0 and doc["current"] == "collected by the daemon"
+    assert doc["differences"] == [{"field": "functional.netbios_name", "sent": "EVO-LIVING-ROOM",
+                                   "now": "EVO-ATTIC"}]
+    assert "asked by evo-agent diff" in log.read_text()
+    assert len(server.registry.requests) == 1  # nothing sent
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(5) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
+                    reason="needs root (to run the verbs as another user) and Debian's python3")
+def test_read_only_verbs_work_for_a_support_group_member(server: RegistryServer, pki: Pki,
+                                                         run_daemon: object) -> None:
+    """The state dir as the unit leaves it (owner the service, group evo-support, 2750); a
+    technician in that group (here uid 65534 with the directory's group) runs status, sent, diff
+    and doctor without root; send is refused."""
+    import shutil
+    import tempfile
+
+    from evo_agent import signing
+    from tests.delivery.fixtures import VPNID, write_host_root
+
+    base = Path(tempfile.mkdtemp(prefix="evo-support-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        state = base / "state"
+        state.mkdir()
+        os.chmod(state, 0o2750)  # noqa: S103 - as StateDirectory= and the daemon leave it
+        os.chown(state, 0, 65534)  # owner: the service (root here); group: the support group
+        ca = base / "ca.pem"
+        shutil.copy(pki.ca_pem, ca)
+        ca.chmod(0o644)
+        cfg = write_config(base / "agent.toml", state, write_host_root(base / "root"), server.url,
+                           ca=ca)
+        cfg.write_text(cfg.read_text().replace(str(base / "control.sock"),
+                                               str(base / "control.sock")))
+        for p in (cfg, *base.joinpath("root").rglob("*")):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        server.registry.enroll(VPNID, signing.public_b64(signing.load_or_create(state)))
+        proc, notify, _log = run_daemon(cfg)  # type: ignore[operator]
+        notify.collect(10, until="READY=1")
+        wait_for(lambda: len(server.registry.stored) == 1)
+        wait_for(lambda: load_state(state / "state.json").success_path == "https", 5)
+        os.chown(base / "control.sock", 0, 65534)  # what the daemon does with evo-support
+
+        def verb(*argv: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["/usr/bin/python3", "-m", "evo_agent", *argv, "--config",
+                                   str(cfg)], cwd=REPO, user=65534, group=65534,
+                                  extra_groups=[], capture_output=True, text=True, timeout=60,
+                                  env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+                                  check=False)
+
+        st = verb("status", "--json")
+        assert st.returncode == 0, st.stderr
+        doc = json.loads(st.stdout)
+        assert doc["daemon"]["running"] and doc["last_success"]["path"] == "https"
+        assert doc["outbox_depth"] == 0
+        sent = verb("sent", "--bytes")
+        assert sent.returncode == 0 and '"functional"' in sent.stdout, sent.stderr
+        diff = verb("diff")
+        assert diff.returncode == 0 and "no difference" in diff.stdout, diff.stderr
+        assert "collected by the daemon" in diff.stdout
+        doctor = verb("doctor")
+        assert "WARN  device key" in doctor.stdout and "run doctor as root" in doctor.stdout
+        assert "OK    reach https_url" in doctor.stdout, doctor.stdout
+        send = verb("send", "--now")
+        assert send.returncode == 77 and "needs root" in send.stderr
+        assert len(server.registry.stored) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -23,6 +23,24 @@ def test_parse_events_never_raises_on_garbage(data: bytes) -> None:
     assert all(e.kind in ("link_up", "default_route") for e in events)
 
 
+@given(st.binary(max_size=512))
+@settings(max_examples=300, deadline=None)
+def test_parse_uevent_never_raises_on_garbage(data: bytes) -> None:
+    fields = netlink.parse_uevent(data)
+    assert fields == {} or {"ACTION", "SUBSYSTEM"} <= set(fields)
+
+
+def test_parse_uevent_of_a_real_kernel_message() -> None:
+    # as received from this kernel after `echo change > /sys/block/loop7/uevent`
+    data = (b"change@/devices/virtual/block/loop7\x00ACTION=change\x00DEVPATH=/devices/virtual/"
+            b"block/loop7\x00SUBSYSTEM=block\x00SYNTH_UUID=0\x00MAJOR=7\x00MINOR=7\x00"
+            b"DEVNAME=loop7\x00DEVTYPE=disk\x00DISKSEQ=8\x00SEQNUM=1179\x00")
+    fields = netlink.parse_uevent(data)
+    assert fields["ACTION"] == "change" and fields["SUBSYSTEM"] == "block"
+    assert fields["DEVNAME"] == "loop7"
+    assert netlink.parse_uevent(b"libudev\x00\xfe\xed" + data) == {}
+
+
 def _msg(kind: int, payload: bytes) -> bytes:
     return struct.pack("=IHHII", 16 + len(payload), kind, 0, 0, 0) + payload
 

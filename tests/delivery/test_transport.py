@@ -132,7 +132,7 @@ def test_plain_http_refused_outside_vpn_and_loopback() -> None:
         transport.choose({"vpn_url": "http://127.0.0.1:9", "vpn_interface": "evotest0"}, "vpn")
 
 
-def test_loopback_is_not_a_vpn_route() -> None:
+def test_vpn_check_follows_the_kernels_route() -> None:
     # `lo` is up, and the route to 127.0.0.1 goes through it: so the route check says yes for lo
     ok, why = transport.vpn_state("http://127.0.0.1:9", "lo")
     assert ok, why
@@ -154,3 +154,34 @@ def test_opt_out_deletes_waiting_reports_and_sends_nothing(agent: Agent, server:
     assert Outbox(agent.state_dir).pending() == [] and server.registry.stored == {}
     assert [r for r in server.registry.requests if r[1] != 503] == []
     assert os.listdir(agent.state_dir / "outbox") == []
+
+
+def test_refused_reports_are_set_aside_bounded(agent: Agent, server: RegistryServer) -> None:
+    from evo_agent.outbox import MAX_SET_ASIDE
+
+    server.registry.mode = "400"  # e.g. a report the registry's schema refuses: never retried
+    cfg = agent.load()
+    for _ in range(MAX_SET_ASIDE + 3):
+        result = run_cycle(cfg, trigger="daily", clock=_clock)
+        assert not result.ok and result.status == 400
+        assert Outbox(agent.state_dir).pending() == []  # set aside, does not block the queue
+    rejected = sorted((agent.state_dir / "outbox" / "rejected").iterdir())
+    assert len(rejected) == MAX_SET_ASIDE
+    assert rejected[-1].name.startswith(f"{MAX_SET_ASIDE + 3:012d}-")  # the newest kept
+    server.registry.mode = "ok"
+    assert run_cycle(cfg, trigger="daily", clock=_clock).ok
+
+
+def test_a_retry_sends_the_waiting_report_not_a_second_one(agent: Agent,
+                                                           server: RegistryServer) -> None:
+    server.registry.mode = "503"
+    cfg = agent.load()
+    failed = run_cycle(cfg, trigger="boot", clock=_clock)
+    [waiting] = Outbox(agent.state_dir).pending()
+    assert failed.queued == waiting.report_id
+    server.registry.mode = "ok"
+    retry = run_cycle(cfg, trigger="boot", clock=_clock)  # what the daemon runs at the retry
+    assert retry.ok and retry.acknowledged == [waiting.report_id] and retry.queued is None
+    assert list(server.registry.stored) == [waiting.report_id]
+    manual = run_cycle(cfg, trigger="manual", clock=_clock)  # send --now: always a fresh one
+    assert manual.ok and manual.queued and len(server.registry.stored) == 2

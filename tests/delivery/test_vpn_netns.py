@@ -172,6 +172,7 @@ def test_waiting_report_goes_over_the_vpn_when_it_comes_up(vpn: Vpn, tmp_path: P
         assert _wait(lambda: len(list(out.glob("*-*-*.json"))) == 1, 15), \
             (tmp_path / "daemon.log").read_text()
         assert time.monotonic() - up < 10
+        time.sleep(1.0)  # one report, not the waiting one plus a fresh one
         lines = [json.loads(x) for x in (out / "requests.jsonl").read_text().splitlines()]
         assert lines == [{"status": 201, "path": "vpn"}]
         assert _wait(lambda: load_state(state / "state.json").success_path == "vpn", 5)
