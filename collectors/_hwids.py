@@ -155,23 +155,60 @@ def usb_ids(host: Host) -> IdsFile:
 # personal data: some put an e-mail address, a path, a URL with a user, or the unit's serial in
 # them (the Dell webcams of shared/corpus/udev/checkbox/CAPTURE_METADATA.txt and six other
 # machines there have a serial-like "CN0CW54MLOG0079LB04LA00" as manufacturer string).
-_EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[A-Za-z]{2,}")
+# An e-mail address is any non-blank before an "@" and a word character after it, domain or not:
+# snd-usb-audio cuts the product string to 31 bytes for the card name (struct snd_card's
+# shortname[32], sound/usb/card.c), and "Studio DAC of jane.doe@example.org" arrives as
+# "Studio DAC of jane.doe@example." (no whole domain).  This costs 16 names of usb.ids
+# ("Hercules Scan@home 48", "POWERC@M"): a name is only lost for a device usb.ids does not know.
+_EMAIL = re.compile(r"[^\s@]@\w")
 # A path: "/Users/john/..." (a Parallels virtual printer's product string, lsusb output in
 # shared/corpus/lsusb/cyme/lsusb_list.txt), "~/x", "C:\\x", "\\\\server".  The first component must
 # start with a letter so that model names such as "AHA-2940U2/U2W /7890/7891" (pci.ids) pass.
 _PATH = re.compile(r"(?:^|[\s(\[\"'=:,])(?:~[^\s/\\]*/|\.{0,2}/[A-Za-z_.][^\s/\\]*[/\\]"
                    r"|[A-Za-z]:\\|\\\\[A-Za-z])")
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.I)
-_SERIAL_LIKE = re.compile(r"^(?=(?:.*[0-9]){4})(?=(?:.*[A-Z]){2})[A-Z0-9]{16,}$")
+# A serial number inside a string: a word (run of ASCII letters and digits) of 10 or more hex
+# digits with 3+ digits and 2+ letters ("8F3A2C91D0", the "4437E62E16DE" of a Dell webcam's
+# manufacturer string in shared/corpus/udev/checkbox/DELL_VOSTRO3460_FINGERPRINT.txt), or of 16
+# or more letters and digits with 4+ digits and 2+ letters (Dell's PPIDs "CN0CW54MLOG0079LB04LA00").
+# Measured on hwdata's usb.ids (Debian 12, 3,339 vendor and 17,014 device names): this rejects one
+# name, 'PieKey "beta" 4GB model 4E4F41482E4F5247', a hex blob itself; none of the descriptor
+# strings of shared/corpus/lsusb; of shared/corpus/udev's USB strings, only those nine serials.
+# Shorter hex words are part numbers too often ("CC2400EB", "F1DE108B" in usb.ids, ten in
+# pci.ids), and "10+ letters and digits with 4+ digits" rejects 117 usb.ids names ("BCM20702A0").
+_WORD = re.compile(r"[A-Za-z0-9]+")
+_HEX_SERIAL = re.compile(r"^(?=(?:.*[0-9]){3})(?=(?:.*[A-Fa-f]){2})[0-9A-Fa-f]{10,}$")
+_ALNUM_SERIAL = re.compile(r"^(?=(?:.*[0-9]){4})(?=(?:.*[A-Za-z]){2})[A-Za-z0-9]{16,}$")
+#: A device serial this short ("1", "001") is no secret and would match too many names.
+MIN_SERIAL = 4
+#: A word of a name this long found inside the device's serial is a piece of that serial
+#: ("SN 8F3A2C91" for serial "8f3a2c91d0e4").
+MIN_SERIAL_PIECE = 6
 
 
-def plausible_name(text: str | None) -> str | None:
-    """Return a descriptor string usable as a device name, or None when it may be personal data."""
+def serial_like(text: str) -> bool:
+    """Return True when a word of the text looks like a serial number."""
+    return any(_HEX_SERIAL.match(w) or _ALNUM_SERIAL.match(w) for w in _WORD.findall(text))
+
+
+def holds_serial(text: str, serial: str | None) -> bool:
+    """Return True when the text holds the device's serial, or a 6+ character piece of it."""
+    wanted = (serial or "").strip().casefold()
+    if len(wanted) < MIN_SERIAL:
+        return False
+    if wanted in text.casefold():
+        return True
+    return any(len(w) >= MIN_SERIAL_PIECE and w.casefold() in wanted for w in _WORD.findall(text))
+
+
+def plausible_name(text: str | None, serial: str | None = None) -> str | None:
+    """Return a descriptor string usable as a name, or None when it may be personal data."""
     if text is None:
         return None
     text = text.strip()
     if not text:
         return None
-    if _EMAIL.search(text) or _PATH.search(text) or _URL.search(text) or _SERIAL_LIKE.match(text):
+    if (_EMAIL.search(text) or _PATH.search(text) or _URL.search(text) or serial_like(text)
+            or holds_serial(text, serial)):
         return None
     return text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 
 from collectors._hwids import hex_id, plausible_name
 from evo_agent.collector import Collector, Raw
@@ -25,12 +26,14 @@ CLASS_SOUND = "/sys/class/sound"
 # ("ThinkPad EC" in shared/corpus/asound/hda-emu/alc269vc-lenovo-thinkpad-t530) and USB short
 # names keep the device's trailing blanks ("Camera         ", alc892-asus-m488td-v).
 _CARD_LINE = re.compile(r"^\s*([0-9]{1,6}) \[([^\]]*)\]:(.*)$")
-# The kernel allows 256 cards at most (SNDRV_CARDS is 8..256); an index beyond is garbage.
+# The kernel allows 256 cards at most (CONFIG_SND_MAX_CARDS, SNDRV_CARDS); more is garbage.
 _MAX_CARD = 255
 # The long name of a USB card ends "at usb-<controller>-<port path>, <speed> speed"
 # (sound/usb/card.c usb_audio_make_longname(), through usb_make_path()).
 _USB_LONGNAME = re.compile(r"\bat usb-\S+")
 _USBID = re.compile(r"^([0-9a-fA-F]{1,4}):([0-9a-fA-F]{1,4})$")
+# struct snd_card's shortname is char[32] (include/sound/core.h): 31 bytes and the NUL.
+_SHORTNAME_MAX = 31
 
 
 class Alsa(Collector):
@@ -98,26 +101,62 @@ def _link_name(host: Host, path: str) -> str | None:
     return name or None
 
 
-def _sysfs_device(host: Host, n: object, usb_id: str | None
-                  ) -> tuple[str | None, str | None, str | None, str | None]:
-    """Return bus, driver, PCI address and USB ID of the device behind /sys/class/sound/cardN."""
+@dataclass
+class _Sysfs:
+    """What the sysfs device behind /sys/class/sound/cardN tells about a card."""
+
+    bus: str | None = None
+    driver: str | None = None
+    pci_address: str | None = None
+    usb_id: str | None = None
+    # A USB card's device strings, in full (None: no such string, or no USB device to read).
+    product: str | None = None
+    manufacturer: str | None = None
+    serial: str | None = None
+
+
+def _sysfs_device(host: Host, n: object, usb_id: str | None) -> _Sysfs:
+    """Return bus, driver, PCI address, USB ID and USB strings of a card's sysfs device."""
+    found = _Sysfs(usb_id=usb_id)
     device = f"{CLASS_SOUND}/card{n}/device"
     if not host.exists(device):
-        return None, None, None, usb_id
+        return found
     real = host.realpath(device)
-    bus = _link_name(host, f"{real}/subsystem")
-    driver = _link_name(host, f"{real}/driver")
-    pci_address = None
-    if bus == "pci":
-        pci_address = real.rsplit("/", 1)[-1]
-    elif bus == "usb" and usb_id is None:
-        # The card hangs on a USB interface ("1-1.2:1.0"); the IDs are on its device, the
-        # parent directory.
-        parent = real.rsplit("/", 1)[0]
-        vid = hex_id(host.read_attr(f"{parent}/idVendor"))
-        pid = hex_id(host.read_attr(f"{parent}/idProduct"))
-        usb_id = f"{vid}:{pid}" if vid and pid else None
-    return bus, driver, pci_address, usb_id
+    found.bus = _link_name(host, f"{real}/subsystem")
+    found.driver = _link_name(host, f"{real}/driver")
+    if found.bus == "pci":
+        found.pci_address = real.rsplit("/", 1)[-1]
+    elif found.bus == "usb":
+        # The card hangs on a USB interface ("1-1.2:1.0"); the IDs and strings are on its
+        # device, the parent directory.
+        usbdev = real.rsplit("/", 1)[0] if ":" in real.rsplit("/", 1)[-1] else real
+        if found.usb_id is None:
+            vid = hex_id(host.read_attr(f"{usbdev}/idVendor"))
+            pid = hex_id(host.read_attr(f"{usbdev}/idProduct"))
+            found.usb_id = f"{vid}:{pid}" if vid and pid else None
+        found.product = host.read_attr(f"{usbdev}/product") or None
+        found.manufacturer = host.read_attr(f"{usbdev}/manufacturer") or None
+        found.serial = host.read_attr(f"{usbdev}/serial") or None
+    return found
+
+
+def _name_is_safe(name: str, bus: str | None, dev: _Sysfs) -> bool:
+    """Return True when a card's short name (and so its id) may leave the device."""
+    if plausible_name(name, dev.serial) is None:
+        return False
+    if bus != "usb":
+        return True
+    # snd-usb-audio copies the product string into the card's shortname, char[32]
+    # (sound/usb/card.c usb_audio_make_shortname()): a longer string is cut at 31 bytes, and
+    # what made it personal may be in the part cut off ("Studio DAC of jane.doe@example.org"
+    # becomes "Studio DAC of jane.doe@example.").  So the device's full strings decide; a
+    # device whose maker or owner put personal data in one string is trusted in none.
+    for full in (dev.product, dev.manufacturer):
+        if full is not None and plausible_name(full, dev.serial) is None:
+            return False
+    # Without the full product string (a capture without the USB device), a name as long as
+    # the kernel's limit may have been cut: it cannot be checked.
+    return dev.product is not None or len(name.encode("utf-8")) < _SHORTNAME_MAX
 
 
 def describe_card(host: Host, card: dict[str, object]) -> dict[str, object]:
@@ -125,19 +164,22 @@ def describe_card(host: Host, card: dict[str, object]) -> dict[str, object]:
     n = card["card"]
     card_dir = f"{PROC_ASOUND}/card{n}"
     card_id = host.read_attr(f"{card_dir}/id") or card["id"]
-    usb_id = _usb_id(host.read_attr(f"{card_dir}/usbid"))
-    bus = driver = pci_address = None
+    dev = _Sysfs(usb_id=_usb_id(host.read_attr(f"{card_dir}/usbid")))
     try:
-        bus, driver, pci_address, usb_id = _sysfs_device(host, n, usb_id)
+        dev = _sysfs_device(host, n, dev.usb_id)
     except OSError as exc:  # a link loop in a damaged capture: the card without its device
         LOG.debug("sound card %s: sysfs unreadable: %s", n, exc)
-    if bus is None and (usb_id is not None or _USB_LONGNAME.search(str(card["long_name"] or ""))):
+    bus = dev.bus
+    if bus is None and (dev.usb_id is not None
+                        or _USB_LONGNAME.search(str(card["long_name"] or ""))):
         bus = "usb"
     # snd-usb-audio names a card after the device's product string, and the kernel makes the
     # card id from that name's last word (sound/core/init.c retrieve_id_from_card_name()): a
     # name that may be personal data takes its id along.  Driver-made names always pass.
     name = card["name"]
-    if isinstance(name, str) and plausible_name(name) is None:
+    if isinstance(name, str) and not _name_is_safe(name, bus, dev):
         name = card_id = None
-    return {**card, "id": card_id, "name": name, "driver": driver, "bus": bus, "usb_id": usb_id,
-            "pci_address": pci_address}
+    if isinstance(card_id, str) and plausible_name(card_id, dev.serial) is None:
+        card_id = None  # an id set by hand (snd-usb-audio's "id" option) holding the serial
+    return {**card, "id": card_id, "name": name, "driver": dev.driver, "bus": bus,
+            "usb_id": dev.usb_id, "pci_address": dev.pci_address}

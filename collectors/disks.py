@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from collectors._blockudev import decode_udev_escapes, read_block_udev
+from collectors._udevdb import block_properties, decode_escapes
 from evo_agent.collector import Collector, Raw
 from evo_agent.hostroot import Host
 
@@ -28,6 +28,10 @@ LOG = logging.getLogger(__name__)
 _MAX_DEPTH = 12
 #: Block devices that are never a drive of their own: they sit on top of other devices or memory.
 _VIRTUAL_NAME = re.compile(r"^(loop|ram|zram|dm-|md|nbd|drbd|rbd|bcache|ubiblock|mtdblock)\d")
+#: Block devices that are another view of a drive listed already: eMMC hardware partitions
+#: (EMMC_AS_MAIN_DRIVE: mmcblk0boot0, mmcblk0boot1, mmcblk0rpmb) and the per-controller paths
+#: of NVMe multipath namespaces (DISK_SAMSUNG_KIOXIA: nvme2c2n1 behind nvme2n1).
+_SECONDARY_VIEW = re.compile(r"^(mmcblk\d+(boot\d+|rpmb|gp\d+)|nvme\d+c\d+n\d+)$")
 #: File systems with no block device of their own below them.
 _NO_DEVICE_FS = frozenset({"tmpfs", "ramfs", "rootfs", "devtmpfs", "nfs", "nfs4", "cifs", "smb3",
                            "9p", "virtiofs", "fuse", "zfs"})
@@ -137,6 +141,7 @@ class _Resolver:
         return self._devnum_index().get(devnum)
 
     def _devnum_index(self) -> dict[str, str]:
+        """Return MAJ:MIN -> sysfs directory of every disk and partition under /sys/block."""
         if self._index is None:
             self._index = {}
             for disk in self.host.listdir_or_empty("/sys/block"):
@@ -212,10 +217,13 @@ class _Resolver:
         """Return the device under an overlay root: the filesystem of its lowest layer."""
         lower = None
         for opt in mount.super_options.split(","):
+            # Layers are ':'-separated, top first; the last is the base image (live-boot's
+            # squashfs, a container's first layer).  Layers added one by one with the new mount
+            # API show as repeated "lowerdir+=" options (Linux 6.8), the last being the lowest.
             if opt.startswith("lowerdir="):
-                # Layers are ':'-separated, top first; the last is the base image (live-boot's
-                # squashfs, a container's first layer).
                 lower = opt[len("lowerdir="):].split(":")[-1]
+            elif opt.startswith("lowerdir+="):
+                lower = opt[len("lowerdir+="):]
         if not lower:
             return None
         holder = _mount_containing(self.mounts, lower, mount)
@@ -253,13 +261,15 @@ _NO_MOUNT = Mount(-1, -1, 0, 0, "", "", "", "", "")
 
 
 def _collapse(text: str) -> str:
+    """Collapse runs of whitespace into one space and trim."""
     return re.sub(r"\s+", " ", text).strip()
 
 
 def _udev_model(props: dict[str, str]) -> str | None:
+    """Return the model udev read from the drive, decoded."""
     enc = props.get("ID_MODEL_ENC")
     if enc:
-        model = _collapse(decode_udev_escapes(enc))
+        model = _collapse(decode_escapes(enc))
         if model:
             return model
     raw = props.get("ID_MODEL", "")
@@ -273,6 +283,7 @@ def _udev_model(props: dict[str, str]) -> str | None:
 
 
 def _udev_serial(props: dict[str, str]) -> str | None:
+    """Return the serial udev read from the drive, without the model prefix."""
     short = props.get("ID_SERIAL_SHORT", "").strip()
     if short:
         # NVMe serials are space-padded on the left in some firmware (With_VRAID: SK hynix PC801
@@ -293,7 +304,8 @@ class Disks(Collector):
     fields = {
         "boot_drive_model": "model of the disk holding the root filesystem",
         "boot_drive_serial": "serial number of that disk",
-        "boot_drive_device": "kernel name of that disk (nvme0n1, sda, mmcblk0)",
+        "boot_drive_device": "kernel name of that disk (nvme0n1, sda, mmcblk0); the last layer "
+                             "reached (dm-0) when sysfs shows nothing below it",
         "rip_drive_model": "model of the optical drive (the first, sorted by name)",
         "rip_drive_serial": "serial number of the optical drive",
         "rip_drive_device": "kernel name of the optical drive (sr0)",
@@ -314,7 +326,9 @@ class Disks(Collector):
         if root_dev:
             disk = resolver.physical_disk(root_dev)
             if disk:
-                boot = drive_info(host, os.path.basename(disk), disk)
+                name = os.path.basename(disk)
+                boot = next((d for d in drives if d["name"] == name), None) or drive_info(
+                    host, name, disk)
         rip = next((d for d in drives if d["optical"]), None)
         for d in drives:
             del d["optical"]
@@ -333,7 +347,9 @@ def list_drives(host: Host) -> list[str]:
     """Return the names of the block devices that are drives (not loop, dm, md, zram...)."""
     names = []
     for name in host.listdir_or_empty("/sys/block"):
-        if _VIRTUAL_NAME.match(name):
+        if _VIRTUAL_NAME.match(name) or _SECONDARY_VIEW.match(name):
+            continue
+        if host.read_attr(f"/sys/block/{name}/hidden") == "1":  # GENHD_FL_HIDDEN: no /dev node
             continue
         # NVMe multipath namespaces live under /devices/virtual/nvme-subsystem and are real
         # drives (DISK_SAMSUNG_KIOXIA); only /devices/virtual/block is made of virtual devices.
@@ -347,7 +363,7 @@ def drive_info(host: Host, name: str, syspath: str | None = None) -> dict[str, A
     """Return what is known of one disk: identity from udev first, then sysfs."""
     base = syspath or host.realpath(f"/sys/block/{name}")
     devnum = host.read_attr(f"{base}/dev")
-    props = read_block_udev(host, devnum)
+    props = block_properties(host, devnum)
     dev = f"{base}/device"
     # QEMU's ide-cd shows the model and serial given on the command line in its ATA identity
     # (udev's ID_MODEL/ID_SERIAL_SHORT, /dev/disk/by-id) while the SCSI INQUIRY that sysfs
@@ -383,6 +399,7 @@ def drive_info(host: Host, name: str, syspath: str | None = None) -> dict[str, A
 
 
 def _sysfs_text(host: Host, path: str) -> str | None:
+    """Return a printable sysfs string attribute, whitespace collapsed, or None."""
     value = host.read_attr(path)
     if not value:
         return None
@@ -391,6 +408,7 @@ def _sysfs_text(host: Host, path: str) -> str | None:
 
 
 def _sysfs_serial(host: Host, dev: str) -> str | None:
+    """Return the serial sysfs shows for a drive's device, or None."""
     # NVMe controllers and MMC cards have a serial attribute; SCSI disks have VPD page 0x80.
     serial = _sysfs_text(host, f"{dev}/serial")
     if serial:
@@ -402,6 +420,7 @@ def _sysfs_serial(host: Host, dev: str) -> str | None:
 
 
 def _int_attr(host: Host, path: str) -> int | None:
+    """Return a non-negative integer attribute, or None."""
     value = host.read_attr(path)
     if value is None or not value.isdigit():
         return None
@@ -409,6 +428,7 @@ def _int_attr(host: Host, path: str) -> int | None:
 
 
 def _transport(name: str, syspath: str, props: dict[str, str]) -> str | None:
+    """Return how the drive is attached (usb, nvme, sata, virtio, mmc, scsi...), as lsblk's TRAN."""
     if "/usb" in syspath or props.get("ID_BUS") == "usb":
         return "usb"
     if name.startswith("nvme"):

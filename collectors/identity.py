@@ -7,6 +7,9 @@ import re
 from evo_agent.collector import Collector, Raw
 from evo_agent.hostroot import Host
 
+#: Samba's include chains are short; a bound keeps a loop of includes from spinning.
+_MAX_INCLUDE_DEPTH = 4
+
 
 class Identity(Collector):
     name = "identity"
@@ -14,27 +17,33 @@ class Identity(Collector):
     fields = {
         "vpnid": "the device serial, from the file written at manufacturing",
         "netbios_name": "LAN server name: smb.conf [global] 'netbios name', else the host name",
-        "hostname": "the kernel host name (never sent; the NetBIOS name is derived from it)",
+        "hostname": "the kernel host name, read only when smb.conf names no NetBIOS name "
+                    "(never sent; the NetBIOS name is derived from it)",
     }
     options = {"vpnid_file": (str, "/etc/evo-agent/vpnid"),
                "smb_conf": (str, "/etc/samba/smb.conf")}
 
     def collect(self, host: Host) -> Raw:
         vpnid = host.read_attr(self.opts["vpnid_file"])
-        hostname = host.read_attr("/proc/sys/kernel/hostname") or host.read_attr("/etc/hostname")
         netbios = smb_netbios_name(host, self.opts["smb_conf"])
-        if netbios is None and hostname:
-            netbios = netbios_from_hostname(hostname)
+        hostname = None
+        if netbios is None:
+            # Only then: a capture should not carry the host name (often the owner's name)
+            # when Samba already gives the name that is sent.
+            hostname = (host.read_attr("/proc/sys/kernel/hostname")
+                        or host.read_attr("/etc/hostname"))
+            if hostname:
+                netbios = netbios_from_hostname(hostname)
         return {"vpnid": vpnid or None, "netbios_name": netbios, "hostname": hostname or None}
 
 
-def smb_netbios_name(host: Host, path: str) -> str | None:
-    """Return 'netbios name' of the [global] section of smb.conf, or None."""
+def smb_netbios_name(host: Host, path: str, depth: int = 0) -> str | None:
+    """Return 'netbios name' of the [global] section of smb.conf (includes followed), or None."""
     try:
         text = host.read_text(path, 1024 * 1024)
     except OSError:
         return None
-    section = None
+    section = "global"  # parameters before any section header belong to [global]
     value: str | None = None
     pending = ""
     for raw_line in text.splitlines():
@@ -52,8 +61,17 @@ def smb_netbios_name(host: Host, path: str) -> str | None:
         if section != "global" or "=" not in line:
             continue
         key, _, val = line.partition("=")
-        if re.sub(r"\s+", " ", key.strip().lower()) == "netbios name":
-            value = val.strip().strip('"')  # the last one wins, as in testparm
+        key = re.sub(r"\s+", " ", key.strip().lower())
+        val = val.strip()
+        if key == "netbios name":
+            value = val.strip('"')  # the last one wins, as in testparm
+        elif key == "include" and depth < _MAX_INCLUDE_DEPTH and val.startswith("/") \
+                and "%" not in val:
+            # An included file is read in place (Samba's loadparm); '%' macros depend on the
+            # client and cannot be resolved here.
+            included = smb_netbios_name(host, val, depth + 1)
+            if included:
+                value = included
     return netbios_from_hostname(value) if value else None
 
 
@@ -62,5 +80,3 @@ def netbios_from_hostname(hostname: str) -> str | None:
     label = hostname.strip().split(".")[0]
     label = re.sub(r'[\\/:*?"<>|\s]', "", label)
     return label[:15].upper() or None
-
-

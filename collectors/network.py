@@ -91,6 +91,7 @@ def parse_probe(data: bytes) -> dict[str, dict[str, list[str]]] | None:
 
 def _valid(values: Any, kind: type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address],
            ) -> list[str]:
+    """Return the values that parse as addresses of ``kind``, normalised."""
     if not isinstance(values, list):
         return []
     out = []
@@ -206,6 +207,7 @@ def parse_bonding_permanent(text: str) -> dict[str, str]:
 
 
 def _mac(value: str | None) -> str | None:
+    """Return a MAC address in lowercase colon form, or None when it is not one."""
     if not value:
         return None
     mac = value.strip().lower()
@@ -237,6 +239,7 @@ def probe_permanent_mac(ifname: str) -> bytes:
 
 # ---- interfaces -------------------------------------------------------------------------------
 def _uevent(host: Host, path: str) -> dict[str, str]:
+    """Return the KEY=VALUE lines of a sysfs uevent file."""
     try:
         text = host.read_text(f"{path}/uevent", 64 * 1024)
     except OSError:
@@ -319,6 +322,7 @@ def read_interface(host: Host, name: str) -> dict[str, Any]:
 
 
 def _int(value: str | None) -> int:
+    """Return a decimal attribute as an int, 0 when absent or not a number."""
     return int(value) if value and value.isdigit() else 0
 
 

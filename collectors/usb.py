@@ -56,7 +56,7 @@ class Usb(Collector):
 
 def _path_key(path: str) -> tuple[int, ...]:
     """Sort "1-1.10" after "1-1.2": by bus, then port numbers."""
-    return tuple(int(p) for p in re.split(r"[-.]", path) if p.isdigit())
+    return tuple(n for p in re.split(r"[-.]", path) if (n := _udevdb.decimal(p)) is not None)
 
 
 def _uevent(text: str | None) -> dict[str, str]:
@@ -71,17 +71,18 @@ def _uevent(text: str | None) -> dict[str, str]:
 
 def _from_uevent(uevent: dict[str, str]) -> dict[str, str | None]:
     """Return idVendor, idProduct, bDeviceClass and dev as a USB device's uevent gives them."""
-    # drivers/usb/core/usb.c usb_dev_uevent(): PRODUCT=%x/%x/%x (idVendor, idProduct,
-    # bcdDevice, without leading zeros) and TYPE=%d/%d/%d (class, subclass, protocol).
+    # drivers/usb/core/driver.c usb_uevent(): PRODUCT=%x/%x/%x (idVendor, idProduct,
+    # bcdDevice, without leading zeros) and TYPE=%d/%d/%d (class, subclass, protocol); the
+    # device core adds MAJOR/MINOR (189:N for a USB device node).
     product = uevent.get("PRODUCT", "").split("/")
     dev_type = uevent.get("TYPE", "").split("/")
-    major, minor = uevent.get("MAJOR", ""), uevent.get("MINOR", "")
+    major, minor = _udevdb.decimal(uevent.get("MAJOR")), _udevdb.decimal(uevent.get("MINOR"))
+    cls = _udevdb.decimal(dev_type[0]) if len(dev_type) == 3 else None
     return {
         "idVendor": product[0] if len(product) == 3 else None,
         "idProduct": product[1] if len(product) == 3 else None,
-        "bDeviceClass": (f"{int(dev_type[0]):x}" if len(dev_type) == 3
-                         and dev_type[0].isdigit() and len(dev_type[0]) <= 3 else None),
-        "dev": f"{major}:{minor}" if major.isdigit() and minor.isdigit() else None,
+        "bDeviceClass": f"{cls:x}" if cls is not None and cls <= 255 else None,
+        "dev": f"{major}:{minor}" if major is not None and minor is not None else None,
     }
 
 
@@ -110,10 +111,12 @@ def read_device(host: Host, name: str, ids: IdsFile) -> dict[str, object] | None
                                     host.read_attr(f"{base}/busnum"),
                                     host.read_attr(f"{base}/devnum"))
     udev = _udevdb.properties(host, record) if record else {}
+    # A device's strings are compared with its own serial: a maker may put the unit's serial in
+    # them ("SN 8F3A2C91D0" / "DAC 8f3a2c91d0e4" with serial "8f3a2c91d0e4").
     vendor = (udev.get("ID_VENDOR_FROM_DATABASE") or ids.vendor(vendor_id)
-              or plausible_name(manufacturer))
+              or plausible_name(manufacturer, serial))
     model = (udev.get("ID_MODEL_FROM_DATABASE") or ids.device(vendor_id, product_id)
-             or plausible_name(product))
+             or plausible_name(product, serial))
     if uevent_text is not None:
         driver = uevent.get("DRIVER")  # present exactly when a driver is bound
     else:

@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     col = sub.add_parser("collectors", parents=[common, source],
                          help="each collector's status and time")
     col.add_argument("--json", action="store_true", help="as JSON")
+    from evo_agent.cli_delivery import add_verbs  # daemon, status, send, diff, sent, doctor
+
+    add_verbs(sub, common)
+    from evo_agent.cli_manufacture import add_verbs as add_manufacture
+
+    add_manufacture(sub, common)
     return p
 
 
@@ -75,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verb is None:
             raise UsageError("evo-agent: a verb is needed (inventory, explain, capture, "
                              "collectors); see 'evo-agent --help'")
+        if getattr(args, "handler", None):  # verbs of evo_agent.cli_delivery
+            return int(args.handler(args, sys.stdout))
         handler = {"inventory": _cmd_inventory, "explain": _cmd_explain,
                    "capture": _cmd_capture, "collectors": _cmd_collectors}[args.verb]
         return handler(args, sys.stdout)
@@ -194,6 +202,7 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO) -> int:
         os.chmod(tmp, 0o700)
         host = RecordingHost(LiveHost("/"), tmp)
         inventory = collect(_instances(cfg, classes), host, deadline=cfg.collector_timeout * 3)
+        host.close()  # a collector abandoned at its deadline must not write while we pack
         report, _dropped = build_report(inventory, load_policy())
         # What the live run made of this capture, so a replay can be compared with it.
         meta = os.path.join(tmp, "evo-agent")

@@ -11,6 +11,7 @@ on an unattended appliance), and every error names the file, the key and what is
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,13 +39,79 @@ def _absolute(value: Any) -> str | None:
     return None if str(value).startswith("/") else "must be an absolute path"
 
 
+def _absolute_or_empty(value: Any) -> str | None:
+    return None if value == "" else _absolute(value)
+
+
+def _url_or_empty(value: Any) -> str | None:
+    ok = value == "" or (str(value).startswith(("https://", "http://")) and len(str(value)) > 8)
+    return None if ok else "must be an http:// or https:// URL (or empty: not used)"
+
+
+def _interface(value: Any) -> str | None:
+    # IFNAMSIZ is 16 with the NUL; '/' and whitespace are not allowed by the kernel
+    ok = value == "" or (len(value) < 16 and not any(c in value for c in "/ \t\n:"))
+    return None if ok else "must be a network interface name (at most 15 characters)"
+
+
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _countries(value: Any) -> str | None:
+    ok = all(isinstance(c, str) and len(c) == 2 and c.isascii() and c.isupper() and c.isalpha()
+             for c in value)
+    return None if ok else 'must be ISO 3166-1 alpha-2 codes in upper case, e.g. ["BE", "NL"]'
+
+
+def _psu_variant(value: Any) -> str | None:
+    # The registry's rule (evo_registry.rules.parse_psu_variant): "230V", "120V", "100-240V".
+    m = re.fullmatch(r"([0-9]{2,3})(?:-([0-9]{2,3}))?V", str(value).strip().upper())
+    ok = value == "" or (m is not None and int(m.group(1)) <= int(m.group(2) or m.group(1)))
+    return None if ok else 'must be a PSU variant like "230V", "120V" or "100-240V"'
+
+
+def _model(value: Any) -> str | None:
+    return None if len(value) <= 64 else "must be at most 64 characters"
+
+
 #: section -> key -> (type, default, extra check). Collector sections come from the collectors.
 SCHEMA: dict[str, dict[str, tuple[type, Any, Validator | None]]] = {
     "agent": {
         "enabled": (bool, True, None),
         "state_dir": (str, "/var/lib/evo-agent", _absolute),
+        # Root the daemon reads the system from: "/" on a device; a capture directory in tests.
+        "host_root": (str, "/", _absolute),
+        "control_socket": (str, "/run/evo-agent/control.sock", _absolute),
+    },
+    # Delivery (evo_agent.transport): VPN first, HTTPS otherwise. See config/agent.toml.
+    "delivery": {
+        "vpn_url": (str, "", _url_or_empty),
+        "https_url": (str, "", _url_or_empty),
+        "ca_bundle": (str, "/etc/evo-agent/ca.pem", _absolute_or_empty),
+        "vpn_interface": (str, "", _interface),
+        "connect_timeout": (float, 10.0, _positive),
+        "total_timeout": (float, 60.0, _positive),
     },
     "collectors": {
+        "timeout": (float, 10.0, _positive),
+    },
+    # The bill of materials a unit is checked against by `evo-agent manufacture`, and where the
+    # station enrols it (evo_agent.manufacture).  Used on the manufacturing line only.
+    "manufacture": {
+        "require_board_serial": (bool, True, None),
+        "require_mac": (bool, True, None),
+        "require_boot_drive_serial": (bool, True, None),
+        "require_rip_drive": (bool, True, None),
+        "require_audio": (bool, True, None),
+        # a substring of an ALSA card's name, long name, id or driver, or a USB ID "152a:8750"
+        "expected_audio": (str, "", None),
+        "min_ram_bytes": (int, 0, _not_negative),
+        "sales_region": (list, [], _countries),
+        "psu_variant": (str, "", _psu_variant),
+        "model": (str, "", _model),
+        "registry_url": (str, "", _url_or_empty),
+        "factory_token_file": (str, "", _absolute_or_empty),
         "timeout": (float, 10.0, _positive),
     },
 }

@@ -55,6 +55,49 @@ class PolicyError(EvoError):
     exit_code = 70  # EX_SOFTWARE
 
 
+class DeliveryError(EvoError):
+    """A report could not be delivered now (the backend did not acknowledge it); try later."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+
+class NotPermitted(EvoError):
+    """The verb changes state and needs root (or the daemon refused the caller)."""
+
+    exit_code = 77  # EX_NOPERM
+
+
+class StateError(EvoError):
+    """The state directory cannot be used (missing, unwritable, or another writer holds it)."""
+
+    exit_code = 74  # EX_IOERR
+
+
+class UnitFailed(EvoError):
+    """manufacture: the unit fails at least one check of the bill of materials."""
+
+    exit_code = 10
+
+
+class AlreadyEnrolled(EvoError):
+    """manufacture: the VPNID is enrolled under another identity, or this unit holds another
+    VPNID; re-enrolling needs --force."""
+
+    exit_code = 11
+
+
+class RegistryUnreachable(EvoError):
+    """manufacture: no answer from the registry (refused, timed out, TLS failure, 5xx)."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class RegistryRefused(EvoError):
+    """manufacture: the registry answered but refused the enrolment (token, invalid body)."""
+
+    exit_code = 76  # EX_PROTOCOL
+
+
 class HostReadError(EvoError):
     """A file or command of the host cannot be read (used inside collectors, never fatal)."""
 
@@ -70,10 +113,21 @@ class CommandFailed(HostReadError):
 #: Documented exit statuses of ``evo-agent`` (also listed in README and the man page).
 EXIT_CODES: dict[int, str] = {
     0: "success",
+    1: "doctor: at least one check failed (each says how to fix it)",
+    10: "manufacture: FAIL, the unit fails a check of the bill of materials (nothing written "
+        "or sent)",
+    11: "manufacture: already enrolled, the VPNID belongs to another identity at the registry "
+        "or this unit holds another VPNID (re-enrol with --force)",
     64: "usage error: wrong command-line arguments",
     66: "a capture given with --from cannot be read",
+    69: "manufacture: registry unreachable (no answer, TLS failure or 5xx): the unit passed; "
+        "run it again",
     70: "internal error: a bug in evo-agent or a malformed policy file shipped with it",
     73: "an output file cannot be created",
+    74: "the state directory cannot be used",
+    75: "not delivered now (backend down, refused, or opted out): try later",
+    76: "manufacture: the registry refused the enrolment (factory token, invalid request)",
+    77: "not permitted: this verb needs root",
     78: "configuration error: the message names the file and the key",
     130: "interrupted",
 }

@@ -23,6 +23,7 @@ need by name and then read them, which they all do.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -33,7 +34,7 @@ import tarfile
 import tempfile
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from evo_agent.errors import CaptureError, CommandFailed, CommandUnavailable
@@ -66,6 +67,38 @@ def _norm(path: str) -> list[str]:
             continue
         parts.append(part)
     return parts
+
+
+def _walk(path: str, lookup: Callable[[list[str]], tuple[str | None, str]]) -> list[str]:
+    """Resolve the links of ``path`` one component at a time, as inside a chroot.
+
+    ``lookup(parts)`` gives the kind of that prefix ('link', 'dir', 'file', 'other' or None when it
+    does not exist) and, for a link, its target.  Absolute targets restart at the root and ``..``
+    stops there.  A missing component ends the walk, the rest kept as it is.
+    """
+    pending = _norm(path)
+    done: list[str] = []
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        candidate = [*done, part]
+        kind, target = lookup(candidate)
+        if kind is None:
+            return candidate + pending
+        if kind == "link":
+            hops += 1
+            if hops > _MAX_SYMLINKS:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+            if target.startswith("/"):
+                done = []
+            pending = [p for p in target.split("/") if p not in ("", ".")] + pending
+        else:
+            done = candidate
+    return done
 
 
 class Host(ABC):
@@ -140,38 +173,26 @@ class _TreeHost(Host):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._root = os.fspath(self.root)
 
-    def _local(self, parts: Sequence[str]) -> Path:
-        return self.root.joinpath(*parts) if parts else self.root
+    def _local(self, parts: Sequence[str]) -> str:
+        # plain string joins: pathlib per component was the main cost of a 559-device PCI scan
+        return os.path.join(self._root, *parts) if parts else self._root
 
     def _resolve(self, path: str) -> list[str]:
         """Resolve links inside the root, as chroot would: absolute targets restart at the root."""
-        pending = _norm(path)
-        done: list[str] = []
-        hops = 0
-        while pending:
-            part = pending.pop(0)
-            if part == "..":
-                if done:
-                    done.pop()
-                continue
-            candidate = [*done, part]
-            local = self._local(candidate)
+
+        def lookup(parts: list[str]) -> tuple[str | None, str]:
+            local = self._local(parts)
             try:
                 st = os.lstat(local)
             except OSError:
-                return candidate + pending
+                return None, ""
             if stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > _MAX_SYMLINKS:
-                    raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
-                target = os.readlink(local)
-                if target.startswith("/"):
-                    done = []
-                pending = [p for p in target.split("/") if p not in ("", ".")] + pending
-            else:
-                done = candidate
-        return done
+                return "link", os.readlink(local)
+            return ("dir" if stat.S_ISDIR(st.st_mode) else "file"), ""
+
+        return _walk(path, lookup)
 
     def realpath(self, path: str) -> str:
         return "/" + "/".join(self._resolve(path))
@@ -277,15 +298,17 @@ class ReplayHost(_TreeHost):
         return self.run([name], 0)
 
     def run(self, argv: Sequence[str], timeout: float) -> bytes:
+        # Through the confined, bounded read: a capture's commands/ may hold links or FIFOs too.
         name = command_name(argv)
-        base = self.root / "commands"
         try:
-            return (base / f"{name}.txt").read_bytes()
+            return self.read_bytes(f"/commands/{name}.txt")
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise CommandFailed(f"{argv[0]}: unreadable in the capture ({exc.strerror})") from None
         try:
-            message = (base / f"{name}.error").read_text("utf-8", "replace").strip()
-        except FileNotFoundError:
+            message = self.read_text(f"/commands/{name}.error", 4096).strip()
+        except OSError:
             raise CommandUnavailable(f"{argv[0]}: not in the capture") from None
         raise CommandFailed(message)
 
@@ -297,81 +320,102 @@ class RecordingHost(Host):
         self.inner = inner
         self.out = Path(capture_dir)
         self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop recording: a collector abandoned after its deadline may still be reading, and
+        must not change the capture while it is packed (or make it differ from the live report).
+        """
+        with self._lock:
+            self._closed = True
 
     # -- recording ---------------------------------------------------------------------------
     def _mirror(self, path: str) -> list[str]:
         """Copy the link chain and directories leading to ``path``; return its resolved parts."""
-        pending = _norm(path)
-        done: list[str] = []
-        hops = 0
-        while pending:
-            part = pending.pop(0)
-            if part == "..":
-                if done:
-                    done.pop()
-                continue
-            candidate = [*done, part]
-            host_path = "/" + "/".join(candidate)
+
+        def lookup(parts: list[str]) -> tuple[str | None, str]:
+            host_path = "/" + "/".join(parts)
             kind = self.inner.lstat_kind(host_path)
-            if kind is None:
-                return candidate + pending
+            dest = self.out.joinpath(*parts)
             if kind == "link":
-                hops += 1
-                if hops > _MAX_SYMLINKS:
-                    break
                 target = self.inner.readlink(host_path) or ""
-                dest = self.out.joinpath(*candidate)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 if not os.path.lexists(dest):
                     os.symlink(target, dest)
-                if target.startswith("/"):
-                    done = []
-                pending = [p for p in target.split("/") if p not in ("", ".")] + pending
-            else:
-                if kind == "dir":
-                    self.out.joinpath(*candidate).mkdir(parents=True, exist_ok=True)
-                done = candidate
-        return done
+                return kind, target
+            if kind == "dir":
+                dest.mkdir(parents=True, exist_ok=True)
+            return kind, ""
+
+        try:
+            return _walk(path, lookup)
+        except OSError:
+            # a link loop: the live call answered (or will fail) on its own; record what was seen
+            return _norm(path)
+
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[bool]:
+        """Hold the lock; yield False once closed, so nothing more is written."""
+        with self._lock:
+            yield not self._closed
+
+    def _copy(self, path: str, data: bytes) -> None:
+        """Record a file's content under its resolved path; the longest read wins."""
+        with self._recording() as active:
+            if not active:
+                return
+            dest = self.out.joinpath(*self._mirror(path))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.exists() or dest.stat().st_size < len(data):
+                dest.write_bytes(data)
+
+    def _mirror_path(self, path: str) -> None:
+        with self._recording() as active:
+            if active:
+                self._mirror(path)
 
     def read_bytes(self, path: str, max_bytes: int = MAX_READ) -> bytes:
         data = self.inner.read_bytes(path, max_bytes)
-        with self._lock:
-            parts = self._mirror(path)
-            dest = self.out.joinpath(*parts)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if not dest.exists():
-                dest.write_bytes(data)
+        self._copy(path, data)
         return data
 
     def listdir(self, path: str) -> list[str]:
         names = self.inner.listdir(path)
-        with self._lock:
-            parts = self._mirror(path)
-            self.out.joinpath(*parts).mkdir(parents=True, exist_ok=True)
-            base = "/" + "/".join(parts)
-            for name in names:
-                child = f"{base.rstrip('/')}/{name}"
-                if self.inner.lstat_kind(child) in ("dir", "link"):
-                    self._mirror(child)
+        with self._recording() as active:
+            if active:
+                parts = self._mirror(path)
+                self.out.joinpath(*parts).mkdir(parents=True, exist_ok=True)
+                base = "/" + "/".join(parts)
+                for name in names:
+                    child = f"{base.rstrip('/')}/{name}"
+                    if self.inner.lstat_kind(child) in ("dir", "link"):
+                        self._mirror(child)
         return names
 
     def realpath(self, path: str) -> str:
-        with self._lock:
-            self._mirror(path)
+        self._mirror_path(path)
         return self.inner.realpath(path)
 
     def lstat_kind(self, path: str) -> str | None:
         kind = self.inner.lstat_kind(path)
         if kind in ("dir", "link"):
-            with self._lock:
-                self._mirror(path)
+            self._mirror_path(path)
+        elif kind == "file":
+            # A collector may test a file's existence without reading it (``partition`` in a
+            # sysfs block device says "this is a partition"): the replay must see it too, so
+            # it is copied.  A file that cannot be read (some sysfs attributes answer EIO) is
+            # recorded empty, which keeps its existence.
+            try:
+                data = self.inner.read_bytes(path, 64 * 1024)
+            except OSError:
+                data = b""
+            self._copy(path, data)
         return kind
 
     def readlink(self, path: str) -> str | None:
         target = self.inner.readlink(path)
         if target is not None:
-            with self._lock:
-                self._mirror(path)
+            self._mirror_path(path)
         return target
 
     def run(self, argv: Sequence[str], timeout: float) -> bytes:
@@ -384,16 +428,16 @@ class RecordingHost(Host):
         commands = self.out / "commands"
         try:
             data = call()
-        except CommandUnavailable:
-            raise
         except CommandFailed as exc:
-            with self._lock:
-                commands.mkdir(parents=True, exist_ok=True)
-                (commands / f"{name}.error").write_text(str(exc) + "\n", "utf-8")
+            with self._recording() as active:
+                if active:
+                    commands.mkdir(parents=True, exist_ok=True)
+                    (commands / f"{name}.error").write_text(str(exc) + "\n", "utf-8")
             raise
-        with self._lock:
-            commands.mkdir(parents=True, exist_ok=True)
-            (commands / f"{name}.txt").write_bytes(data)
+        with self._recording() as active:
+            if active:
+                commands.mkdir(parents=True, exist_ok=True)
+                (commands / f"{name}.txt").write_bytes(data)
         return data
 
 
@@ -420,17 +464,9 @@ def pack_capture(capture_dir: str | os.PathLike[str], output: str | os.PathLike[
         os.chmod(tmp, 0o600)
         os.replace(tmp, out)
     except BaseException:
-        with _suppress_oserror():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-class _suppress_oserror:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
 
 
 def unpack_capture(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:

@@ -75,8 +75,29 @@ def is_placeholder(value: str) -> bool:
     return bool(m and m.group(1) in _REPEAT_CHARS)
 
 
-def clean_text(value: Any, limit: int = MAX_TEXT) -> str | None:
-    """Return printable, trimmed, bounded text, or None for non-strings and placeholders."""
+# Free text that names a person or their files: an e-mail address, a user's path, a URL.  USB
+# descriptors are set by makers and sometimes by owners (shared/corpus/lsusb/cyme has a product
+# string "Virtual Printer (/Users/john/Parallels/...)"), and the USB audio driver turns the product
+# string into the ALSA card name.  A second line of defence behind the collectors' own checks.
+_PERSONAL = re.compile(
+    # an e-mail address, whole or cut short at the end (ALSA keeps 31 bytes of a USB product
+    # name); product names with an "@" (TV@nywhere, PowerC@m, Smart@Link) have no dotted,
+    # lower-case domain
+    r"[\w.+-]+@[\w-]+\.|[\w.+-]{2,}@(?-i:[a-z0-9-]{3,})$"
+    r"|(?:^|[\s(\[\"'=:,])(?:~[^\s/\\]*/|\.{0,2}/[A-Za-z_.][^\s/\\]*[/\\]|[A-Za-z]:\\|\\\\[A-Za-z])"
+    r"|[a-z][a-z0-9+.-]*://",
+    re.IGNORECASE,
+)
+
+
+def looks_personal(value: str) -> bool:
+    """Return True for text holding an e-mail address, a file path or a URL."""
+    return bool(_PERSONAL.search(value))
+
+
+def clean_text(value: Any, limit: int = MAX_TEXT, *, personal_ok: bool = False) -> str | None:
+    """Return printable, trimmed, bounded text; None for non-strings, placeholders and (unless
+    ``personal_ok``) text that looks like personal data."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     if not isinstance(value, str):
@@ -86,13 +107,15 @@ def clean_text(value: Any, limit: int = MAX_TEXT) -> str | None:
     value = _SPACES.sub(" ", value).strip()
     if is_placeholder(value):
         return None
+    if not personal_ok and looks_personal(value):
+        return None
     if len(value) > limit:
         value = value[:limit].rstrip()
     return value or None
 
 
 def _serial(value: Any) -> str | None:
-    return clean_text(value, MAX_SERIAL)
+    return clean_text(value, MAX_SERIAL, personal_ok=True)
 
 
 def _count(value: Any) -> int | None:

@@ -17,12 +17,11 @@ def _flatten(prefix: str, value: Any, rows: list[tuple[str, str]]) -> None:
         for key, sub in value.items():
             _flatten(f"{prefix}.{key}" if prefix else key, sub, rows)
     elif isinstance(value, list):
-        rows.append((f"{prefix} ({len(value)})", ""))
+        rows.append((prefix, f"{len(value)} item(s)"))
         for item in value:
-            if isinstance(item, dict):
-                rows.append(("", "  " + "  ".join(_fmt(v) for v in item.values())))
-            else:
-                rows.append(("", "  " + _fmt(item)))
+            values = item.values() if isinstance(item, dict) else [item]
+            shown = "  ".join(_fmt(v) for v in values)
+            rows.append(("", f"- {shown}"))
     else:
         rows.append((prefix, _fmt(value)))
 
@@ -37,7 +36,8 @@ def report_table(report: dict[str, Any]) -> str:
         width = max((len(k) for k, _ in rows), default=0)
         lines.append("")
         lines.append(section.capitalize())
-        lines += [f"  {k:<{width}}  {v}".rstrip() for k, v in rows]
+        # list items go under their heading, indented, rather than in the value column
+        lines += [f"  {k:<{width}}  {v}".rstrip() if k else f"    {v}" for k, v in rows]
     lines.append("")
     lines.append("Collectors")
     for name, c in report["collectors"].items():

@@ -10,8 +10,13 @@ APT_PACKAGES=(
   python3-psutil python3-pyudev python3-pyroute2 python3-requests python3-systemd python3-cryptography
   # what the collectors read or run, and the tests' real tools
   dmidecode pciutils usbutils hwdata tar gzip iproute2
-  # the registry's tests run a real PostgreSQL
-  postgresql
+  i2c-tools  # decode-dimms: the JEDEC manufacturer table is checked against it
+  # the registry's tests: a real PostgreSQL, the finder in headless Chromium, the form's QR code
+  postgresql chromium poppler-utils zbar-tools
+  # the delivery tests: the VPN path over WireGuard between network namespaces (userspace)
+  wireguard-go wireguard-tools
+  # benchmarks (bench/): GNU time, and the tools evo-agent is compared with
+  time hyperfine lshw inxi hw-probe fusioninventory-agent
 )
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -32,4 +37,6 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,registry]"
 
+# every skip is a failure here: this script installed everything the tests need
+export EVO_STRICT_SKIPS=1
 exec "$VENV/bin/python" -m pytest "$@"

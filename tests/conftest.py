@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,3 +20,29 @@ def corpus() -> Path:
     """Return the shared corpus directory; its absence is a broken checkout, not a skip."""
     assert CORPUS.is_dir(), f"the shared corpus is missing at {CORPUS} (shared/ goes beside)"
     return CORPUS
+
+
+def strip_volatile(report: dict[str, Any]) -> dict[str, Any]:
+    """Drop what differs between two runs on the same data: id, time, durations."""
+    report = json.loads(json.dumps(report))
+    for key in ("report_id", "collected_at"):
+        report.pop(key)
+    for c in report["collectors"].values():
+        c.pop("duration_ms")
+    return report
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """In a strict run (scripts/test.sh, CI) a skipped test is a failure.
+
+    Tests skip when a tool or the shared corpus is missing, which is right on a developer's
+    laptop but would let CI pass without running them; scripts/test.sh installs everything, so
+    there a skip means a broken set-up.  The appliance tests (marker ``vm``) have their own gate.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if (os.environ.get("EVO_STRICT_SKIPS") == "1" and report.skipped
+            and not hasattr(report, "wasxfail") and item.get_closest_marker("vm") is None):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in a strict run (EVO_STRICT_SKIPS=1): {report.longrepr}"

@@ -8,13 +8,12 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import pytest
 
 from evo_agent.cli import NEVER_SENT, main
-from tests.conftest import REPO
+from tests.conftest import REPO, strip_volatile
 
 SCHEMA = json.loads((REPO / "evo_agent/schemas/evo-inventory-1.schema.json").read_text())
 
@@ -43,16 +42,6 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     code = main(argv)
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def strip_volatile(report: dict[str, Any]) -> dict[str, Any]:
-    """Drop what differs between two runs on the same data: id, time, durations."""
-    report = json.loads(json.dumps(report))
-    for key in ("report_id", "collected_at"):
-        report.pop(key)
-    for c in report["collectors"].values():
-        c.pop("duration_ms")
-    return report
 
 
 def test_inventory_json_from_a_capture(capture: Path, capsys: pytest.CaptureFixture[str]) -> None:

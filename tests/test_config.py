@@ -130,3 +130,40 @@ def test_shipped_example_config_is_valid_and_equals_the_defaults() -> None:
     defaults = load(None, system_file=Path("/nonexistent"), dropin_dir=Path("/nonexistent"))
     assert shipped.values == defaults.values
     assert shipped.collectors == defaults.collectors
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def test_shipped_example_config_documents_every_option_with_its_default() -> None:
+    """Each key of every section and every collector appears as '#key = default' in its table."""
+    from evo_agent.collector import discover
+    from evo_agent.config import SCHEMA
+
+    text = (Path(__file__).resolve().parents[1] / "config" / "agent.toml").read_text()
+    tables: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        stripped = line.lstrip("#").strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            current = stripped[1:-1]
+        elif current and "=" in stripped and not line.startswith("# "):
+            tables.setdefault(current, []).append(stripped.replace(" ", ""))
+    expected: dict[str, dict[str, Any]] = {
+        section: {key: spec[1] for key, spec in keys.items()} for section, keys in SCHEMA.items()
+    }
+    for name, cls in discover().items():
+        expected[f"collectors.{name}"] = {"enabled": cls.default_enabled,
+                                          **{k: d for k, (_t, d) in cls.options.items()}}
+    missing = [f"[{section}] {key} = {_toml_value(default)}"
+               for section, keys in expected.items() for key, default in keys.items()
+               if f"{key}={_toml_value(default)}".replace(" ", "")
+               not in tables.get(section, [])]
+    assert not missing, "config/agent.toml does not document: " + "; ".join(missing)

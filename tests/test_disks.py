@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
-from collectors._blockudev import decode_udev_escapes, parse_udev_data
+from collectors._udevdb import decode_escapes
+from collectors._udevdb import parse_properties as parse_udev_data
 from collectors.disks import Disks, natural_key, parse_mountinfo, parse_vpd_pg80
-from evo_agent.hostroot import ReplayHost
+from evo_agent.hostroot import LiveHost, RecordingHost, ReplayHost
 from evo_agent.policy import apply, load_policy
 from tests.ttar import unpack
 
@@ -82,7 +83,14 @@ def tree_from_export_db(text: str, root: Path) -> list[str]:
                 sysdir.mkdir(parents=True, exist_ok=True)
                 (sysdir / "type").write_text(f"{int(m.group(1), 16)}\n")
             continue
-        if env.get("SUBSYSTEM") != "block" or "MAJOR" not in env or "MINOR" not in env:
+        if env.get("SUBSYSTEM") != "block":
+            continue
+        if "MAJOR" not in env or "MINOR" not in env:
+            # a hidden disk (NVMe multipath controller path nvmeXcYnZ): in /sys/block with
+            # hidden=1, but no device number and no /dev node, hence no N: line
+            sysdir.mkdir(parents=True, exist_ok=True)
+            (sysdir / "hidden").write_text("1\n")
+            _link(sys_root / "block" / os.path.basename(devpath), sysdir)
             continue
         name = rec["N"] or os.path.basename(devpath)
         devnum = f"{env['MAJOR']}:{env['MINOR']}"
@@ -220,8 +228,11 @@ def test_boot_nvme_partition_samsung_kioxia(tmp_path: Path) -> None:
     assert (raw["boot_drive_device"], raw["boot_drive_model"], raw["boot_drive_serial"]) == (
         "nvme0n1", "SAMSUNG MZ1L21T9HCLS-00A07", "S666NT0X601348")
     names = [d["name"] for d in raw["drives"]]
-    # multipath namespaces under /devices/virtual/nvme-subsystem are drives
+    # multipath namespaces under /devices/virtual/nvme-subsystem are drives; their hidden
+    # per-controller paths (nvme2c2n1...) are not
     assert "nvme2n1" in names
+    assert (tmp_path / "sys/block/nvme2c2n1/hidden").exists()
+    assert not [n for n in names if re.fullmatch(r"nvme\d+c\d+n\d+", n)]
     kioxia = next(d for d in raw["drives"] if d["name"] == "nvme2n1")
     assert kioxia["model"] == "KIOXIA KCMYDRUG3T84" and kioxia["transport"] == "nvme"
 
@@ -234,6 +245,8 @@ def test_boot_emmc(tmp_path: Path) -> None:
     assert (raw["boot_drive_device"], raw["boot_drive_model"], raw["boot_drive_serial"]) == (
         "mmcblk0", "DF4032", "0xb7223e1a")
     assert raw["rip_drive_device"] is None
+    # boot0/boot1/rpmb are hardware partitions of the same eMMC, not drives
+    assert [d["name"] for d in raw["drives"]] == ["mmcblk0"]
 
 
 @needs_corpus
@@ -399,6 +412,21 @@ def test_live_boot_overlay_squashfs_loop_iso(tmp_path: Path) -> None:
     assert raw["rip_drive_device"] == "sr0"  # the same drive: sysfs SCSI type 5
 
 
+def test_overlay_layers_added_one_by_one(tmp_path: Path) -> None:
+    # Linux >= 6.8 shows layers given with fsconfig(FSCONFIG_SET_STRING, "lowerdir+") one by one
+    _scsi_disk(tmp_path, 0, "sda", "8:0", "Samsung SSD 870")
+    _kernel_block(tmp_path, "/devices/pci0000:00/0000:00:17.0/ata1/host0/target0:0:0/0:0:0:0/"
+                  "block/sda/sda3", "8:3", partition=3)
+    write_mountinfo(tmp_path, [
+        "21 30 8:3 / /media/os ro - ext4 /dev/sda3 ro",
+        "22 30 0:31 / /media/rw rw - tmpfs tmpfs rw",
+        "30 1 0:32 / / rw - overlay overlay rw,lowerdir+=/media/rw/top,lowerdir+=/media/os/image,"
+        "upperdir=/media/rw/upper,workdir=/media/rw/work",
+    ])
+    raw = Disks().collect(ReplayHost(tmp_path))
+    assert raw["boot_drive_device"] == "sda"
+
+
 def test_tmpfs_root_has_no_boot_drive(tmp_path: Path) -> None:
     _scsi_disk(tmp_path, 0, "sda", "8:0", "Samsung SSD 870")
     write_mountinfo(tmp_path, ["2 1 0:2 / / rw - rootfs rootfs rw",
@@ -508,6 +536,13 @@ def test_ghw_snapshot_drives(tmp_path: Path) -> None:
     assert raw["boot_drive_device"] is None  # the snapshot has /proc/self/mounts, no mountinfo
 
 
+def test_live_record_and_replay_agree(tmp_path: Path) -> None:
+    # this machine through the real capture path: the replay gives what the live run gave
+    live = Disks().collect(RecordingHost(LiveHost("/"), tmp_path))
+    assert Disks().collect(ReplayHost(tmp_path)) == live
+    assert {d["name"] for d in live["drives"]} <= set(os.listdir("/sys/block"))
+
+
 # ---- parsers ----------------------------------------------------------------------------------
 def test_parse_mountinfo_procfs_fixture() -> None:
     # prometheus/procfs fixtures/proc/26231/mountinfo (Apache-2.0), including nfs and a bind
@@ -541,7 +576,7 @@ def test_udev_data_parser_on_node_exporter_file(tmp_path: Path) -> None:
     unpack(DATA / "node_exporter_udev.ttar", tmp_path)
     props = parse_udev_data((tmp_path / "udev/data/b11:0").read_text())
     assert props["ID_CDROM"] == "1" and props["ID_SERIAL_SHORT"] == "AAAABBBBCCCC1"
-    assert decode_udev_escapes(props["ID_MODEL_ENC"]) == "Virtual CDROM0  "
+    assert decode_escapes(props["ID_MODEL_ENC"]) == "Virtual CDROM0  "
     assert props["ID_FS_TYPE"] == ""
 
 

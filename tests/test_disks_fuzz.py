@@ -8,7 +8,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collectors._blockudev import decode_udev_escapes, parse_udev_data, read_block_udev
+from collectors._udevdb import block_properties, decode_escapes
+from collectors._udevdb import parse_properties as parse_udev_data
 from collectors.disks import Disks, natural_key, parse_mountinfo, parse_vpd_pg80
 from evo_agent.hostroot import ReplayHost
 
@@ -34,7 +35,7 @@ def test_udev_data_never_raises(text: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("\\x0123456789abcdefgABCDEF é")), max_size=60))
 def test_udev_escape_decoder_never_raises(text: str) -> None:
-    assert isinstance(decode_udev_escapes(text), str)
+    assert isinstance(decode_escapes(text), str)
 
 
 @settings(max_examples=300, deadline=None)
@@ -91,6 +92,6 @@ def test_udev_lookup_refuses_odd_device_numbers(tmp_path: Path) -> None:
     (tmp_path / "run/udev/data").mkdir(parents=True)
     (tmp_path / "secret").write_text("E:ID_SERIAL_SHORT=LEAK\n")
     host = ReplayHost(tmp_path)
-    assert read_block_udev(host, "../../../secret") == {}
-    assert read_block_udev(host, "8:0\n") == {}
-    assert read_block_udev(host, None) == {}
+    assert block_properties(host, "../../../secret") == {}
+    assert block_properties(host, "8:0\n") == {}
+    assert block_properties(host, None) == {}

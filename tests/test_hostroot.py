@@ -209,3 +209,44 @@ def test_damaged_archive_is_a_capture_error(tmp_path: Path) -> None:
         pass
     with pytest.raises(CaptureError, match="no such capture"), CaptureSource(tmp_path / "none"):
         pass
+
+
+def test_a_file_tested_for_existence_only_is_recorded(tmp_path: Path) -> None:
+    """Collectors test sysfs markers without reading them (``sda2/partition``): replay agrees."""
+    live_root = tmp_path / "live"
+    part = live_root / "sys/devices/pci0000:00/0000:00:17.0/block/sda/sda2"
+    part.mkdir(parents=True)
+    (part / "partition").write_text("2\n")
+    (live_root / "sys/dev/block").mkdir(parents=True)
+    os.symlink("../../devices/pci0000:00/0000:00:17.0/block/sda/sda2",
+               live_root / "sys/dev/block/8:2")
+    capture = tmp_path / "capture"
+    rec = RecordingHost(LiveHost(live_root), capture)
+    assert rec.exists("/sys/dev/block/8:2/partition")
+    assert not rec.exists("/sys/dev/block/8:2/holders")
+    replay = ReplayHost(capture)
+    assert replay.exists("/sys/dev/block/8:2/partition")
+    assert not replay.exists("/sys/dev/block/8:2/holders")
+    assert replay.read_attr("/sys/dev/block/8:2/partition") == "2"
+
+
+def test_a_closed_recorder_reads_but_records_nothing(tmp_path: Path) -> None:
+    live_root = tmp_path / "live"
+    make_sysfs(live_root)
+    capture = tmp_path / "capture"
+    rec = RecordingHost(LiveHost(live_root), capture)
+    rec.close()
+    assert rec.read_attr("/sys/class/net/eth0/address") == "3c:ec:ef:00:11:22"
+    assert rec.listdir("/sys/class/net") == ["eth0", "lo"]
+    assert not capture.exists() or list(capture.rglob("*")) == []
+
+
+def test_replayed_commands_stay_inside_the_capture(tmp_path: Path) -> None:
+    (tmp_path / "commands").mkdir()
+    os.symlink("/etc/os-release", tmp_path / "commands" / "dmidecode.txt")
+    os.mkfifo(tmp_path / "commands" / "lsusb.txt")
+    host = ReplayHost(tmp_path)
+    with pytest.raises(CommandUnavailable):
+        host.run(["dmidecode"], 5)  # the link resolves inside the capture, where nothing is
+    with pytest.raises(CommandFailed, match="unreadable"):
+        host.run(["lsusb"], 5)

@@ -292,7 +292,9 @@ def test_live_record_and_replay_agree(tmp_path: Path) -> None:
     # this machine, through the real capture path: replay must give what the live run gave
     live = Network().collect(RecordingHost(LiveHost("/"), tmp_path))
     assert Network().collect(ReplayHost(tmp_path)) == live
-    assert {i["name"] for i in live["interfaces"]} == set(os.listdir("/sys/class/net"))
+    # /sys/class/net also holds the file bonding_masters when the bonding module is loaded
+    assert {i["name"] for i in live["interfaces"]} == {
+        n for n in os.listdir("/sys/class/net") if os.path.isdir(f"/sys/class/net/{n}")}
 
 
 def test_node_exporter_sysfs(tmp_path: Path) -> None:
@@ -510,3 +512,16 @@ def test_usb_nic_on_a_fixed_port_is_onboard(tmp_path: Path) -> None:
     raw = collect(tmp_path)
     assert raw["mac_address"] == "b8:27:eb:12:34:56"
     assert (raw["lan_ip"], raw["lan_ip_secondary"]) == ("192.168.1.90", "10.43.2.20")
+
+
+def test_cli_inventory_from_the_sandbox_capture(capsys: pytest.CaptureFixture[str]) -> None:
+    # the whole path: discovery, replay of a capture directory, privacy filter, JSON on stdout
+    from evo_agent.cli import main
+
+    assert main(["inventory", "--from", str(SANDBOX), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["functional"]["lan_ip"] == "192.0.2.2"
+    assert report["functional"]["lan_ip_secondary"] is None
+    assert report["hardware"]["mac_address"] == "02:fc:00:00:00:01"
+    assert report["collectors"]["network"]["status"] == "ok"
+    assert report["collectors"]["disks"]["status"] == "no_data"  # no block devices captured

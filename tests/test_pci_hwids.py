@@ -209,3 +209,29 @@ def test_fuzz_written_entry_is_found(tmp_path_factory: pytest.TempPathFactory, n
         return
     assert ids.vendor(vid) == f"V {name}".strip()
     assert ids.device(vid, did) == f"D {name}".strip()
+
+
+@needs_pci_ids
+def test_every_entry_of_the_installed_file_is_found() -> None:
+    """Every vendor and device line of this machine's pci.ids is found by the lazy lookup.
+
+    A line-by-line parse (the obvious, slow way) is the oracle for the byte search.
+    """
+    assert INSTALLED is not None
+    first: dict[tuple[str, str | None], str] = {}
+    vendor = None
+    for line in Path(INSTALLED).read_text("utf-8", "replace").splitlines():
+        if line.startswith("C "):
+            break
+        m = re.match(r"^([0-9a-f]{4})  (.*)$", line)
+        if m:
+            vendor = m.group(1)
+            first.setdefault((vendor, None), m.group(2).strip())
+            continue
+        m = re.match(r"^\t([0-9a-f]{4})  (.*)$", line)
+        if m and vendor is not None:
+            first.setdefault((vendor, m.group(1)), m.group(2).strip())
+    assert len(first) > 15000  # 2,325 vendors and 17,616 devices in pci.ids 2023.04.10
+    ids = IdsFile(LiveHost("/"), PCI_IDS_PATHS)
+    for (vid, did), name in first.items():
+        assert (ids.vendor(vid) if did is None else ids.device(vid, did)) == name, (vid, did)

@@ -281,3 +281,49 @@ def test_old_udev_without_hwdb_falls_back_to_id_files(tmp_path: Path,
     assert cam["vendor"] != "CNFDH69F30401789B1B2"
     pci = _by(Pci().collect(host)["devices"], "address")
     assert all(d["vendor"] for d in pci.values()), "every PCI vendor ID is in pci.ids"
+
+
+@pytest.mark.skipif(not EXPORT_FILES, reason="shared/corpus/udev/checkbox is not beside the repo")
+def test_id_files_agree_with_udev_hwdb_names() -> None:
+    """The fallback names (this machine's pci.ids/usb.ids) are those udev's hwdb gave, mostly.
+
+    hwdb is built from the same files, in other versions: names get renamed between versions
+    ("Standard Microsystems Corp." -> "Microchip Technology, Inc. (formerly SMSC)", "Root Port"
+    -> "Root Port #5"), and hwdb appends the subsystem's name in parentheses for known
+    subsystems ("Wireless 7260 (Dual Band Wireless-AC 7260)").  Measured on the 57 exports with
+    pci.ids 2023.04.10 / usb.ids 2025.07.26: PCI vendors 2042/2072, PCI devices 1301/1445, USB
+    names 338/354 agree; the bounds below leave room for a newer hwdata.
+    """
+    pci_paths = [p for p in PCI_IDS_PATHS if Path(p).is_file()]
+    usb_paths = [p for p in USB_IDS_PATHS if Path(p).is_file()]
+    if not pci_paths or not usb_paths:
+        pytest.skip("hwdata's pci.ids/usb.ids are not installed on this machine")
+    from collectors._hwids import pci_ids, usb_ids
+    from evo_agent.hostroot import LiveHost
+
+    pci, usb = pci_ids(LiveHost("/")), usb_ids(LiveHost("/"))
+    counts = {"pci_vendor": [0, 0], "pci_device": [0, 0], "usb": [0, 0]}
+    for export in EXPORT_FILES:
+        want_pci, want_usb = expected(export)
+        for props in want_pci.values():
+            vid, _, did = props["PCI_ID"].lower().partition(":")
+            if "ID_VENDOR_FROM_DATABASE" in props:
+                counts["pci_vendor"][0] += 1
+                counts["pci_vendor"][1] += pci.vendor(vid) == props["ID_VENDOR_FROM_DATABASE"]
+            if "ID_MODEL_FROM_DATABASE" in props:
+                name, hwdb = pci.device(vid, did), props["ID_MODEL_FROM_DATABASE"]
+                counts["pci_device"][0] += 1
+                counts["pci_device"][1] += bool(name) and (hwdb == name
+                                                           or hwdb.startswith(f"{name} ("))
+        for props in want_usb.values():
+            vid, pid = (f"{int(p, 16):04x}" for p in props["PRODUCT"].split("/")[:2])
+            for key, name in (("ID_VENDOR_FROM_DATABASE", usb.vendor(vid)),
+                              ("ID_MODEL_FROM_DATABASE", usb.device(vid, pid))):
+                if key in props:
+                    counts["usb"][0] += 1
+                    counts["usb"][1] += name == props[key]
+    assert counts["pci_vendor"][0] > 2000 and counts["pci_vendor"][1] >= 0.95 * counts[
+        "pci_vendor"][0], counts
+    assert counts["pci_device"][0] > 1400 and counts["pci_device"][1] >= 0.85 * counts[
+        "pci_device"][0], counts
+    assert counts["usb"][0] > 300 and counts["usb"][1] >= 0.9 * counts["usb"][0], counts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -13,7 +14,14 @@ from hypothesis import strategies as st
 
 from evo_agent.collector import discover
 from evo_agent.inventory import Inventory, Outcome, build_report
-from evo_agent.policy import CLEANERS, apply, clean_text, is_placeholder, load_policy
+from evo_agent.policy import (
+    CLEANERS,
+    apply,
+    clean_text,
+    is_placeholder,
+    load_policy,
+    looks_personal,
+)
 from tests.conftest import REPO, SHARED_POLICY
 
 POLICY_COPY = REPO / "config" / "432evo-privacy-policy.txt"
@@ -186,3 +194,26 @@ def test_any_collector_output_gives_a_schema_valid_report(raw: dict[str, dict[st
     inventory = Inventory({name: Outcome(name, "ok", 1, values) for name, values in raw.items()})
     report, _dropped = build_report(inventory, load_policy())
     jsonschema.validate(report, SCHEMA, format_checker=jsonschema.FormatChecker())
+
+
+def test_no_name_in_the_hardware_databases_looks_personal() -> None:
+    """The personal-data check must not null real device names: all of pci.ids and usb.ids."""
+    import re
+
+    id_line = re.compile(r"^\t*(?:[0-9a-fA-F]{4}(?: [0-9a-fA-F]{4})?|C [0-9a-f]{2}|[0-9a-f]{2})"
+                         r"\s+(.*)$")
+    files = [Path(p) for p in ("/usr/share/misc/pci.ids", "/usr/share/misc/usb.ids")]
+    assert all(f.is_file() for f in files), "hwdata is not installed (scripts/test.sh installs it)"
+    names = [m.group(1) for f in files
+             for m in map(id_line.match, f.read_text("utf-8", "replace").splitlines()) if m]
+    assert len(names) > 30_000
+    assert [n for n in names if looks_personal(n)] == []
+    assert CLEANERS["text"]("Virtual Printer (/Users/john/Parallels/x.txt)") is None
+    assert CLEANERS["text"]("Owner: jane.doe@example.org") is None
+    assert CLEANERS["text"]("Studio DAC of jane.doe@example.") is None  # cut by the kernel
+    assert CLEANERS["text"]("Studio DAC of jane.doe@exam") is None
+    assert CLEANERS["text"]("TV@nywhere Plus") == "TV@nywhere Plus"
+    assert CLEANERS["text"]("Core i5-4590 CPU @ 3.30GHz") == "Core i5-4590 CPU @ 3.30GHz"
+    assert CLEANERS["text"]("see https://example.org/x") is None
+    assert CLEANERS["text"]("C:\\Users\\jane") is None
+    assert CLEANERS["text"]("Radeon HD 7700/7800 Series") == "Radeon HD 7700/7800 Series"

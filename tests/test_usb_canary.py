@@ -12,12 +12,11 @@ The filtered output is checked byte for byte, through the policy and through the
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 from pathlib import Path
 from typing import Any
-
-import jsonschema
 
 from collectors.alsa import Alsa
 from collectors.pci import Pci
@@ -33,6 +32,8 @@ EMAIL = "jane.canary7731@example.org"
 PPID = "CN0CANARY7731X9LB04LA00"
 PATH = "/home/canary7731/dac.cfg"
 CANARIES = (SERIAL, SERIAL_2, EMAIL, PPID, PATH, "canary7731", "CANARY")
+# imported by name: whether jsonschema's type stubs are installed does not matter to mypy then
+jsonschema = importlib.import_module("jsonschema")
 SCHEMA = (Path(__file__).resolve().parents[1] / "evo_agent" / "schemas"
           / "evo-inventory-1.schema.json")
 

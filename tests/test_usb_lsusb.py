@@ -111,8 +111,8 @@ def test_every_lsusb_v_device_is_listed(path: Path, tmp_path: Path) -> None:
         has_product = src.get("iProduct", "0") != "0" and src.get("iProduct_text")
         assert dev["product_string"] == (src["iProduct_text"] if has_product else None)
         # no udev database and no usb.ids in this tree: names are the plausible descriptors
-        assert dev["product"] == plausible_name(dev["product_string"])  # type: ignore[arg-type]
-        assert dev["vendor"] == plausible_name(dev["manufacturer_string"])  # type: ignore[arg-type]
+        assert dev["product"] == plausible_name(dev["product_string"], dev["serial"])
+        assert dev["vendor"] == plausible_name(dev["manufacturer_string"], dev["serial"])
 
 
 @pytest.mark.corpus
@@ -240,6 +240,8 @@ def test_no_usb_bus_is_empty(tmp_path: Path) -> None:
     ("jane.doe@example.org", False), ("Contact: support+usb@maker.co.uk", False),
     ("/home/jane/dac", False), ("Virtual Printer (/Users/john/x.txt)", False),
     ("C:\\Users\\jane", False), ("~/dev", False), ("https://user@example.com", False),
+    # cut by snd-usb-audio's 31-byte card name: no whole domain left
+    ("Studio DAC of jane.doe@example.", False), ("DAC of jane@e", False),
     # serial-like manufacturer strings of real Dell webcams (shared/corpus/udev/checkbox)
     ("CN0CW54MLOG0079LB04LA00", False), ("CNFDH69F30401789B1B2", False),
     ("", False), ("   ", False),

@@ -114,3 +114,31 @@ def test_fuzz_record_bytes(tmp_path_factory: pytest.TempPathFactory, raw: bytes)
     (root / "run/udev/data").mkdir(parents=True)
     (root / "run/udev/data/c189:1").write_bytes(raw)
     assert isinstance(_udevdb.properties(ReplayHost(root), "c189:1"), dict)
+
+
+# -- regression: the crash fuzzing found ----------------------------------------------------------
+@pytest.mark.parametrize(("dev", "busnum", "devnum"), [
+    (None, "0", "\u00b2"),  # the falsifying example: "²".isdigit() is True, int("²") raises
+    ("\u00b2:1", None, None), ("189:\u0663", "\u0661", "\u0662"),  # Arabic-Indic digits
+    (None, "1", "9" * 40),
+])
+def test_regression_unicode_digits_in_device_numbers(dev: str | None, busnum: str | None,
+                                                     devnum: str | None) -> None:
+    """Unicode digits in dev/busnum/devnum give no record instead of a ValueError."""
+    assert _udevdb.usb_record(dev, busnum, devnum) is None
+
+
+def test_regression_unicode_digits_in_sysfs_files(tmp_path: Path) -> None:
+    """The same bytes in a capture's busnum/devnum and uevent do not stop the usb collector."""
+    from collectors.usb import Usb
+
+    d = tmp_path / "sys/devices/x/1-1"
+    d.mkdir(parents=True)
+    (d / "idVendor").write_text("0d8c\n")
+    (d / "busnum").write_text("0\n")
+    (d / "devnum").write_text("\u00b2\n")
+    (d / "uevent").write_text("MAJOR=\u00b2\nMINOR=1\nPRODUCT=d8c/14/100\nTYPE=\u00b2/0/0\n")
+    (tmp_path / "sys/bus/usb/devices").mkdir(parents=True)
+    (tmp_path / "sys/bus/usb/devices/1-1").symlink_to("../../../devices/x/1-1")
+    (dev,) = Usb().collect(ReplayHost(tmp_path))["devices"]
+    assert (dev["vendor_id"], dev["product_id"], dev["device_class"]) == ("0d8c", "0014", None)

@@ -1,0 +1,345 @@
+"""Registry benchmark: reports per second and latency, on SQLite and PostgreSQL, and the finder.
+
+    python3 bench/registry_bench.py [--devices 1000] [--reports-per-device 5] [--clients 2]
+        [--threads 16] [--workers 2] [--finder-devices 100000] [--backends sqlite,postgresql]
+
+For each backend: a real `evo-registry serve` process (``--workers`` processes sharing the
+socket) on 127.0.0.1; the load comes from this process's ``--clients`` child processes with
+``--threads`` keep-alive connections each, sending reports prepared (gzip, signed) before the clock
+starts.  PostgreSQL is Debian's, started here in a temporary directory with durable settings
+(fsync on), and pgbench measures its plain insert rate on the same server in the same run.
+Then the database is filled to ``--finder-devices`` devices and the finder page is timed.
+Results go to stdout and bench/results/registry-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import http.client
+import json
+import multiprocessing
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat  # noqa: E402
+
+from evo_registry.db import Database, utc_text  # noqa: E402
+from evo_registry.store import Enrolment, Store  # noqa: E402
+from tests.registry.conftest import base_report  # noqa: E402
+from tests.registry.pgserver import pg_bin, postgres  # noqa: E402
+
+Work = list[tuple[str, bytes, str]]  # (vpnid, gzip body, signature)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """Return the user+system CPU seconds of a process and its living children (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                kids = (task / "children").read_text().split()
+                todo += [int(k) for k in kids]
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def prepare(db_url: str, devices: int, per_device: int) -> list[Work]:
+    """Enrol the devices and build their signed reports; return the work, one list per device."""
+    db = Database(db_url)
+    db.migrate()
+    store = Store(db)
+    now = datetime.now(timezone.utc)
+    work: list[Work] = []
+    for i in range(devices):
+        vpnid = f"EVO-B{i:06d}"
+        key = Ed25519PrivateKey.generate()
+        pub = base64.b64encode(key.public_key().public_bytes(Encoding.Raw,
+                                                             PublicFormat.Raw)).decode()
+        template = base_report(vpnid)
+        store.enroll(Enrolment(vpnid, pub, template, ("BE", "NL", "LU"), "230V",
+                               now - timedelta(days=30)), now)
+        items: Work = []
+        for seq in range(1, per_device + 1):
+            doc = dict(template, report_id=str(uuid.uuid4()), sequence=seq, trigger="daily")
+            body = gzip.compress(json.dumps(doc).encode())
+            items.append((vpnid, body, base64.b64encode(key.sign(body)).decode()))
+        work.append(items)
+    db.close()
+    return work
+
+
+@contextmanager
+def registry(config: Path, workers: int, threads: int) -> Iterator[tuple[int, int]]:
+    """Run `evo-registry serve` and yield its port and pid."""
+    proc = subprocess.Popen([sys.executable, "-m", "evo_registry.cli", "serve", "--config",
+                             str(config), "--listen", "127.0.0.1:0", "--workers", str(workers),
+                             "--threads", str(threads)], cwd=REPO, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stderr is not None
+    port = None
+    while port is None:
+        line = proc.stderr.readline()
+        if not line:
+            raise RuntimeError("the registry did not start")
+        m = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
+        port = int(m.group(1)) if m else None
+    # Keep reading its log so that it never blocks on a full pipe.
+    threading.Thread(target=lambda: [None for _ in proc.stderr or []], daemon=True).start()
+    try:
+        yield port, proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def _client(port: int, per_thread: list[list[Work]], out: Any) -> None:
+    """One load process: a keep-alive connection per thread; each device's reports in order."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def run(devices: list[Work]) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine: list[float] = []
+        codes: dict[int, int] = {}
+        for items in devices:
+            for vpnid, body, sig in items:
+                start = time.perf_counter()
+                conn.request("POST", "/v1/reports", body=body, headers={
+                    "Content-Type": "application/json", "Content-Encoding": "gzip",
+                    "X-Evo-Vpnid": vpnid, "X-Evo-Signature": sig,
+                    "X-Forwarded-For": "192.0.2.10"})
+                resp = conn.getresponse()
+                resp.read()
+                mine.append(time.perf_counter() - start)
+                codes[resp.status] = codes.get(resp.status, 0) + 1
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+            for k, v in codes.items():
+                statuses[k] = statuses.get(k, 0) + v
+
+    threads = [threading.Thread(target=run, args=(d,)) for d in per_thread]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put((latencies, statuses))
+
+
+def load(port: int, work: list[Work], clients: int, threads: int) -> dict[str, Any]:
+    """Send all the work from ``clients`` processes; return rate and latencies."""
+    slots = clients * threads
+    per_slot: list[list[Work]] = [work[i::slots] for i in range(slots)]
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(port, per_slot[c * threads:(c + 1) * threads], out))
+             for c in range(clients)]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    results = [out.get() for _ in procs]
+    elapsed = time.perf_counter() - start
+    for p in procs:
+        p.join()
+    latencies = [x for lat, _s in results for x in lat]
+    statuses: dict[int, int] = {}
+    for _lat, s in results:
+        for k, v in s.items():
+            statuses[k] = statuses.get(k, 0) + v
+    return {"requests": len(latencies), "seconds": round(elapsed, 2),
+            "per_second": round(len(latencies) / elapsed, 1),
+            "p50_ms": round(_percentile(latencies, 0.50) * 1000, 2),
+            "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
+            "mean_ms": round(statistics.fmean(latencies) * 1000, 2), "statuses": statuses}
+
+
+def pgbench_inserts(pg: Any, db_url: str, clients: int, seconds: int) -> dict[str, Any]:
+    """Return pgbench's rate of single-row inserts on the same server."""
+    bindir = pg_bin()
+    assert bindir is not None
+    dbname = urllib.parse.urlsplit(db_url).path.lstrip("/")
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS pgbench_ins (id BIGSERIAL PRIMARY KEY, "
+                     "k TEXT NOT NULL, v TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT now())")
+    script = Path(tempfile.mkstemp(suffix=".sql")[1])
+    script.write_text("INSERT INTO pgbench_ins (k, v) VALUES (md5(random()::text), "
+                      "repeat('x', 700));\n")
+    out = subprocess.run([str(bindir / "pgbench"), "-n", "-h", str(pg.socket_dir), "-U", "evo",
+                          "-c", str(clients), "-j", "2", "-T", str(seconds), "-f", str(script),
+                          dbname], capture_output=True, text=True, check=True)
+    script.unlink()
+    m = re.search(r"tps = ([0-9.]+)", out.stdout)
+    lat = re.search(r"latency average = ([0-9.]+) ms", out.stdout)
+    return {"tps": float(m.group(1)) if m else None,
+            "latency_avg_ms": float(lat.group(1)) if lat else None, "clients": clients}
+
+
+def fill(db_url: str, total: int, wans: int) -> list[str]:
+    """Add devices up to ``total`` with recent reports from ``wans`` WAN IPs; return the IPs."""
+    db = Database(db_url)
+    now = datetime.now(timezone.utc)
+    ips = [f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}" for i in range(1, wans + 1)]
+    rows = []
+    for i in range(total):
+        seen = utc_text(now - timedelta(hours=random.randint(0, 24 * 45)))  # noqa: S311
+        rows.append((f"EVO-F{i:07d}", "AAAA", utc_text(now), utc_text(now), "432 EVO", '["BE"]',
+                     "230V", "{}", seen, seen, f"EVO-{i:07d}"[:15], f"192.168.{i % 250}.{i % 200}",
+                     ips[i % wans]))
+    with db.transaction() as tx:
+        for chunk in range(0, len(rows), 1000):
+            for row in rows[chunk:chunk + 1000]:
+                tx.run("INSERT INTO devices (vpnid, public_key, enrolled_at, manufactured_at, "
+                       "model, sales_region, psu_variant, enrolment_report, first_seen, "
+                       "last_seen, netbios_name, lan_ip, wan_ip, wan_key) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, row[-1]))
+    if db.dialect == "postgresql":
+        with db.transaction() as tx:
+            tx.run("ANALYZE devices")
+    db.close()
+    return ips
+
+
+def finder_latency(port: int, ips: list[str], requests: int, threads: int) -> dict[str, Any]:
+    """Time GET / from random homes, ``threads`` at once."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def run(n: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine = []
+        rnd = random.Random()  # noqa: S311 - not security
+        for _ in range(n):
+            start = time.perf_counter()
+            conn.request("GET", "/", headers={"X-Forwarded-For": rnd.choice(ips)})
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200
+            mine.append(time.perf_counter() - start)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    start = time.perf_counter()
+    ts = [threading.Thread(target=run, args=(requests // threads,)) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {"requests": len(latencies), "per_second": round(len(latencies) / elapsed, 1),
+            "p50_ms": round(_percentile(latencies, 0.5) * 1000, 2),
+            "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2)}
+
+
+def main() -> int:
+    """Run the benchmark."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--reports-per-device", type=int, default=5)
+    ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--server-threads", type=int, default=8)
+    ap.add_argument("--finder-devices", type=int, default=100_000)
+    ap.add_argument("--finder-requests", type=int, default=4000)
+    ap.add_argument("--backends", default="sqlite,postgresql")
+    args = ap.parse_args()
+
+    results: dict[str, Any] = {"started": utc_text(datetime.now(timezone.utc)),
+                               "args": vars(args), "cpus": os.cpu_count()}
+    for backend in args.backends.split(","):
+        with tempfile.TemporaryDirectory(prefix="evo-bench-") as tmp, _database(backend, tmp) \
+                as (db_url, pg):
+            config = Path(tmp) / "registry.toml"
+            config.write_text(f'database = "{db_url}"\ntrusted_proxies = ["127.0.0.1/32"]\n'
+                              "rate_limit_reports = 1000000\n")
+            t0 = time.perf_counter()
+            work = prepare(db_url, args.devices, args.reports_per_device)
+            print(f"[{backend}] prepared {args.devices} devices x {args.reports_per_device} "
+                  f"reports in {time.perf_counter() - t0:.1f} s", flush=True)
+            with registry(config, args.workers, args.server_threads) as (port, pid):
+                pg_pid = _postmaster(pg)
+                cpu0, pg0 = tree_cpu_seconds(pid), tree_cpu_seconds(pg_pid) if pg_pid else 0.0
+                res: dict[str, Any] = {"reports": load(port, work, args.clients, args.threads)}
+                n = res["reports"]["requests"]
+                res["reports"]["registry_cpu_ms_per_report"] = round(
+                    (tree_cpu_seconds(pid) - cpu0) * 1000 / n, 3)
+                if pg_pid:
+                    res["reports"]["postgres_cpu_ms_per_report"] = round(
+                        (tree_cpu_seconds(pg_pid) - pg0) * 1000 / n, 3)
+                res["load_average_after"] = os.getloadavg()
+                print(f"[{backend}] reports: {res['reports']}", flush=True)
+                if pg is not None:
+                    res["pgbench_insert"] = pgbench_inserts(pg, db_url,
+                                                            args.clients * args.threads, 10)
+                    print(f"[{backend}] pgbench inserts: {res['pgbench_insert']}", flush=True)
+                ips = fill(db_url, args.finder_devices - args.devices, args.finder_devices // 2)
+                res["finder"] = finder_latency(port, ips, args.finder_requests, 8)
+                res["finder"]["devices"] = args.finder_devices
+                print(f"[{backend}] finder: {res['finder']}", flush=True)
+            results[backend] = res
+    out_dir = REPO / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"registry-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"written {path}")
+    return 0
+
+
+def _postmaster(pg: Any) -> int | None:
+    if pg is None:
+        return None
+    pidfile = pg.socket_dir / "data" / "postmaster.pid"
+    return int(pidfile.read_text().split()[0])
+
+
+@contextmanager
+def _database(backend: str, tmp: str) -> Iterator[tuple[str, Any]]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp}/registry.db", None
+        return
+    bindir = pg_bin()
+    if bindir is None or shutil.which("pgbench", path=str(bindir)) is None:
+        raise SystemExit("PostgreSQL absent: apt-get install postgresql postgresql-contrib")
+    with postgres(bindir, durable=True) as pg:
+        yield pg.create_database(), pg
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,419 @@
+"""The delivery verbs of ``evo-agent``: daemon, status, send, diff, sent, doctor.
+
+Kept apart from ``evo_agent.cli`` so that the inventory verbs and these evolve without touching
+each other; ``cli`` calls :func:`add_verbs`.  Technicians run these over the VPN by SSH.  The verbs
+that only read (status, diff, sent, doctor) work for members of the ``evo-support`` group, which
+may read the state directory and connect to the control socket; ``send`` and ``daemon`` change state
+and need root.  Each use is logged to the journal (through syslog(3), which journald collects, so
+no extra library is loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from evo_agent.errors import DeliveryError, EvoError, NotPermitted
+
+if TYPE_CHECKING:  # tomllib stays out of the resident daemon's memory
+    from evo_agent.config import Config
+
+READ_TIMEOUT = 5.0
+
+
+def add_verbs(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the delivery verbs to ``evo-agent``'s sub-parsers."""
+    d = sub.add_parser("daemon", parents=[common],
+                       help="run the delivery service (what the systemd unit runs)")
+    d.set_defaults(handler=cmd_daemon)
+    st = sub.add_parser("status", parents=[common],
+                        help="daemon state, last attempt and success, next due, outbox, VPN")
+    st.add_argument("--json", action="store_true", help="as JSON")
+    st.set_defaults(handler=cmd_status)
+    se = sub.add_parser("send", parents=[common],
+                        help="send a report now (through the daemon if it runs); needs root")
+    se.add_argument("--now", action="store_true", required=True,
+                    help="collect and send a report now")
+    se.add_argument("--via", choices=("vpn", "https"), help="use this path only (no fallback)")
+    se.set_defaults(handler=cmd_send)
+    di = sub.add_parser("diff", parents=[common],
+                        help="this inventory against the last report sent, field by field")
+    di.add_argument("--json", action="store_true", help="as JSON")
+    di.set_defaults(handler=cmd_diff)
+    sn = sub.add_parser("sent", parents=[common],
+                        help="the transparency log: what left this device, byte for byte")
+    sn.add_argument("count", nargs="?", type=int, default=10, metavar="N",
+                    help="the last N entries (default 10)")
+    sn.add_argument("--bytes", action="store_true",
+                    help="also print the exact bytes of each report")
+    sn.add_argument("--json", action="store_true", help="as JSON")
+    sn.set_defaults(handler=cmd_sent)
+    do = sub.add_parser("doctor", parents=[common],
+                        help="check config, key, clock, DNS, VPN, TLS and disk; say how to fix")
+    do.add_argument("--json", action="store_true", help="as JSON")
+    do.set_defaults(handler=cmd_doctor)
+
+
+def _audit(verb: str) -> None:
+    import syslog
+
+    syslog.openlog("evo-agent", syslog.LOG_PID, syslog.LOG_DAEMON)
+    syslog.syslog(syslog.LOG_INFO, f"evo-agent {verb} run by uid {os.getuid()}")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    from evo_agent.config import load
+
+    return load(getattr(args, "config", None))
+
+
+def _dump(doc: Any, out: TextIO) -> None:
+    json.dump(doc, out, indent=2, ensure_ascii=False, default=str)
+    out.write("\n")
+
+
+def _fmt(wall: float | None) -> str:
+    if wall is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(wall))
+
+
+# -- daemon, send --------------------------------------------------------------------------------
+def cmd_daemon(args: argparse.Namespace, out: TextIO) -> int:
+    """Run the resident service."""
+    from evo_agent import daemon
+
+    if os.geteuid() != 0 and not os.environ.get("EVO_AGENT_ALLOW_NONROOT"):
+        raise NotPermitted("evo-agent daemon: needs root (it writes the state directory)")
+    return daemon.main(getattr(args, "config", None), getattr(args, "verbose", False))
+
+
+def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
+    """Send a report now; exit 0 only when the registry acknowledged it."""
+    from evo_agent import control
+
+    _audit("send --now")
+    if os.geteuid() != 0:
+        raise NotPermitted("evo-agent send: needs root (it writes the outbox); use sudo")
+    cfg = _config(args)
+    via = args.via or "auto"
+    sock = str(cfg.values["agent"]["control_socket"])
+    timeout = cfg.collector_timeout * 3 + cfg.values["delivery"]["total_timeout"] * 4 + 60
+    try:
+        result = control.request(sock, {"op": "send", "via": via}, timeout)
+        how = "through the daemon"
+    except control.NoDaemon:
+        from evo_agent.delivery import run_cycle
+
+        if not cfg.enabled:
+            raise DeliveryError("not sent: opted out ([agent] enabled = false)") from None
+        result = run_cycle(cfg, trigger="manual", via=via).__dict__
+        how = "standalone (no daemon runs)"
+    except (OSError, ValueError) as exc:
+        raise DeliveryError(f"the daemon did not answer: {exc}") from None
+    if result.get("ok") and result.get("acknowledged"):
+        print(f"acknowledged via {result.get('path')} ({how}): "
+              f"{', '.join(result['acknowledged'])}", file=out)
+        return 0
+    code = int(result.get("exit_code") or DeliveryError.exit_code)
+    if code == NotPermitted.exit_code:
+        raise NotPermitted(f"not sent: {result.get('error')}")
+    raise DeliveryError(f"not acknowledged ({how}): {result.get('error')}")
+
+
+# -- status --------------------------------------------------------------------------------------
+def status_doc(cfg: Config) -> dict[str, Any]:
+    """Return everything `status` shows."""
+    from evo_agent import control, transport
+    from evo_agent.delivery import vpnid_of
+    from evo_agent.outbox import Outbox
+    from evo_agent.schedule import load_state, next_due, read_clock
+
+    state = load_state(cfg.state_dir / "state.json")
+    try:
+        daemon: dict[str, Any] | None = control.request(
+            str(cfg.values["agent"]["control_socket"]), {"op": "status"}, READ_TIMEOUT)
+    except (control.NoDaemon, OSError, ValueError):
+        daemon = None
+    try:
+        pending = Outbox(cfg.state_dir).pending()
+        depth: int | str = len(pending)
+    except OSError as exc:
+        depth = f"unreadable: {exc.strerror}"
+    delivery = cfg.values["delivery"]
+    vpn_ok, vpn_why = transport.vpn_state(delivery["vpn_url"], delivery["vpn_interface"])
+    now = read_clock()
+    due = next_due(state, now, vpnid_of(cfg))
+    return {
+        "enabled": cfg.enabled,
+        "daemon": {"running": daemon is not None,
+                   **({k: daemon.get(k) for k in ("pid", "started", "cycle_running")}
+                      if daemon else {})},
+        "last_attempt": {"time": state.attempt_wall, "result": state.attempt_result},
+        "last_success": {"time": state.success_wall, "path": state.success_path},
+        "consecutive_failures": state.failures,
+        "next_due": ({"time": due.wall(now), "trigger": due.trigger, "reason": due.reason}
+                     if cfg.enabled else None),
+        "outbox_depth": depth,
+        "vpn": {"usable": vpn_ok, "detail": vpn_why},
+        "state_dir": str(cfg.state_dir),
+    }
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    """Show the delivery state."""
+    _audit("status")
+    doc = status_doc(_config(args))
+    if args.json:
+        _dump(doc, out)
+        return 0
+    d = doc["daemon"]
+    rows = [
+        ("delivery", "enabled" if doc["enabled"] else "OPTED OUT (enabled = false)"),
+        ("daemon", f"running (pid {d['pid']})" if d["running"] else "not running"),
+        ("last attempt", f"{_fmt(doc['last_attempt']['time'])}: "
+                         f"{doc['last_attempt']['result'] or '-'}"),
+        ("last success", f"{_fmt(doc['last_success']['time'])}"
+                         + (f" via {doc['last_success']['path']}"
+                            if doc["last_success"]["path"] else "")),
+        ("next due", f"{_fmt(doc['next_due']['time'])} ({doc['next_due']['trigger']}: "
+                     f"{doc['next_due']['reason']})" if doc["next_due"] else "-"),
+        ("outbox", f"{doc['outbox_depth']} waiting"),
+        ("vpn", ("usable: " if doc["vpn"]["usable"] else "not used: ") + doc["vpn"]["detail"]),
+    ]
+    for k, v in rows:
+        out.write(f"{k + ':':<14}{v}\n")
+    return 0
+
+
+# -- diff, sent ----------------------------------------------------------------------------------
+VOLATILE = ("report_id", "sequence", "collected_at", "trigger")
+
+
+def flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
+    """Return dotted paths to leaf values (list items by index)."""
+    out: dict[str, Any] = {}
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(doc, list) and doc:
+        for i, v in enumerate(doc):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+    else:
+        out[prefix] = doc
+    return out
+
+
+def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the fields that differ (volatile ones and timings left out)."""
+    a, b = flatten(old), flatten(new)
+    rows = []
+    for key in sorted(set(a) | set(b)):
+        if key in VOLATILE or key.endswith(".duration_ms"):
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            rows.append({"field": key, "sent": a.get(key, "<absent>"),
+                         "now": b.get(key, "<absent>")})
+    return rows
+
+
+def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
+    """Compare this inventory with the last report the registry acknowledged."""
+    from evo_agent.delivery import collect_report
+    from evo_agent.translog import TransparencyLog
+
+    _audit("diff")
+    cfg = _config(args)
+    last = TransparencyLog(cfg.state_dir).last_acknowledged()
+    if last is None:
+        raise EvoError("no report was acknowledged yet (or the log no longer holds it): "
+                       "nothing to compare with; see 'evo-agent sent'")
+    entry, data = last
+    rows = diff_reports(json.loads(data), collect_report(cfg, "manual"))
+    if args.json:
+        _dump({"compared_with": entry, "differences": rows}, out)
+        return 0
+    out.write(f"compared with report {entry['report_id']} sent {_fmt(entry.get('time'))}\n")
+    if not rows:
+        out.write("no difference\n")
+    for r in rows:
+        out.write(f"{r['field']}: {json.dumps(r['sent'])} -> {json.dumps(r['now'])}\n")
+    return 0
+
+
+def cmd_sent(args: argparse.Namespace, out: TextIO) -> int:
+    """Show the transparency log."""
+    from evo_agent.translog import TransparencyLog
+
+    _audit("sent")
+    cfg = _config(args)
+    log = TransparencyLog(cfg.state_dir)
+    entries = log.entries()[-max(args.count, 0):] if args.count > 0 else []
+    if args.json:
+        docs = []
+        for e in entries:
+            doc = dict(e)
+            if args.bytes:
+                data = log.content(e)
+                doc["content"] = data.decode("utf-8") if data is not None else None
+            docs.append(doc)
+        _dump(docs, out)
+        return 0
+    if not entries:
+        out.write("nothing was sent from this device (or the log was emptied)\n")
+    for e in entries:
+        out.write(f"{_fmt(e.get('time'))}  {e.get('status')}  {e.get('path'):<5}  "
+                  f"seq {e.get('sequence')}  {e.get('report_id')}  sha256 {e.get('sha256')}  "
+                  f"{e.get('bytes')} bytes -> {e.get('url')}\n")
+        if args.bytes:
+            data = log.content(e)
+            out.write((data.decode("utf-8") if data is not None else "(no longer kept)") + "\n")
+    return 0
+
+
+# -- doctor --------------------------------------------------------------------------------------
+def _check(rows: list[dict[str, str]], name: str, level: str, detail: str, fix: str = "") -> None:
+    rows.append({"check": name, "result": level, "detail": detail, "fix": fix})
+
+
+def _tls_probe(url: str, ca_bundle: str, timeout: float) -> tuple[str, str, str]:
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    from evo_agent.transport import tls_context
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            if parts.scheme != "https":
+                return "ok", f"{host}:{port} reachable (plain http: VPN or loopback only)", ""
+            with tls_context(ca_bundle).wrap_socket(raw, server_hostname=host) as tls:
+                cert = tls.getpeercert() or {}
+    except ssl.SSLCertVerificationError as exc:
+        return "fail", f"{url}: certificate not trusted ({exc.verify_message})", \
+            "check [delivery] ca_bundle and the clock"
+    except (OSError, EvoError) as exc:
+        return "fail", f"{url}: {exc}", "check the network, the firewall and the URL"
+    not_after = str(cert.get("notAfter", ""))
+    days = (ssl.cert_time_to_seconds(not_after) - time.time()) / 86400 if not_after else None
+    if days is not None and days < 14:
+        return "warn", f"{url}: certificate expires in {days:.0f} days", \
+            "tell the registry operators"
+    return "ok", f"{url}: TLS verified, certificate valid {days:.0f} more days" \
+        if days is not None else f"{url}: TLS verified", ""
+
+
+def doctor_rows(args: argparse.Namespace) -> list[dict[str, str]]:
+    """Run every check."""
+    from evo_agent import control
+
+    rows: list[dict[str, str]] = []
+    try:
+        cfg = _config(args)
+    except EvoError as exc:
+        _check(rows, "config", "fail", str(exc), "fix the file and key named above")
+        return rows
+    _check(rows, "config", "ok", ", ".join(str(p) for p in cfg.sources) or "built-in defaults")
+    _check(rows, "enabled", "ok" if cfg.enabled else "warn",
+           "delivery enabled" if cfg.enabled else "opted out: nothing is collected or sent",
+           "" if cfg.enabled else "set [agent] enabled = true to send reports again")
+    _check_state_dir(rows, cfg.state_dir)
+    _check_clock(rows)
+    _check_endpoints(rows, cfg)
+    try:
+        control.request(str(cfg.values["agent"]["control_socket"]), {"op": "status"},
+                        READ_TIMEOUT)
+        _check(rows, "daemon", "ok", "running")
+    except (control.NoDaemon, OSError, ValueError):
+        _check(rows, "daemon", "warn", "not running", "systemctl start evo-agent")
+    return rows
+
+
+def _check_state_dir(rows: list[dict[str, str]], sd: Path) -> None:
+    import shutil
+
+    from evo_agent import signing
+
+    if not sd.is_dir():
+        _check(rows, "state dir", "fail", f"{sd} does not exist", "start the daemon once "
+               "(it creates it), or mkdir -m 750 it")
+    else:
+        free = shutil.disk_usage(sd).free
+        level = "ok" if free > 50 << 20 else "warn" if free > 5 << 20 else "fail"
+        _check(rows, "disk space", level, f"{free >> 20} MiB free in {sd}",
+               "" if level == "ok" else "free space on that file system")
+        key = signing.key_path(sd)
+        try:
+            problem = signing.mode_problem(key)
+            signing.load(key)
+            _check(rows, "device key", "fail" if problem else "ok",
+                   problem or f"{key}: Ed25519, mode 0600",
+                   f"chmod 600 {key}" if problem else "")
+        except FileNotFoundError:
+            _check(rows, "device key", "warn", f"{key} absent",
+                   "start the daemon once: it creates the key (then enrol it)")
+        except (EvoError, PermissionError) as exc:
+            _check(rows, "device key", "fail", str(exc), "run as root, or re-create and re-enrol")
+
+
+def _check_clock(rows: list[dict[str, str]]) -> None:
+    year = time.gmtime().tm_year
+    synced = Path("/run/systemd/timesync/synchronized").exists()
+    if year < 2024:
+        _check(rows, "clock", "fail", f"the clock says {year}", "check NTP: timedatectl status")
+    else:
+        _check(rows, "clock", "ok" if synced else "warn",
+               time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+               + (", NTP synchronised" if synced else ", NTP sync not confirmed"),
+               "" if synced else "timedatectl status; systemctl status systemd-timesyncd")
+
+
+def _check_endpoints(rows: list[dict[str, str]], cfg: Config) -> None:
+    import socket
+
+    from evo_agent import transport
+
+    delivery = cfg.values["delivery"]
+    ca = delivery["ca_bundle"]
+    if ca and not Path(ca).is_file():
+        _check(rows, "CA bundle", "fail", f"{ca} does not exist", "install the registry CA there")
+    for name in ("vpn_url", "https_url"):
+        url = delivery[name]
+        if not url:
+            _check(rows, name, "warn", "not configured", f"set [delivery] {name}")
+            continue
+        host = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+        try:
+            socket.getaddrinfo(host, None)
+            _check(rows, f"DNS {host}", "ok", "resolves")
+        except OSError as exc:
+            _check(rows, f"DNS {host}", "fail", str(exc), "check /etc/resolv.conf and the VPN")
+            continue
+        if name == "vpn_url" and not transport.vpn_state(url, delivery["vpn_interface"])[0]:
+            continue  # reported by the VPN check
+        level, detail, fix = _tls_probe(url, ca, delivery["connect_timeout"])
+        _check(rows, f"reach {name}", level, detail, fix)
+    vpn_ok, why = transport.vpn_state(delivery["vpn_url"], delivery["vpn_interface"])
+    _check(rows, "VPN", "ok" if vpn_ok else "warn", why,
+           "" if vpn_ok else "systemctl status of the VPN service; ip route get <endpoint>")
+
+
+def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
+    """Check everything delivery depends on."""
+    _audit("doctor")
+    rows = doctor_rows(args)
+    if args.json:
+        _dump(rows, out)
+    else:
+        for r in rows:
+            out.write(f"{r['result'].upper():<5} {r['check']:<16} {r['detail']}\n")
+            if r["fix"]:
+                out.write(f"{'':<22}fix: {r['fix']}\n")
+    return 1 if any(r["result"] == "fail" for r in rows) else 0
+

@@ -1,0 +1,534 @@
+"""``evo-agent daemon``: the resident process that the systemd unit runs (Type=notify).
+
+Design: a small supervisor that sleeps.  The appliance plays music; the agent must cost it nothing
+between reports.  Importing psutil, pyudev, pyroute2 and requests together costs 41 MB RSS and
+3.2 s in a QEMU guest, so the resident process imports none of them, nor cryptography, ssl or the
+collectors: it holds the standard library's socket, selectors, signal, json and the pure modules
+``schedule`` and ``outbox``.  Each report cycle runs in a short-lived child
+(``python3 -m evo_agent.delivery cycle``, see ``evo_agent.delivery``) which does the heavy work,
+prints one JSON line and exits, giving its memory back.  The config is validated the same way
+(``describe``), so the collectors' option tables are never imported here either.
+
+The loop waits in one ``select()`` for, and only for:
+
+* the deadline of the next report (``evo_agent.schedule``; CLOCK_BOOTTIME based), capped at the
+  watchdog interval (the ping is due then anyway; without a watchdog, at 15 minutes, because
+  ``select`` counts CLOCK_MONOTONIC, which stops during suspend, and the deadline does not);
+* a signal (SIGTERM/SIGINT: stop the child, exit within seconds; SIGHUP: reload the config, a bad
+  one is refused and the old one kept), through ``signal.set_wakeup_fd``;
+* a request on the control socket (``evo_agent.control``);
+* a netlink event (``evo_agent.netlink``): the VPN interface came up or a default route appeared
+  while a report waits for its retry -> the waiting report goes at once (at most once a minute);
+* the child's output, when a cycle is running.
+
+No timer ticks otherwise: an idle daemon wakes for the watchdog only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from evo_agent import control, netlink
+from evo_agent.errors import ConfigError, StateError
+from evo_agent.notify import Notifier
+from evo_agent.outbox import Outbox, ensure_dir, writer_lock
+from evo_agent.schedule import (
+    Now,
+    after_failure,
+    load_state,
+    next_due,
+    read_clock,
+    save_state,
+)
+
+LOG = logging.getLogger(__name__)
+
+#: Sleep cap without a watchdog (see the module docstring: suspend).
+IDLE_CAP = 900.0
+#: A network event starts a waiting report at most this often.
+NET_KICK_INTERVAL = 60.0
+#: Time a stopping daemon gives its child before SIGKILL.
+STOP_GRACE = 2.0
+#: How long a control client may take to send its request line.
+CLIENT_READ_TIMEOUT = 2.0
+
+
+@dataclass
+class Settings:
+    """What the daemon knows of a validated configuration (from the ``describe`` child)."""
+
+    enabled: bool
+    state_dir: Path
+    control_socket: str
+    vpn_interface: str
+    vpnid: str
+    collector_timeout: float
+    total_timeout: float
+    sources: list[str] = field(default_factory=list)
+    #: (boot, daily) splay, computed by the child (SHA-256 would load libcrypto here)
+    splay: tuple[float, float] = (0.0, 0.0)
+
+    @classmethod
+    def from_describe(cls, doc: dict[str, Any]) -> Settings:
+        """Build from the child's JSON."""
+        values = doc["values"]
+        return cls(bool(doc["enabled"]), Path(doc["state_dir"]),
+                   str(values["agent"]["control_socket"]),
+                   str(values["delivery"]["vpn_interface"]), str(doc.get("vpnid") or ""),
+                   float(values["collectors"]["timeout"]),
+                   float(values["delivery"]["total_timeout"]), list(doc.get("sources", [])),
+                   (float(doc["splay"][0]), float(doc["splay"][1])))
+
+    def cycle_deadline(self) -> float:
+        """Return how long a cycle child may run before it is killed."""
+        return self.collector_timeout * 3 + self.total_timeout * 4 + 30
+
+
+@dataclass
+class Cycle:
+    """A running child."""
+
+    proc: subprocess.Popen[bytes]
+    trigger: str | None
+    via: str
+    started: float
+    output: bytes = b""
+    waiters: list[socket.socket] = field(default_factory=list)
+
+
+class Daemon:
+    """The resident process."""
+
+    def __init__(self, config: str | None, *, python: str = sys.executable,
+                 clock: Callable[[], Now] = read_clock,
+                 notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.python = python
+        self.clock = clock
+        self.notifier = notifier or Notifier()
+        self.sel = selectors.DefaultSelector()
+        self.cycle: Cycle | None = None
+        self.pending_sends: list[tuple[socket.socket, str]] = []
+        self.last_result: dict[str, Any] | None = None
+        self.kick = False
+        #: no scheduled cycle before this (monotonic): a belt against spinning on odd failures
+        self.hold_until = 0.0
+        self.last_net_kick = -NET_KICK_INTERVAL
+        self.stopping = False
+        self.started_wall = time.time()
+        self.next_ping = 0.0
+        self.settings: Settings
+        self.listener: socket.socket | None = None
+        self.monitor: socket.socket | None = None
+
+    # -- configuration ---------------------------------------------------------------------------
+    def _child_argv(self, action: str, *extra: str) -> list[str]:
+        argv = [self.python, "-m", "evo_agent.delivery", action]
+        if self.config:
+            argv += ["--config", self.config]
+        return argv + list(extra)
+
+    def describe(self) -> Settings:
+        """Validate the configuration in a child; raise ConfigError with its reason."""
+        proc = subprocess.run(self._child_argv("describe"), capture_output=True, timeout=60,
+                              check=False, env=_child_env())
+        try:
+            doc = json.loads(proc.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise ConfigError(self.config, None, "validation failed: "
+                              + (err[-1] if err else f"exit {proc.returncode}")) from None
+        if not doc.get("ok"):
+            raise ConfigError(self.config, None, str(doc.get("error")))
+        return Settings.from_describe(doc)
+
+    def _apply(self, settings: Settings) -> None:
+        self.settings = settings
+        ensure_dir(settings.state_dir)
+        share_with_support(settings.state_dir, 0o2750)
+        if not settings.enabled:
+            with writer_lock(settings.state_dir):
+                dropped = Outbox(settings.state_dir).purge()
+            LOG.warning("opted out ([agent] enabled = false): no collection, no delivery; "
+                        "%s waiting report(s) deleted", dropped)
+
+    def reload(self) -> None:
+        """SIGHUP: take a new configuration if it is valid, else keep the old one."""
+        try:
+            new = self.describe()
+        except (ConfigError, subprocess.TimeoutExpired, OSError) as exc:
+            LOG.error("configuration reload refused, keeping the previous one: %s", exc)
+            self._status()
+            return
+        if new.control_socket != self.settings.control_socket:
+            LOG.warning("control_socket changed to %s: takes effect at the next restart",
+                        new.control_socket)
+        self._apply(new)
+        LOG.info("configuration reloaded from %s", ", ".join(new.sources) or "defaults")
+        self._status()
+
+    # -- main loop -------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until SIGTERM; return the exit status."""
+        try:
+            self._apply(self.describe())
+            self._open_control()
+        except (ConfigError, StateError) as exc:
+            LOG.error("%s", exc)
+            return exc.exit_code
+        except (subprocess.TimeoutExpired, OSError) as exc:
+            LOG.error("cannot validate the configuration: %s", exc)
+            return ConfigError.exit_code
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, lambda *_: None)
+        self.sel.register(wake_r, selectors.EVENT_READ, "signal")
+        if self.listener is not None:
+            self.sel.register(self.listener, selectors.EVENT_READ, "control")
+        try:
+            self.monitor = netlink.open_monitor()
+            self.sel.register(self.monitor, selectors.EVENT_READ, "netlink")
+        except OSError as exc:
+            LOG.warning("no netlink events (%s): waiting reports go at their retry time only", exc)
+        self.notifier.ready(self._status_line())
+        LOG.info("started (pid %s), %s", os.getpid(), self._status_line())
+        try:
+            while not self.stopping:
+                self._step()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _open_control(self) -> None:
+        path = self.settings.control_socket
+        with contextlib.suppress(control.NoDaemon, OSError, ValueError):
+            control.request(path, {"op": "status"}, 1.0)
+            raise StateError(f"{path}: another evo-agent daemon is running")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.listener = control.listen(path)
+            share_with_support(Path(path), 0o660)
+        except OSError as exc:
+            LOG.warning("no control socket at %s (%s): send --now will run standalone", path, exc)
+
+    def _due(self) -> tuple[Any, Now]:
+        now = self.clock()
+        state = load_state(self.settings.state_dir / "state.json")
+        return next_due(state, now, self.settings.splay), now
+
+    def _step(self) -> None:
+        timeout: float | None = None
+        if self.cycle is None and self.settings.enabled:
+            if self.pending_sends:
+                sock, via = self.pending_sends.pop(0)
+                self._start_cycle("manual", via, [sock])
+            else:
+                due, now = self._due()
+                held = time.monotonic() < self.hold_until and not self.kick
+                if held:
+                    timeout = self.hold_until - time.monotonic()
+                elif self.kick or due.at <= now.boottime:
+                    self.kick = False
+                    self._start_cycle(due.trigger, "auto", [])
+                else:
+                    timeout = due.at - now.boottime
+        if self.cycle is not None:
+            left = self.cycle.started + self.settings.cycle_deadline() - time.monotonic()
+            timeout = max(0.0, left) if timeout is None else min(timeout, left)
+        cap = self.notifier.watchdog_interval or IDLE_CAP
+        if self.notifier.watchdog_interval:
+            cap = max(0.0, self.next_ping - time.monotonic())
+        timeout = cap if timeout is None else min(timeout, cap)
+        for key, _mask in self.sel.select(timeout):
+            handler = {"signal": self._on_signal, "control": self._on_control,
+                       "netlink": self._on_netlink, "child": self._on_child}[key.data]
+            handler(key.fileobj)
+        if self.cycle is not None and (time.monotonic() - self.cycle.started
+                                       > self.settings.cycle_deadline()):
+            LOG.error("report cycle took longer than %.0f s: killed",
+                      self.settings.cycle_deadline())
+            self.cycle.proc.kill()
+        self._ping()
+
+    def _ping(self) -> None:
+        if self.notifier.watchdog_interval and time.monotonic() >= self.next_ping:
+            self.notifier.watchdog()
+            self.next_ping = time.monotonic() + self.notifier.watchdog_interval
+
+    # -- events ----------------------------------------------------------------------------------
+    def _on_signal(self, sock: Any) -> None:
+        with contextlib.suppress(BlockingIOError):
+            for signum in sock.recv(64):
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    LOG.info("stopping on %s", signal.Signals(signum).name)
+                    self.stopping = True
+                elif signum == signal.SIGHUP:
+                    self.reload()
+
+    def _on_netlink(self, sock: Any) -> None:
+        events = netlink.drain(sock)
+        relevant = [e for e in events if e.kind == "default_route"
+                    or (e.kind == "link_up" and e.name == self.settings.vpn_interface)]
+        if not relevant or self.cycle is not None or not self.settings.enabled:
+            return
+        due, now = self._due()
+        waiting = due.at > now.boottime and due.retry
+        if waiting and time.monotonic() - self.last_net_kick >= NET_KICK_INTERVAL:
+            LOG.info("network event (%s %s): sending the waiting report now", relevant[0].kind,
+                     relevant[0].name)
+            self.last_net_kick = time.monotonic()
+            self.kick = True
+
+    def _on_control(self, listener: Any) -> None:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        conn.settimeout(CLIENT_READ_TIMEOUT)
+        try:
+            line = conn.makefile("rb").readline(control.MAX_REQUEST)
+            req = json.loads(line)
+            op = req.get("op") if isinstance(req, dict) else None
+        except (OSError, ValueError):
+            conn.close()
+            return
+        if op == "status":
+            self._answer(conn, {"ok": True, **self.status()})
+        elif op == "send":
+            try:
+                uid = control.peer_uid(conn)
+            except OSError:
+                uid = -1
+            via = req.get("via", "auto")
+            LOG.info("send requested by uid %s (via %s)", uid, via)
+            if uid != 0:
+                self._answer(conn, {"ok": False, "error": "sending needs root", "exit_code": 77})
+            elif not self.settings.enabled:
+                self._answer(conn, {"ok": False, "disabled": True, "exit_code": 75,
+                                    "error": "opted out ([agent] enabled = false)"})
+            elif via not in ("auto", "vpn", "https"):
+                self._answer(conn, {"ok": False, "error": f"unknown path {via!r}", "exit_code": 64})
+            else:
+                self.pending_sends.append((conn, via))
+        else:
+            self._answer(conn, {"ok": False, "error": f"unknown request {op!r}", "exit_code": 64})
+
+    def _answer(self, conn: socket.socket, doc: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            conn.settimeout(2.0)
+            conn.sendall(json.dumps(doc).encode() + b"\n")
+        conn.close()
+
+    # -- cycles ----------------------------------------------------------------------------------
+    def _start_cycle(self, trigger: str | None, via: str, waiters: list[socket.socket]) -> None:
+        argv = self._child_argv("cycle", "--via", via)
+        if trigger:
+            argv += ["--trigger", trigger]
+        LOG.info("report cycle: trigger %s, path %s", trigger, via)
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    env=_child_env())
+        except OSError as exc:
+            LOG.error("cannot start the report cycle: %s", exc)
+            self._record_failure(f"cannot start the report cycle: {exc}")
+            self.hold_until = time.monotonic() + NET_KICK_INTERVAL
+            for conn in waiters:
+                self._answer(conn, {"ok": False, "error": str(exc), "exit_code": 70})
+            return
+        if proc.stdout is None:  # pragma: no cover - stdout=PIPE always gives one
+            raise OSError("no pipe from the report cycle")
+        os.set_blocking(proc.stdout.fileno(), False)
+        self.cycle = Cycle(proc, trigger, via, time.monotonic(), waiters=waiters)
+        self.sel.register(proc.stdout, selectors.EVENT_READ, "child")
+        self.notifier.status(f"sending a report ({trigger or 'waiting ones'})")
+
+    def _on_child(self, pipe: Any) -> None:
+        cycle = self.cycle
+        if cycle is None:  # pragma: no cover - the pipe is registered only while a cycle runs
+            return
+        try:
+            chunk = os.read(pipe.fileno(), 65536)
+        except BlockingIOError:
+            return
+        if chunk:
+            cycle.output += chunk[:65536]
+            return
+        self.sel.unregister(pipe)
+        pipe.close()
+        code = cycle.proc.wait()
+        self.cycle = None
+        try:
+            result = json.loads(cycle.output.decode("utf-8", "replace").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            result = {"ok": False, "error": f"report cycle died (exit status {code})"}
+        if not isinstance(result, dict):
+            result = {"ok": False, "error": "report cycle gave no result"}
+        if "acknowledged" not in result and self.settings.enabled:
+            # The child died or failed before it could record the attempt: record it here, so a
+            # child that crashes at once backs off like any failure instead of spinning.
+            self._record_failure(str(result.get("error")))
+        if not result.get("ok"):
+            self.hold_until = time.monotonic() + NET_KICK_INTERVAL
+        if result.get("disabled") and self.settings.enabled:
+            LOG.info("the configuration now says enabled = false: reloading it")
+            self.reload()
+        result["finished_wall"] = time.time()
+        result["trigger"] = cycle.trigger
+        self.last_result = result
+        fields = {"EVO_TRIGGER": cycle.trigger or "", "EVO_PATH": result.get("path") or "",
+                  "EVO_STATUS": result.get("status") or ""}
+        if result.get("ok"):
+            LOG.info("report cycle done: acknowledged %s via %s",
+                     ", ".join(result.get("acknowledged", [])) or "nothing", result.get("path"),
+                     extra=fields)
+        else:
+            LOG.warning("report cycle failed: %s", result.get("error"), extra=fields)
+        for conn in cycle.waiters:
+            self._answer(conn, result)
+        self._status()
+
+    def _record_failure(self, error: str) -> None:
+        path = self.settings.state_dir / "state.json"
+        try:
+            with writer_lock(self.settings.state_dir, wait=False):
+                save_state(path, after_failure(load_state(path), self.clock(), error,
+                                               random.random()))  # noqa: S311 - jitter
+        except (StateError, OSError) as exc:
+            LOG.error("cannot record the failed attempt: %s", exc)
+
+    # -- status ----------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Return what the daemon knows (the control socket's status answer)."""
+        doc: dict[str, Any] = {"pid": os.getpid(), "started": self.started_wall,
+                               "enabled": self.settings.enabled,
+                               "config": self.settings.sources, "last_cycle": self.last_result,
+                               "cycle_running": self.cycle is not None}
+        if self.settings.enabled:
+            due, now = self._due()
+            doc["next_due"] = {"wall": due.wall(now), "trigger": due.trigger,
+                               "reason": due.reason}
+        return doc
+
+    def _status_line(self) -> str:
+        if not self.settings.enabled:
+            return "opted out: no collection, no delivery"
+        state = load_state(self.settings.state_dir / "state.json")
+        due, now = self._due()
+        last = (f"last report {_fmt(state.success_wall)} via {state.success_path}"
+                if state.success_wall else "no report delivered yet")
+        return f"{last}; next ({due.trigger}) {_fmt(due.wall(now))}"
+
+    def _status(self) -> None:
+        self.notifier.status(self._status_line())
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping()
+        if self.cycle is not None:
+            self.cycle.proc.terminate()
+            try:
+                self.cycle.proc.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                self.cycle.proc.kill()
+                self.cycle.proc.wait()
+            for conn in self.cycle.waiters:
+                self._answer(conn, {"ok": False, "error": "the daemon is stopping",
+                                    "exit_code": 75})
+        for conn, _via in self.pending_sends:
+            self._answer(conn, {"ok": False, "error": "the daemon is stopping", "exit_code": 75})
+        if self.listener is not None:
+            self.listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.settings.control_socket)
+        LOG.info("stopped")
+
+
+#: Members of this group may run the read-only verbs (status, sent, diff, doctor).
+SUPPORT_GROUP = "evo-support"
+
+
+def share_with_support(path: Path, mode: int) -> None:
+    """Give the support group read access (setgid on the state directory: new files inherit it)."""
+    import grp
+
+    try:
+        gid = grp.getgrnam(SUPPORT_GROUP).gr_gid
+    except KeyError:
+        return  # no such group on this system: root only
+    try:
+        os.chown(path, -1, gid)
+        os.chmod(path, mode)
+    except OSError as exc:
+        LOG.warning("cannot share %s with group %s: %s", path, SUPPORT_GROUP, exc)
+
+
+def _fmt(wall: float | None) -> str:
+    if wall is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(wall))
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The child is not the service: it must not talk to systemd's notify socket or watchdog.
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(name, None)
+    # Make the package importable by `python3 -m` from a source tree too.
+    here = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def setup_logging(verbose: bool) -> None:
+    """Log to the journal with structured fields when possible, else to stderr."""
+    level = logging.DEBUG if verbose else logging.INFO
+    root = logging.getLogger()
+    root.setLevel(level)
+    for old in list(root.handlers):  # the command line's stderr handler
+        root.removeHandler(old)
+    if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
+        try:
+            from systemd.journal import JournalHandler
+
+            root.addHandler(JournalHandler(SYSLOG_IDENTIFIER="evo-agent"))
+            return
+        except ImportError:
+            pass
+        # journald reads sd-daemon(3) "<N>" priority prefixes on stderr: no python3-systemd needed
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PrefixFormatter("%(name)s: %(message)s"))
+        root.addHandler(handler)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("evo-agent: %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+
+
+class _PrefixFormatter(logging.Formatter):
+    _PRIORITY: ClassVar[dict[int, int]] = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
+                                           logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self._PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def main(config: str | None, verbose: bool = False) -> int:
+    """Entry of ``evo-agent daemon``."""
+    setup_logging(verbose)
+    return Daemon(config).run()

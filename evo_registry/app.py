@@ -1,0 +1,352 @@
+"""The registry's HTTP interface: a plain WSGI application (served by waitress, see ``cli``).
+
+No framework: the API is small, and WSGI keeps each request a plain function of its environ that
+any server can run, in as many processes as wanted.  The process holds no state that others need
+(rate limits, de-duplication and events all live in the database).  The routes are listed once in
+``ROUTES`` and documented in ``openapi.json`` (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib.resources
+import json
+import logging
+import re
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from evo_registry import enrol, pages, rules, wire
+from evo_registry.config import Settings
+from evo_registry.db import Database, parse_utc, utc_text
+from evo_registry.errors import DatabaseError, HttpError
+from evo_registry.geo import Geo
+from evo_registry.store import Limits, Store
+
+LOG = logging.getLogger(__name__)
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+Clock = Callable[[], datetime]
+
+
+@dataclass
+class Response:
+    """What a handler returns."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] | None = None
+
+
+def json_response(status: int, doc: Any, headers: dict[str, str] | None = None) -> Response:
+    """Return a JSON response."""
+    return Response(status, json.dumps(doc, ensure_ascii=False, indent=1).encode(),
+                    "application/json", headers)
+
+
+_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
+            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+            411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
+            429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+# Pages carry no script and load nothing from elsewhere.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def _add_months(moment: datetime, months: int) -> datetime:
+    month0 = moment.month - 1 + months
+    year, month = moment.year + month0 // 12, month0 % 12 + 1
+    for day in (moment.day, 30, 29, 28):
+        try:
+            return moment.replace(year=year, month=month, day=day)
+        except ValueError:
+            continue
+    raise AssertionError("unreachable: every month has 28 days")
+
+
+def _database_down(exc: BaseException) -> bool:
+    """Return True for errors that mean "the database cannot be reached", not a bug."""
+    if isinstance(exc, DatabaseError | sqlite3.OperationalError):
+        return True
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(exc, psycopg.OperationalError)
+
+
+class Registry:
+    """The WSGI application over one store."""
+
+    def __init__(self, settings: Settings, db: Database | None = None, geo: Geo | None = None,
+                 clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.db = db or Database(settings.database)
+        self.store = Store(self.db)
+        self.geo = geo or Geo(settings.geo_database)
+        self.clock: Clock = clock or (lambda: datetime.now(timezone.utc))
+        self.trusted = settings.networks()
+        self.vpn = settings.vpn()
+        self.limits = Limits(settings.rate_limit_reports,
+                             timedelta(seconds=settings.rate_limit_window_s))
+        self.routes: list[tuple[str, re.Pattern[str], Callable[..., Response]]] = [
+            ("GET", re.compile(r"^/$"), self.finder),
+            ("POST", re.compile(r"^/v1/reports$"), self.post_report),
+            ("POST", re.compile(r"^/v1/enroll$"), self.enroll),
+            ("GET", re.compile(r"^/v1/devices/(?P<vpnid>[^/]+)$"), self.get_device),
+            ("DELETE", re.compile(r"^/v1/devices/(?P<vpnid>[^/]+)/personal-data$"),
+             self.erase),
+            ("GET", re.compile(r"^/v1/devices/(?P<vpnid>[^/]+)/registration-form\.pdf$"),
+             self.registration_form),
+            ("POST", re.compile(r"^/v1/events/(?P<event_id>[0-9]{1,18})/resolve$"),
+             self.resolve_event),
+            ("GET", re.compile(r"^/support$"), self.support_page),
+            ("GET", re.compile(r"^/openapi\.json$"), self.openapi),
+            ("GET", re.compile(r"^/healthz$"), self.health),
+        ]
+
+    # ---- WSGI ------------------------------------------------------------------------------
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        """Serve one request."""
+        try:
+            response = self.dispatch(environ)
+        except HttpError as exc:
+            response = json_response(exc.status, {"error": exc.reason}, exc.headers)
+        except Exception as exc:
+            if _database_down(exc):
+                # The agent retries 5xx with backoff; Retry-After spares a restarting database.
+                LOG.warning("database unavailable on %s %s: %s", environ.get("REQUEST_METHOD"),
+                            environ.get("PATH_INFO"), exc)
+                response = json_response(503, {"error": "database unavailable, retry later"},
+                                         {"Retry-After": "60"})
+            else:
+                LOG.exception("internal error on %s %s", environ.get("REQUEST_METHOD"),
+                              environ.get("PATH_INFO"))
+                response = json_response(500, {"error": "internal error"})
+        headers = [("Content-Type", response.content_type),
+                   ("Content-Length", str(len(response.body)))]
+        headers += list((response.headers or {}).items())
+        reason = _REASONS.get(response.status, "")
+        start_response(f"{response.status} {reason}", headers)
+        if str(environ.get("REQUEST_METHOD", "")).upper() == "HEAD":
+            return []  # same headers (and Content-Length) as GET, no body
+        return [response.body]
+
+    def dispatch(self, environ: Environ) -> Response:
+        """Find the handler of a request and run it."""
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        path = str(environ.get("PATH_INFO", "/")) or "/"
+        allowed = []
+        for verb, pattern, handler in self.routes:
+            m = pattern.match(path)
+            if not m:
+                continue
+            if verb == method or (verb == "GET" and method == "HEAD"):
+                return handler(environ, **m.groupdict())
+            allowed.append(verb)
+        if allowed:
+            raise HttpError(405, f"method {method} not allowed here",
+                            {"Allow": ", ".join(sorted(set(allowed)))})
+        raise HttpError(404, "no such resource")
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def wan_ip(self, environ: Environ) -> str | None:
+        """Return the WAN IP of the request (see wire.client_address)."""
+        return wire.client_address(environ.get("REMOTE_ADDR"),
+                                   environ.get("HTTP_X_FORWARDED_FOR"), self.trusted)
+
+    @staticmethod
+    def _bearer(environ: Environ) -> str | None:
+        auth = str(environ.get("HTTP_AUTHORIZATION", ""))
+        scheme, _, token = auth.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+    def _authorize(self, environ: Environ, *kinds: str) -> None:
+        token = self._bearer(environ)
+        if token is None:
+            raise HttpError(401, "a bearer token is needed", {"WWW-Authenticate": "Bearer"})
+        for kind in kinds:
+            for good in getattr(self.settings, f"{kind}_tokens"):
+                if hmac.compare_digest(token.encode(), good.encode()):
+                    return
+        raise HttpError(401, "token not accepted here", {"WWW-Authenticate": "Bearer"})
+
+    @staticmethod
+    def _read_body(environ: Environ, limit: int) -> bytes:
+        length_text = environ.get("CONTENT_LENGTH") or ""
+        if length_text:
+            if not str(length_text).isdigit():
+                raise HttpError(400, "Content-Length is not a number")
+            if int(length_text) > limit:
+                raise HttpError(413, f"body larger than {limit} bytes")
+        stream = environ["wsgi.input"]
+        want = int(length_text) if length_text else limit + 1
+        body = bytearray()
+        while len(body) < want:
+            chunk = stream.read(min(65536, want - len(body)))
+            if not chunk:
+                break
+            body += chunk
+        if len(body) > limit:
+            raise HttpError(413, f"body larger than {limit} bytes")
+        return bytes(body)
+
+    @staticmethod
+    def _vpnid(vpnid: str) -> str:
+        if not wire.VPNID.match(vpnid):
+            raise HttpError(400, "not a vpnid")
+        return vpnid
+
+    # ---- POST /v1/reports ------------------------------------------------------------------
+    def post_report(self, environ: Environ) -> Response:
+        """Take one signed gzip report (docs/protocol.md)."""
+        if wire.media_type(environ.get("CONTENT_TYPE")) != "application/json":
+            raise HttpError(415, "Content-Type must be application/json")
+        if str(environ.get("HTTP_CONTENT_ENCODING", "")).strip().lower() != "gzip":
+            raise HttpError(415, "Content-Encoding must be gzip")
+        vpnid = str(environ.get("HTTP_X_EVO_VPNID", "")).strip()
+        if not vpnid:
+            raise HttpError(400, "X-Evo-Vpnid header missing")
+        if not wire.VPNID.match(vpnid):
+            raise HttpError(400, "X-Evo-Vpnid is not a vpnid")
+        signature = str(environ.get("HTTP_X_EVO_SIGNATURE", "")).strip()
+        if not signature:
+            raise HttpError(401, "X-Evo-Signature header missing")
+        body = self._read_body(environ, wire.MAX_COMPRESSED)
+        key = self.store.public_key(vpnid)
+        if key is None:
+            raise HttpError(404, "unknown vpnid")
+        wire.verify_signature(key, signature, body)
+        doc = wire.parse_json(wire.gunzip(body))
+        reason = wire.schema_errors(doc)
+        if reason:
+            raise HttpError(400, reason)
+        if doc["functional"]["vpnid"] != vpnid:
+            raise HttpError(400, "functional/vpnid differs from the X-Evo-Vpnid header")
+        path = str(environ.get("HTTP_X_EVO_PATH", "")).strip().lower()
+        path_value = path if path in ("vpn", "https") else None
+        wan_ip = self.wan_ip(environ)
+        if wan_ip is not None and wire.in_networks(wan_ip, self.vpn):
+            # Through the VPN the registry sees the tunnel address, not the home's WAN IP: the
+            # device is seen, its last known WAN IP and location stay as they were.
+            wan_ip = None
+        location = self.geo.lookup(wan_ip)
+        result = self.store.ingest(doc, vpnid, wan_ip, location, now=self.clock(),
+                                   path=path_value, limits=self.limits)
+        if result.duplicate:
+            return json_response(200, {"status": "duplicate", "report_id": result.report_id})
+        if result.events:
+            LOG.info("report %s of %s raised %s", result.report_id, vpnid,
+                     ", ".join(result.events))
+        return json_response(201, {"status": "accepted", "report_id": result.report_id})
+
+    # ---- POST /v1/enroll -------------------------------------------------------------------
+    def enroll(self, environ: Environ) -> Response:
+        """Enrol a unit from the manufacturing line."""
+        self._authorize(environ, "factory")
+        if wire.media_type(environ.get("CONTENT_TYPE")) != "application/json":
+            raise HttpError(415, "Content-Type must be application/json")
+        body = self._read_body(environ, wire.MAX_EXPANDED)
+        now = self.clock()
+        enrolment, override = enrol.parse(wire.parse_json(body), now)
+        self.store.enroll(enrolment, now, override)
+        vpnid = enrolment.vpnid
+        return json_response(201, {"status": "enrolled", "vpnid": vpnid,
+                                   "registration_form":
+                                       f"/v1/devices/{vpnid}/registration-form.pdf"})
+
+    # ---- support ---------------------------------------------------------------------------
+    def get_device(self, environ: Environ, vpnid: str) -> Response:
+        """Return everything support may see of one device."""
+        self._authorize(environ, "support")
+        dev, events, reports, latest = self.store.device(self._vpnid(vpnid))
+        enrolled = {p: dev[f"fp_{p}"] for p in rules.PARTS}
+        latest_doc = json.loads(latest["body"]) if latest else None
+        reported = rules.fingerprint(latest_doc) if latest_doc else {}
+        check = rules.compare_fingerprints(enrolled, reported)
+        made = parse_utc(dev["manufactured_at"])
+        doc = {
+            "vpnid": dev["vpnid"],
+            "model": dev["model"],
+            "enrolled_at": dev["enrolled_at"],
+            "manufactured_at": dev["manufactured_at"],
+            "warranty_end": utc_text(_add_months(made, self.settings.warranty_months)),
+            "sales_region": json.loads(dev["sales_region"]),
+            "psu_variant": dev["psu_variant"],
+            "first_seen": dev["first_seen"],
+            "last_seen": dev["last_seen"],
+            "wan_ip": dev["wan_ip"],
+            "country": dev["country"],
+            "city": dev["city"],
+            "fingerprint": {"status": check.status if latest_doc else "no_report",
+                            "changed": list(check.changed), "enrolled": enrolled,
+                            "latest": reported or None},
+            "events": [{**e, "detail": json.loads(e["detail"])} for e in events],
+            "reports": reports,
+            "latest_report": latest_doc,
+        }
+        return json_response(200, doc)
+
+    def erase(self, environ: Environ, vpnid: str) -> Response:
+        """Erase the WAN IP and derived location of a device."""
+        self._authorize(environ, "support")
+        redacted = self.store.erase_personal_data(self._vpnid(vpnid))
+        LOG.info("erased the WAN IP and location of %s (%s events redacted)", vpnid, redacted)
+        return json_response(200, {"status": "erased", "vpnid": vpnid})
+
+    def resolve_event(self, environ: Environ, event_id: str) -> Response:
+        """Close an open event."""
+        self._authorize(environ, "support")
+        if not self.store.resolve_event(int(event_id), self.clock()):
+            raise HttpError(404, "no such open event")
+        return json_response(200, {"status": "resolved", "id": int(event_id)})
+
+    def support_page(self, environ: Environ) -> Response:
+        """List the devices with open events (HTML)."""
+        self._authorize(environ, "support")
+        html = pages.support(self.store.open_events())
+        return Response(200, html.encode(), "text/html; charset=utf-8", dict(_PAGE_HEADERS))
+
+    def registration_form(self, environ: Environ, vpnid: str) -> Response:
+        """Return the registration form of a unit (PDF)."""
+        self._authorize(environ, "factory", "support")
+        dev, _events, _reports, _latest = self.store.device(self._vpnid(vpnid))
+        from evo_registry import form
+
+        pdf = form.render(dev)
+        return Response(200, pdf, "application/pdf",
+                        {"Content-Disposition": f'inline; filename="{vpnid}-registration.pdf"',
+                         "Cache-Control": "no-store"})
+
+    # ---- public ----------------------------------------------------------------------------
+    def finder(self, environ: Environ) -> Response:
+        """List the visitor's own devices: those whose latest WAN IP is the visitor's."""
+        visitor = self.wan_ip(environ)
+        rows = (self.store.finder(visitor, self.clock(), self.settings.finder_days)
+                if visitor else [])
+        html = pages.finder(rows, self.settings.finder_days)
+        return Response(200, html.encode(), "text/html; charset=utf-8", dict(_PAGE_HEADERS))
+
+    def openapi(self, environ: Environ) -> Response:
+        """Serve the OpenAPI document kept in the package."""
+        text = importlib.resources.files("evo_registry").joinpath("openapi.json").read_bytes()
+        return Response(200, text, "application/json")
+
+    def health(self, environ: Environ) -> Response:
+        """Answer 200 when the database answers."""
+        try:
+            version = self.db.schema_version()
+        except Exception as exc:
+            LOG.warning("health check: database unavailable: %s", exc)
+            raise HttpError(503, "database unavailable") from exc
+        return json_response(200, {"status": "ok", "schema_version": version})

@@ -1,0 +1,351 @@
+"""What the registry keeps, and the rules for changing it: enrolment, reports, events, erasure.
+
+Data minimisation is built into the tables: a device keeps only its latest WAN IP and the
+location derived from it (no history of either); reports keep what the device sent, never the
+address it came from; history and resolved events are pruned after the retention period.
+
+Every write that depends on the current state of a device runs in one transaction holding that
+device's row (see ``evo_registry.db``), so several registry processes can take reports of the
+same device at once without double counting; a repeated report UUID is refused by the unique
+constraint whatever process saw it first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from evo_registry import rules
+from evo_registry.db import Cursor, Database, Row, parse_utc, utc_text
+from evo_registry.errors import HttpError, RateLimited, UnknownDevice
+from evo_registry.geo import Location
+from evo_registry.wire import home_key
+
+LOG = logging.getLogger(__name__)
+
+# Kinds of events (the support page groups by them).
+SEQUENCE_BACKWARDS = "sequence_backwards"
+OUTSIDE_REGION = "outside_assigned_region"
+PSU_MISMATCH = "psu_voltage_mismatch"
+FINGERPRINT_CHANGED = "fingerprint_changed"
+FINGERPRINT_MISMATCH = "fingerprint_mismatch"
+CLONE_SUSPECTED = "clone_suspected"
+# Detail keys that hold a derived location: erased with the WAN IP.
+_LOCATION_KEYS = ("country", "city")
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What the manufacturing line sends for one unit."""
+
+    vpnid: str
+    public_key: str
+    report: Mapping[str, Any]
+    sales_region: tuple[str, ...]
+    psu_variant: str
+    manufactured_at: datetime
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How often a device may report: at most ``count`` reports per ``window``."""
+
+    count: int = 30
+    window: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The outcome of a report: stored (``duplicate`` False) or seen before."""
+
+    report_id: str
+    duplicate: bool
+    events: tuple[str, ...] = ()
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def _record_event(tx: Cursor, vpnid: str, kind: str, detail: Mapping[str, Any], *, now: str,
+                  report_id: str | None) -> None:
+    """Open an event, or update the open one of the same kind (one per device and kind)."""
+    tx.run(
+        "INSERT INTO events (vpnid, kind, detail, first_at, last_at, occurrences, report_id) "
+        "VALUES (?, ?, ?, ?, ?, 1, ?) "
+        "ON CONFLICT (vpnid, kind) WHERE resolved_at IS NULL DO UPDATE SET "
+        "detail = excluded.detail, last_at = excluded.last_at, "
+        "occurrences = events.occurrences + 1, report_id = excluded.report_id",
+        (vpnid, kind, _json(detail), now, now, report_id),
+    )
+
+
+def _fp_columns(fp: Mapping[str, str | None]) -> tuple[str | None, ...]:
+    return tuple(fp.get(p) for p in rules.PARTS)
+
+
+def _enrolled_fp(dev: Row) -> dict[str, str | None]:
+    return {p: dev[f"fp_{p}"] for p in rules.PARTS}
+
+
+class Store:
+    """The registry's data, over one database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        # The device row, locked for the transaction (the suffix is a constant of the dialect).
+        self._lock_device = "SELECT * FROM devices WHERE vpnid = ?" + db.for_update  # noqa: S608
+        # The same, with what a report needs to know in the same round trip: whether its UUID
+        # was stored before (and by whom), and the device's reports in the rate-limit window.
+        self._lock_for_report = (
+            "SELECT d.*, (SELECT r.vpnid FROM reports r WHERE r.report_id = ?) AS dup_vpnid, "  # noqa: S608
+            "(SELECT COUNT(*) FROM reports r WHERE r.vpnid = d.vpnid AND r.received_at > ?) "
+            "AS recent, (SELECT MIN(r.received_at) FROM reports r WHERE r.vpnid = d.vpnid "
+            "AND r.received_at > ?) AS oldest FROM devices d WHERE d.vpnid = ?"
+            + (" FOR UPDATE OF d" if db.for_update else ""))
+
+    # ---- enrolment -------------------------------------------------------------------------
+    def enroll(self, e: Enrolment, now: datetime, override: bool = False) -> None:
+        """Enrol a unit; re-enrolling needs ``override`` (else 409)."""
+        fp = rules.fingerprint(e.report)
+        stamp = utc_text(now)
+        with self.db.transaction() as tx:
+            existing = tx.one(self._lock_device, (e.vpnid,))
+            values = (e.public_key, stamp, utc_text(e.manufactured_at), e.model,
+                      _json(list(e.sales_region)), e.psu_variant, _json(e.report),
+                      *_fp_columns(fp))
+            if existing is None:
+                tx.run(
+                    "INSERT INTO devices (public_key, enrolled_at, manufactured_at, model, "
+                    "sales_region, psu_variant, enrolment_report, fp_motherboard_serial, fp_mac, "
+                    "fp_boot_serial, fp_rip_serial, fp_cpu_model, vpnid) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*values, e.vpnid),
+                )
+            elif not override:
+                raise HttpError(409, "already enrolled (send \"override\": true to re-enrol)")
+            else:
+                LOG.warning("re-enrolling %s (override)", e.vpnid)
+                tx.run(
+                    "UPDATE devices SET public_key = ?, enrolled_at = ?, manufactured_at = ?, "
+                    "model = ?, sales_region = ?, psu_variant = ?, enrolment_report = ?, "
+                    "fp_motherboard_serial = ?, fp_mac = ?, fp_boot_serial = ?, "
+                    "fp_rip_serial = ?, fp_cpu_model = ? WHERE vpnid = ?",
+                    (*values, e.vpnid),
+                )
+            self._check_clone(tx, e.vpnid, fp.get("motherboard_serial"), now=stamp, report_id=None)
+
+    def public_key(self, vpnid: str) -> str | None:
+        """Return the enrolled public key of a VPNID (base64), or None."""
+        rows = self.db.read("SELECT public_key FROM devices WHERE vpnid = ?", (vpnid,))
+        return str(rows[0]["public_key"]) if rows else None
+
+    # ---- reports ---------------------------------------------------------------------------
+    def ingest(self, report: Mapping[str, Any], vpnid: str, wan_ip: str | None,
+               location: Location, *, now: datetime, path: str | None,
+               limits: Limits) -> Accepted:
+        """Store a verified report and derive its events; a repeated UUID is a duplicate."""
+        report_id = str(report["report_id"])
+        stamp = utc_text(now)
+        since = utc_text(now - limits.window)
+        with self.db.transaction() as tx:
+            dev = tx.one(self._lock_for_report, (report_id, since, since, vpnid))
+            if dev is None:
+                raise UnknownDevice
+            if dev["dup_vpnid"] is not None:
+                if dev["dup_vpnid"] != vpnid:
+                    raise HttpError(409, "report_id already used by another device")
+                return Accepted(report_id, duplicate=True)
+            if int(dev["recent"]) >= limits.count:
+                oldest = parse_utc(str(dev["oldest"]))
+                raise RateLimited(max(1, int((oldest + limits.window - now).total_seconds()) + 1))
+            inserted = tx.one(
+                "INSERT INTO reports (report_id, vpnid, sequence, report_trigger, collected_at, "
+                "received_at, path, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (report_id) DO NOTHING RETURNING id",
+                (report_id, vpnid, int(report["sequence"]), str(report["trigger"]),
+                 str(report["collected_at"]), stamp, path, _json(report)),
+            )
+            if inserted is None:  # another process stored it between our check and insert
+                return Accepted(report_id, duplicate=True)
+            events = self._derive_events(tx, dev, report, location, now=stamp, report_id=report_id)
+            functional = report.get("functional") or {}
+            fp = rules.fingerprint(report)
+            # Only the latest WAN IP and its location: each report with a known one overwrites
+            # them (an unknown one, from a misconfigured proxy, leaves the last known).
+            wan_sql = (", wan_ip = ?, wan_key = ?, country = ?, city = ?"
+                       if wan_ip is not None else "")
+            wan_params = ((wan_ip, home_key(wan_ip), location.country, location.city)
+                          if wan_ip is not None else ())
+            tx.run(
+                "UPDATE devices SET "  # noqa: S608 - wan_sql is one of two constants
+                "first_seen = COALESCE(first_seen, ?), "
+                "last_seen = CASE WHEN last_seen IS NULL OR last_seen < ? THEN ? "
+                "ELSE last_seen END, "
+                "last_sequence = ?, last_report_id = ?, netbios_name = ?, lan_ip = ?, "
+                "lan_ip_secondary = ?, cur_motherboard_serial = ?" + wan_sql
+                + " WHERE vpnid = ?",
+                (stamp, stamp, stamp, int(report["sequence"]), report_id,
+                 functional.get("netbios_name"), functional.get("lan_ip"),
+                 functional.get("lan_ip_secondary"), fp.get("motherboard_serial"), *wan_params,
+                 vpnid),
+            )
+        return Accepted(report_id, duplicate=False, events=tuple(events))
+
+    def _derive_events(self, tx: Cursor, dev: Row, report: Mapping[str, Any],
+                       location: Location, *, now: str, report_id: str) -> list[str]:
+        vpnid = str(dev["vpnid"])
+        events: list[str] = []
+
+        def record(kind: str, detail: Mapping[str, Any]) -> None:
+            _record_event(tx, vpnid, kind, detail, now=now, report_id=report_id)
+            events.append(kind)
+
+        sequence = int(report["sequence"])
+        last = dev["last_sequence"]
+        if last is not None and sequence <= int(last):
+            # A restored or copied state directory, or a second unit with this identity.
+            record(SEQUENCE_BACKWARDS, {"previous": int(last), "received": sequence})
+
+        region = json.loads(dev["sales_region"])
+        if location.country and region and location.country not in region:
+            record(OUTSIDE_REGION, {"country": location.country, "city": location.city,
+                                    "sales_region": region})
+        if location.country and rules.psu_suits(dev["psu_variant"], location.country) is False:
+            record(PSU_MISMATCH, {"country": location.country,
+                                  "mains_v": list(rules.mains_voltages()[location.country]),
+                                  "psu_variant": dev["psu_variant"]})
+
+        reported = rules.fingerprint(report)
+        check = rules.compare_fingerprints(_enrolled_fp(dev), reported)
+        if check.status in ("changed", "mismatch"):
+            kind = FINGERPRINT_MISMATCH if check.status == "mismatch" else FINGERPRINT_CHANGED
+            record(kind, {"changed": list(check.changed), "compared": list(check.compared)})
+        # A serial already checked on the previous report needs no new look: a unit enrolled or
+        # reporting later with the same serial raises the event on both at that moment.
+        serial = reported.get("motherboard_serial")
+        if serial != dev["cur_motherboard_serial"] and self._check_clone(
+                tx, vpnid, serial, now=now, report_id=report_id):
+            events.append(CLONE_SUSPECTED)
+        return events
+
+    def _check_clone(self, tx: Cursor, vpnid: str, serial: str | None, *, now: str,
+                     report_id: str | None) -> bool:
+        """Flag one motherboard serial under two VPNIDs, on every VPNID concerned."""
+        if not serial:
+            return False
+        others = [str(r["vpnid"]) for r in tx.query(
+            "SELECT vpnid FROM devices WHERE (fp_motherboard_serial = ? OR "
+            "cur_motherboard_serial = ?) AND vpnid <> ? ORDER BY vpnid LIMIT 20",
+            (serial, serial, vpnid))]
+        if not others:
+            return False
+        everyone = sorted([vpnid, *others])
+        for v in everyone:
+            _record_event(tx, v, CLONE_SUSPECTED, {"vpnids": everyone}, now=now,
+                          report_id=report_id if v == vpnid else None)
+        return True
+
+    # ---- reading ---------------------------------------------------------------------------
+    def finder(self, wan_ip: str, now: datetime, days: int = 30, limit: int = 50) -> list[Row]:
+        """Return the devices whose latest WAN IP is in the visitor's home, seen within ``days``."""
+        return self.db.read(
+            "SELECT netbios_name, model, last_seen, lan_ip, lan_ip_secondary FROM devices "
+            "WHERE wan_key = ? AND last_seen >= ? ORDER BY last_seen DESC LIMIT ?",
+            (home_key(wan_ip), utc_text(now - timedelta(days=days)), limit))
+
+    def device(self, vpnid: str, history: int = 100) -> tuple[Row, list[Row], list[Row],
+                                                               Row | None]:
+        """Return a device row, its events, its report history and its latest report."""
+        with self.db.transaction(write=False) as tx:
+            dev = tx.one("SELECT * FROM devices WHERE vpnid = ?", (vpnid,))
+            if dev is None:
+                raise UnknownDevice
+            events = tx.query("SELECT id, kind, detail, first_at, last_at, occurrences, "
+                              "report_id, resolved_at FROM events WHERE vpnid = ? "
+                              "ORDER BY last_at DESC, id DESC", (vpnid,))
+            reports = tx.query("SELECT report_id, sequence, report_trigger, collected_at, "
+                               "received_at, path FROM reports WHERE vpnid = ? "
+                               "ORDER BY received_at DESC, id DESC LIMIT ?", (vpnid, history))
+            latest = None
+            if dev["last_report_id"]:
+                latest = tx.one("SELECT body FROM reports WHERE report_id = ?",
+                                (dev["last_report_id"],))
+        return dev, events, reports, latest
+
+    def open_events(self, limit: int = 1000) -> list[Row]:
+        """Return the open events with their device's location, newest first."""
+        with self.db.transaction(write=False) as tx:
+            return tx.query(
+                "SELECT e.id, e.vpnid, e.kind, e.detail, e.first_at, e.last_at, e.occurrences, "
+                "d.country, d.last_seen FROM events e JOIN devices d ON d.vpnid = e.vpnid "
+                "WHERE e.resolved_at IS NULL ORDER BY e.last_at DESC, e.id DESC LIMIT ?",
+                (limit,))
+
+    def resolve_event(self, event_id: int, now: datetime) -> bool:
+        """Close an open event; return False when there is no such open event."""
+        with self.db.transaction() as tx:
+            return tx.run("UPDATE events SET resolved_at = ? WHERE id = ? AND resolved_at IS NULL",
+                          (utc_text(now), event_id)) > 0
+
+    # ---- erasure and retention -------------------------------------------------------------
+    def erase_personal_data(self, vpnid: str) -> int:
+        """Erase the WAN IP and the location derived from it (also from events' details)."""
+        with self.db.transaction() as tx:
+            if tx.run("UPDATE devices SET wan_ip = NULL, wan_key = NULL, country = NULL, "
+                      "city = NULL "
+                      "WHERE vpnid = ?", (vpnid,)) == 0:
+                raise UnknownDevice
+            return self._redact_events(tx, vpnid)
+
+    @staticmethod
+    def _redact_events(tx: Cursor, vpnid: str) -> int:
+        changed = 0
+        for ev in tx.query("SELECT id, detail FROM events WHERE vpnid = ?", (vpnid,)):
+            detail = json.loads(ev["detail"])
+            if any(k in detail for k in _LOCATION_KEYS):
+                for k in _LOCATION_KEYS:
+                    detail.pop(k, None)
+                detail["location_erased"] = True
+                tx.run("UPDATE events SET detail = ? WHERE id = ?", (_json(detail), ev["id"]))
+                changed += 1
+        return changed
+
+    def prune(self, now: datetime, retention: timedelta) -> dict[str, int]:
+        """Delete history older than ``retention``; return how many rows of each kind went."""
+        cutoff = utc_text(now - retention)
+        with self.db.transaction() as tx:
+            reports = tx.run("DELETE FROM reports WHERE received_at < ?", (cutoff,))
+            events = tx.run("DELETE FROM events WHERE resolved_at IS NOT NULL AND resolved_at < ?",
+                            (cutoff,))
+            stale = [str(r["vpnid"]) for r in tx.query(
+                "SELECT vpnid FROM devices WHERE last_seen < ? AND "
+                "(wan_ip IS NOT NULL OR country IS NOT NULL)", (cutoff,))]
+            for vpnid in stale:
+                tx.run("UPDATE devices SET wan_ip = NULL, wan_key = NULL, country = NULL, "
+                       "city = NULL "
+                       "WHERE vpnid = ?", (vpnid,))
+                self._redact_events(tx, vpnid)
+        return {"reports": reports, "events": events, "wan_ips": len(stale)}
+
+    def counts(self) -> dict[str, int]:
+        """Return the number of rows per table (for tests and the health check)."""
+        out: dict[str, int] = {}
+        with self.db.transaction(write=False) as tx:
+            for table in ("devices", "reports", "events"):
+                row = tx.one(f"SELECT COUNT(*) AS n FROM {table}")  # noqa: S608 - fixed names
+                out[table] = int(row["n"]) if row else 0
+        return out
+
+
+def region_list(codes: Sequence[Any]) -> tuple[str, ...]:
+    """Return a sales region as sorted unique codes, or raise HttpError 400."""
+    if not codes or not all(rules.valid_country(c) for c in codes):
+        raise HttpError(400, "sales_region: a non-empty list of ISO 3166-1 alpha-2 codes "
+                             "in upper case")
+    return tuple(sorted(set(codes)))

@@ -1,0 +1,33 @@
+"""Helpers shared by the delivery tests and bench/daemon_bench.py (which runs without pytest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+VPNID = "EVO-TEST-0042"
+
+
+def write_host_root(root: Path, vpnid: str = VPNID) -> Path:
+    """A minimal capture tree: what the identity collector reads."""
+    (root / "etc" / "evo-agent").mkdir(parents=True, exist_ok=True)
+    (root / "etc" / "evo-agent" / "vpnid").write_text(vpnid + "\n")
+    (root / "proc" / "sys" / "kernel").mkdir(parents=True, exist_ok=True)
+    (root / "proc" / "sys" / "kernel" / "hostname").write_text("evo-living-room\n")
+    return root
+
+
+def write_config(path: Path, state_dir: Path, host_root: Path, https_url: str, *, ca: Path,
+                 extra: str = "") -> Path:
+    path.write_text(f"""
+[agent]
+state_dir = "{state_dir}"
+host_root = "{host_root}"
+control_socket = "{state_dir.parent / 'control.sock'}"
+[delivery]
+https_url = "{https_url}"
+ca_bundle = "{ca}"
+connect_timeout = 2.0
+total_timeout = 3.0
+{extra}
+""")
+    return path

@@ -1,0 +1,243 @@
+"""The real daemon (a subprocess) and the support verbs, against the registry test server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from evo_agent.cli import main
+from evo_agent.outbox import Outbox
+from evo_agent.schedule import load_state
+from tests.delivery.conftest import Agent, write_config
+from tests.delivery.pki import Pki
+from tests.delivery.server import RegistryServer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Notify:
+    """A stand-in for systemd's notify socket: a datagram socket the test binds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[tuple[float, str]] = []
+
+    def collect(self, seconds: float, until: str | None = None) -> list[str]:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.sock.settimeout(max(0.01, end - time.monotonic()))
+            try:
+                msg = self.sock.recv(4096).decode()
+            except TimeoutError:
+                break
+            self.messages.append((time.monotonic(), msg))
+            if until and until in msg:
+                break
+        return [m for _, m in self.messages]
+
+
+def wait_for(pred: object, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def run_daemon(tmp_path: Path) -> Iterator[object]:
+    procs: list[subprocess.Popen[bytes]] = []
+    notifies: list[Notify] = []
+
+    def start(config: Path, watchdog_usec: int = 2_000_000) -> tuple[subprocess.Popen[bytes],
+                                                                         Notify, Path]:
+        notify = Notify(tmp_path / f"notify-{len(procs)}")
+        notifies.append(notify)
+        log = tmp_path / f"daemon-{len(procs)}.log"
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC=str(watchdog_usec),
+                   PYTHONPATH=str(REPO))
+        with log.open("wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "evo_agent", "daemon", "--config",
+                                     str(config)], env=env, stderr=fh, cwd=REPO)
+        procs.append(proc)
+        return proc, notify, log
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for n in notifies:
+        n.sock.close()
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def test_daemon_lifecycle(agent: Agent, server: RegistryServer, run_daemon: object,
+                          capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    started = time.monotonic()
+    proc, notify, log = run_daemon(agent.config)  # type: ignore[operator]
+    msgs = notify.collect(10, until="READY=1")
+    assert any("READY=1" in m for m in msgs), msgs
+    ready_after = time.monotonic() - started
+    assert ready_after < 5
+    wait_for(lambda: len(server.registry.stored) == 1)
+    [report] = server.registry.stored.values()
+    assert report["trigger"] == "boot"
+    msgs = notify.collect(2.5)
+    assert sum("WATCHDOG=1" in m for m in msgs) >= 2
+    assert any(m.startswith("STATUS=last report") and "next (daily)" in m for m in msgs), msgs
+    # no second report: the next is due in 24 h
+    assert len(server.registry.requests) == 1
+
+    code, out = _cli(capsys, "status", "--json", "--config", str(agent.config))
+    doc = json.loads(out)
+    assert code == 0 and doc["daemon"]["running"] and doc["daemon"]["pid"] == proc.pid
+    assert doc["last_success"]["path"] == "https" and doc["outbox_depth"] == 0
+    assert doc["next_due"]["trigger"] == "daily"
+    assert doc["next_due"]["time"] - time.time() > 23 * 3600
+
+    code, out = _cli(capsys, "send", "--now", "--config", str(agent.config))
+    assert code == 0 and "through the daemon" in out
+    assert len(server.registry.stored) == 2
+
+    # a bad new config is refused, the old one kept
+    good = agent.config.read_text()
+    agent.config.write_text(good + "\n[delivery.oops]\n")
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in log.read_text())
+    code, out = _cli(capsys, "send", "--now", "--config", str(agent.config.with_name("x.toml")))
+    assert code == 78  # the verb itself validates its own --config
+    agent.config.write_text(good)
+    code, out = _cli(capsys, "send", "--now", "--config", str(agent.config))
+    assert code == 0 and len(server.registry.stored) == 3
+
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(5) == 0
+    assert time.monotonic() - t0 < 3
+    assert not (tmp_path / "control.sock").exists()
+    assert any("STOPPING=1" in m for m in notify.collect(0.5))
+
+
+def test_no_busy_loop_while_failing_then_delivered(agent: Agent, server: RegistryServer,
+                                                   run_daemon: object,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    server.registry.mode = "503"
+    proc, notify, log = run_daemon(agent.config)  # type: ignore[operator]
+    notify.collect(10, until="READY=1")
+    wait_for(lambda: len(server.registry.requests) == 1)
+    time.sleep(4)
+    # The next try waits >= 1 min.  Only a network change (a default route appearing: other
+    # work on this shared machine can cause one) may start one early, once a minute at most.
+    kicks = log.read_text().count("network event")
+    assert len(server.registry.requests) == 1 + min(kicks, 1), log.read_text()
+    state = load_state(agent.state_dir / "state.json")
+    assert state.failures == 1 and "503" in (state.attempt_result or "")
+    [waiting] = Outbox(agent.state_dir).pending()
+    server.registry.mode = "ok"
+    code, _out = _cli(capsys, "send", "--now", "--via", "https", "--config", str(agent.config))
+    assert code == 0
+    assert server.registry.accepted[waiting.report_id] == 1
+    assert Outbox(agent.state_dir).pending() == []
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(5) == 0
+
+
+def test_opt_out_stops_everything(agent: Agent, server: RegistryServer, run_daemon: object,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    server.registry.mode = "503"
+    code, _ = _cli(capsys, "send", "--now", "--config", str(agent.config))  # standalone
+    assert code == 75 and len(Outbox(agent.state_dir).pending()) == 1
+    server.registry.mode = "ok"
+    agent.config.write_text(agent.config.read_text().replace("[agent]", "[agent]\nenabled = false"))
+    proc, notify, _log = run_daemon(agent.config)  # type: ignore[operator]
+    msgs = notify.collect(10, until="READY=1")
+    assert any("opted out" in m for m in msgs)
+    assert Outbox(agent.state_dir).pending() == []
+    code, _ = _cli(capsys, "send", "--now", "--config", str(agent.config))
+    assert code == 75
+    time.sleep(1)
+    assert server.registry.stored == {}
+    code, out = _cli(capsys, "status", "--config", str(agent.config))
+    assert "OPTED OUT" in out
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(5) == 0
+
+
+def test_sent_and_diff(agent: Agent, server: RegistryServer,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = _cli(capsys, "send", "--now", "--config", str(agent.config))
+    assert code == 0
+    code, out = _cli(capsys, "sent", "--json", "--bytes", "--config", str(agent.config))
+    [entry] = json.loads(out)
+    assert entry["status"] == 201 and entry["path"] == "https"
+    assert json.loads(entry["content"]) == server.registry.stored[entry["report_id"]]
+    code, out = _cli(capsys, "diff", "--config", str(agent.config))
+    assert code == 0 and "no difference" in out
+    (agent.host_root / "proc/sys/kernel/hostname").write_text("evo-kitchen\n")
+    code, out = _cli(capsys, "diff", "--json", "--config", str(agent.config))
+    rows = json.loads(out)["differences"]
+    assert rows == [{"field": "functional.netbios_name", "sent": "EVO-LIVING-ROOM",
+                     "now": "EVO-KITCHEN"}]
+
+
+def test_doctor(agent: Agent, server: RegistryServer, other_pki: Pki, tmp_path: Path,
+                capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _cli(capsys, "doctor", "--json", "--config", str(agent.config))
+    rows = {r["check"]: r for r in json.loads(out)}
+    assert code == 0, rows
+    assert rows["device key"]["result"] == "ok"
+    assert rows["reach https_url"]["result"] == "ok"
+    assert "TLS verified" in rows["reach https_url"]["detail"]
+    assert rows["vpn_url"]["result"] == "warn" and rows["daemon"]["result"] == "warn"
+    (agent.state_dir / "device.key").chmod(0o644)
+    bad = write_config(tmp_path / "bad.toml", agent.state_dir, agent.host_root, server.url,
+                       ca=other_pki.ca_pem)
+    code, out = _cli(capsys, "doctor", "--config", str(bad))
+    assert code == 1
+    assert "certificate not trusted" in out and "mode 0644" in out and "fix: chmod 600" in out
+
+
+def test_read_only_verbs_work_with_an_empty_config(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "empty.toml"
+    cfg.write_text("")
+    code, out = _cli(capsys, "sent", "--config", str(cfg))
+    assert code == 0 and "nothing was sent" in out
+    code, out = _cli(capsys, "status", "--json", "--config", str(cfg))
+    assert code == 0 and json.loads(out)["daemon"]["running"] in (True, False)
+
+
+def test_sigterm_during_a_slow_delivery_exits_within_seconds(
+        agent: Agent, server: RegistryServer, run_daemon: object, tmp_path: Path) -> None:
+    server.registry.mode, server.registry.delay = "slow", 30.0
+    agent.config.write_text(agent.config.read_text().replace("total_timeout = 3.0",
+                                                             "total_timeout = 60.0"))
+    proc, notify, log = run_daemon(agent.config)  # type: ignore[operator]
+    notify.collect(10, until="READY=1")
+    wait_for(lambda: "sending a report" in " ".join(notify.collect(0.2)), 10)
+    wait_for(lambda: len(Outbox(agent.state_dir).pending()) == 1, 10)  # queued, being sent
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert time.monotonic() - t0 < 4, log.read_text()
+    # the report stays queued for the next start; nothing half-written is left
+    [entry] = Outbox(agent.state_dir).pending()
+    assert [p.name for p in (agent.state_dir / "outbox").iterdir()] == [entry.path.name]

@@ -1,0 +1,200 @@
+"""The VPN path between two network namespaces that the test creates (root only).
+
+The device namespace holds the "VPN" interface; the registry namespace holds the other end and
+the test server.  Two kinds of VPN interface:
+
+* ``wireguard``: a real WireGuard tunnel made by Debian's wireguard-go (userspace; this kernel has
+  no WireGuard module) on each side, over a veth underlay; the tun device reads operstate
+  "unknown" and has carrier only while wireguard-go drives it, as on the appliance;
+* ``veth``: a plain veth pair standing for the tunnel, so the path logic is still tested where
+  wireguard-go is not installed.
+
+HTTPS points at a port where nothing listens, so a report can only go over the VPN.  The daemon
+starts with the VPN down: the boot report fails and waits for its retry (>= 1 minute); bringing
+the interface up must send it at once (netlink event), over the VPN, and ``send --now --via vpn``
+must fail (exit 75) while the interface is down and succeed once it is up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from evo_agent.schedule import load_state
+from tests.delivery.conftest import VPNID, Agent, write_config, write_host_root
+from tests.delivery.pki import Pki
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                                reason="needs root and iproute2 to create network namespaces")
+
+
+IP = shutil.which("ip") or "ip"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run([IP, *args], check=True, capture_output=True)
+
+
+@dataclass
+class Vpn:
+    """The namespaces and addresses of one test VPN."""
+
+    dev: str
+    reg: str
+    ifname: str  # the device's VPN interface
+    server_ip: str
+
+
+def _netns_pair() -> tuple[str, str]:
+    dev, reg = f"evodev{os.getpid()}", f"evoreg{os.getpid()}"
+    try:
+        _ip("netns", "add", dev)
+        _ip("netns", "add", reg)
+    except subprocess.CalledProcessError as exc:
+        subprocess.run([IP, "netns", "del", dev], check=False, capture_output=True)
+        pytest.skip(f"cannot create network namespaces here: {exc.stderr!r}")
+    return dev, reg
+
+
+def _veth(dev: str, reg: str, a: str, b: str, net: str) -> None:
+    _ip("-n", dev, "link", "add", a, "type", "veth", "peer", "name", b, "netns", reg)
+    _ip("-n", dev, "addr", "add", f"{net}.1/24", "dev", a)
+    _ip("-n", reg, "addr", "add", f"{net}.2/24", "dev", b)
+    for ns in (dev, reg):
+        _ip("-n", ns, "link", "set", "lo", "up")
+    _ip("-n", reg, "link", "set", b, "up")
+
+
+def _wireguard(dev: str, reg: str, tmp: Path, procs: list[subprocess.Popen[bytes]]) -> str:
+    wg, wggo = shutil.which("wg"), shutil.which("wireguard-go")
+    if not wg or not wggo:
+        pytest.skip("wireguard-go and wireguard-tools are not installed")
+    _veth(dev, reg, "evoul0", "evoul1", "192.168.77")
+    _ip("-n", dev, "link", "set", "evoul0", "up")
+    # wireguard-go's control sockets live in /var/run/wireguard, shared by all namespaces:
+    # each side needs a name of its own
+    names = {dev: f"wgd{os.getpid()}"[:15], reg: f"wgr{os.getpid()}"[:15]}
+    env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
+    keys = {}
+    for ns in (dev, reg):
+        key = subprocess.run([wg, "genkey"], capture_output=True, check=True).stdout
+        pub = subprocess.run([wg, "pubkey"], input=key, capture_output=True, check=True).stdout
+        (tmp / f"{ns}.key").write_bytes(key)
+        (tmp / f"{ns}.key").chmod(0o600)
+        keys[ns] = pub.decode().strip()
+        procs.append(subprocess.Popen([IP, "netns", "exec", ns, wggo, "-f", names[ns]], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    sides = ((dev, reg, "1", "2", 51820, 51821), (reg, dev, "2", "1", 51821, 51820))
+    for ns, peer, me, them, port, peer_port in sides:
+        for _ in range(50):  # wireguard-go creates its device in the background
+            if subprocess.run([IP, "-n", ns, "link", "show", names[ns]], capture_output=True,
+                              check=False).returncode == 0:
+                break
+            time.sleep(0.1)
+        subprocess.run([IP, "netns", "exec", ns, wg, "set", names[ns], "private-key",
+                        str(tmp / f"{ns}.key"), "listen-port", str(port), "peer", keys[peer],
+                        "allowed-ips", f"10.88.0.{them}/32", "endpoint",
+                        f"192.168.77.{them}:{peer_port}"], check=True, capture_output=True)
+        _ip("-n", ns, "addr", "add", f"10.88.0.{me}/24", "dev", names[ns])
+    _ip("-n", reg, "link", "set", names[reg], "up")
+    return names[dev]
+
+
+@pytest.fixture(params=["wireguard", "veth"])
+def vpn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Vpn]:
+    dev, reg = _netns_pair()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        if request.param == "veth":
+            _veth(dev, reg, "evovpn0", "evoreg0", "10.77.0")
+            yield Vpn(dev, reg, "evovpn0", "10.77.0.2")
+        else:
+            ifname = _wireguard(dev, reg, tmp_path, procs)
+            yield Vpn(dev, reg, ifname, "10.88.0.2")
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(5)
+        for ns in (dev, reg):
+            subprocess.run([IP, "netns", "del", ns], check=False, capture_output=True)
+
+
+def _in(ns: str, *argv: str, **kw: object) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([IP, "netns", "exec", ns, sys.executable, *argv], cwd=REPO,
+                            env=env, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+def _wait(pred: object, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_waiting_report_goes_over_the_vpn_when_it_comes_up(vpn: Vpn, tmp_path: Path,
+                                                           pki: Pki) -> None:
+    dev, reg = vpn.dev, vpn.reg
+    state, out = tmp_path / "state", tmp_path / "registry"
+    out.mkdir()
+    cfg = write_config(tmp_path / "agent.toml", state, write_host_root(tmp_path / "root"),
+                       "https://127.0.0.1:9", ca=pki.ca_pem,
+                       extra=f'vpn_url = "http://{vpn.server_ip}:8080"\n'
+                             f'vpn_interface = "{vpn.ifname}"')
+    agent = Agent(cfg, state, tmp_path / "root")
+    server = _in(reg, "-m", "tests.delivery.server", "--host", vpn.server_ip, "--port", "8080",
+                 "--enroll", VPNID, agent.public_key(), "--out", str(out))
+    log = (tmp_path / "daemon.log").open("wb")
+    daemon = None
+    try:
+        assert _wait((out / "ready").exists, 15)
+        daemon = _in(dev, "-m", "evo_agent", "daemon", "--config", str(cfg), stderr=log)
+        # VPN down, HTTPS unreachable: the boot report fails and waits for its retry (>= 1 min)
+        assert _wait(lambda: load_state(state / "state.json").failures == 1, 20)
+        assert not (out / "requests.jsonl").exists()
+        time.sleep(1.5)
+        up = time.monotonic()
+        _ip("-n", dev, "link", "set", vpn.ifname, "up")
+        # the netlink event wakes the daemon: the waiting report goes at once, over the VPN
+        assert _wait(lambda: len(list(out.glob("*-*-*.json"))) == 1, 15), \
+            (tmp_path / "daemon.log").read_text()
+        assert time.monotonic() - up < 10
+        lines = [json.loads(x) for x in (out / "requests.jsonl").read_text().splitlines()]
+        assert lines == [{"status": 201, "path": "vpn"}]
+        assert _wait(lambda: load_state(state / "state.json").success_path == "vpn", 5)
+        # --via vpn with the tunnel down: refused, exit 75; up again: delivered, exit 0
+        _ip("-n", dev, "link", "set", vpn.ifname, "down")
+        send = _in(dev, "-m", "evo_agent", "send", "--now", "--via", "vpn", "--config", str(cfg),
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _stdout, err = send.communicate(timeout=60)
+        assert send.returncode == 75 and b"down or absent" in err
+        _ip("-n", dev, "link", "set", vpn.ifname, "up")
+        time.sleep(0.5)
+        send = _in(dev, "-m", "evo_agent", "send", "--now", "--via", "vpn", "--config", str(cfg),
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout, err = send.communicate(timeout=60)
+        assert send.returncode == 0, err
+        assert b"acknowledged via vpn" in stdout
+    finally:
+        for p in (daemon, server):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        log.close()

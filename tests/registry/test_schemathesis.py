@@ -1,0 +1,48 @@
+"""schemathesis against the served OpenAPI document, over HTTP on loopback: never a 5xx.
+
+Generated requests go to a real server (SQLite) with one enrolled device; half of them carry a
+valid support token, so the handlers behind the authorisation are reached too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis", reason="pip install schemathesis")
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+from evo_registry.app import Registry  # noqa: E402
+from evo_registry.config import Settings  # noqa: E402
+from tests.registry.conftest import FACTORY, SUPPORT, Device, Server, enroll  # noqa: E402
+
+SPEC = Path(__file__).resolve().parents[2] / "evo_registry" / "openapi.json"
+schema = schemathesis.openapi.from_path(str(SPEC))
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    db = tmp_path_factory.mktemp("st") / "registry.db"
+    app = Registry(Settings(database=f"sqlite:///{db}", factory_tokens=[FACTORY],
+                            support_tokens=[SUPPORT], rate_limit_reports=1000))
+    app.db.migrate()
+    srv = Server(app)
+    dev = Device("EVO-600001")
+    assert enroll(srv, dev).status == 201
+    yield srv
+    srv.close()
+    app.db.close()
+
+
+@schema.parametrize()  # type: ignore[untyped-decorator]
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.filter_too_much])
+def test_no_server_errors(case: object, live: Server) -> None:
+    base = f"http://127.0.0.1:{live.port}"
+    for headers in ({}, {"Authorization": f"Bearer {SUPPORT}"}):
+        response = case.call(base_url=base, headers=headers)  # type: ignore[attr-defined]
+        assert response.status_code < 500, (response.status_code, response.text[:300])
