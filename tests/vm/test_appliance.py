@@ -95,6 +95,9 @@ def test_service_enabled_unprivileged_idle(guest: dict[str, Any]) -> None:
     assert show["CPUSchedulingPolicy"] == "5"  # SCHED_IDLE
     assert show["IOSchedulingClass"] == "3"  # idle
     assert show["MemoryMax"] == str(128 * 1024 * 1024)
+    # The agent is not on the boot's critical path: multi-user.target does not wait for it.
+    chain = guest["boot"]["critical_chain"]["stdout"]
+    assert "multi-user.target" in chain and "evo-agent" not in chain, chain
 
 
 def test_manufacturing_unit_ran_in_its_sandbox(guest: dict[str, Any], hw: vmlib.Appliance) -> None:

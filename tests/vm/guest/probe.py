@@ -222,7 +222,8 @@ def main() -> None:
         return {
             "analyze": text(["systemd-analyze", "time", "--no-pager"]),
             "blame": sh(["systemd-analyze", "blame", "--no-pager"])[1].splitlines()[:25],
-            "critical_chain": text(["systemd-analyze", "critical-chain", "--no-pager"]),
+            "critical_chain": text(["systemd-analyze", "critical-chain", "multi-user.target",
+                                    "--no-pager"]),
             "evo_units": [line.strip() for line in
                           sh(["systemd-analyze", "blame", "--no-pager"])[1].splitlines()
                           if "evo-agent" in line],
