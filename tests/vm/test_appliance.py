@@ -98,6 +98,8 @@ def test_service_enabled_unprivileged_idle(guest: dict[str, Any]) -> None:
     # The agent is not on the boot's critical path: multi-user.target does not wait for it.
     chain = guest["boot"]["critical_chain"]["stdout"]
     assert "multi-user.target" in chain and "evo-agent" not in chain, chain
+    # Nor does the package make every boot wait for udev to settle.
+    assert "systemd-udev-settle" not in chain, chain
 
 
 def test_manufacturing_unit_ran_in_its_sandbox(guest: dict[str, Any], hw: vmlib.Appliance) -> None:
