@@ -30,6 +30,13 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 
+# The appliance test (tests/vm): the .deb built and booted in a Debian 12 VM under QEMU. It needs
+# root (debootstrap, chroot, network namespaces); EVO_VM=0 leaves it out on a developer's laptop.
+if [ "${EVO_VM:-1}" = 1 ] && [ "$(id -u)" = 0 ]; then
+  bash tests/vm/install-deps.sh
+  export EVO_VM=1
+fi
+
 # Debian's Python with Debian's libraries (what the appliance runs), plus the test tools from PyPI.
 VENV=${EVO_TEST_VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
