@@ -151,3 +151,15 @@ def test_module_entry_point_and_broken_pipe(capture: Path) -> None:
     )
     assert proc.returncode == 0
     assert "Traceback" not in proc.stderr
+
+
+def test_man_page_lists_every_verb_and_exit_status() -> None:
+    from evo_agent.cli import _parser
+    from evo_agent.errors import EXIT_CODES
+
+    page = (REPO / "docs" / "evo-agent.8").read_text()
+    sub = next(a for a in _parser()._actions if a.dest == "verb")
+    for verb in sub.choices:  # type: ignore[union-attr]
+        assert f".B {verb}" in page, verb
+    for code in EXIT_CODES:
+        assert f".TP\n.B {code}\n" in page, code
