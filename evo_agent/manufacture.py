@@ -27,14 +27,10 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import http.client
 import json
 import logging
 import os
 import re
-import socket
-import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -64,7 +60,6 @@ ENROL_PATH = "/v1/enroll"
 MARKER = "enrolment.json"
 BUNDLE_FORMAT = "evo-enrolment-bundle/1"
 BUNDLE_SUFFIX = ".evo-enrol.json"
-MAX_RESPONSE = 64 * 1024
 GIB = 1024**3
 _USB_ID = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]|[\u2028-\u202e\u2066-\u2069]")
@@ -372,60 +367,31 @@ def post_json(url: str, body: bytes, token: str, *, ca_bundle: str,
               timeout: float) -> tuple[int, dict[str, Any]]:
     """POST the enrolment; return the status and the JSON answer, or raise RegistryUnreachable.
 
-    The agent's transport rules (``evo_agent.transport``): https verified against the registry's
-    CA bundle only, plain http only to a loopback address; ``timeout`` bounds the whole exchange.
+    The agent's transport rules (``evo_agent.transport.exchange``): https verified against the
+    registry's CA bundle only, plain http only to a loopback address; ``timeout`` bounds the
+    whole exchange, so a registry that drips bytes cannot hold the line.
     """
-    from evo_agent.transport import is_loopback, tls_context
+    from evo_agent.transport import TransportError, exchange
 
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme == "https":
-        try:
-            ctx = tls_context(ca_bundle)
-        except DeliveryError as exc:
+    if urlsplit(url).scheme not in ("https", "http"):
+        raise ConfigError(None, "manufacture.registry_url", f"{url}: not an http(s) URL")
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    try:
+        resp = exchange(url, ENROL_PATH, body, headers, ca_bundle=ca_bundle,
+                        connect_timeout=timeout, total_timeout=timeout)
+    except DeliveryError as exc:
+        if urlsplit(url).scheme == "https":
             raise ConfigError(None, "delivery.ca_bundle", str(exc)) from None
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            host, parts.port, timeout=timeout, context=ctx)
-    elif parts.scheme == "http" and is_loopback(host):
-        conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
-    else:
         raise ConfigError(None, "manufacture.registry_url",
                           f"{url}: plain http is refused except to a loopback address; "
-                          "use https:// (verified with [delivery] ca_bundle)")
-    target = (parts.path.rstrip("/") or "") + ENROL_PATH
-    expired = threading.Event()
-
-    def cut() -> None:  # a registry that drips bytes must not hold the line
-        expired.set()
-        if conn.sock is not None:
-            with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_RDWR)
-
-    timer = threading.Timer(timeout, cut)
-    timer.daemon = True
-    timer.start()
+                          "use https:// (verified with [delivery] ca_bundle)") from None
+    except TransportError as exc:
+        raise RegistryUnreachable(f"registry unreachable: {exc}") from None
     try:
-        conn.request("POST", target, body=body, headers={
-            "Content-Type": "application/json", "Content-Length": str(len(body)),
-            "Authorization": f"Bearer {token}"})
-        resp = conn.getresponse()
-        data = resp.read(MAX_RESPONSE)
-        status = resp.status
-    except ssl.SSLCertVerificationError as exc:
-        raise RegistryUnreachable(f"{url}: certificate not trusted ({exc.verify_message})") \
-            from None
-    except (OSError, http.client.HTTPException) as exc:
-        why = f"no complete answer within {timeout:g} s" if expired.is_set() else (
-            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-        raise RegistryUnreachable(f"registry {url} unreachable: {why}") from None
-    finally:
-        timer.cancel()
-        conn.close()
-    try:
-        answer = json.loads(data)
+        answer = json.loads(resp.body)
     except ValueError:
         answer = {}
-    return status, answer if isinstance(answer, dict) else {}
+    return resp.status, answer if isinstance(answer, dict) else {}
 
 
 def enrol_online(url: str, body: bytes, token: str, *, ca_bundle: str,

@@ -159,18 +159,32 @@ def gzip_body(report_json: bytes) -> bytes:
 def post(route: Route, body: bytes, headers: Mapping[str, str], *, ca_bundle: str,
          connect_timeout: float, total_timeout: float) -> Response:
     """POST a gzip body to the route's /v1/reports; raise TransportError when no answer comes."""
-    parts = urlsplit(route.url)
+    all_headers = {"Content-Type": "application/json", "Content-Encoding": "gzip",
+                   "X-Evo-Path": route.path, **headers}
+    return exchange(route.url, REPORTS_PATH, body, all_headers, ca_bundle=ca_bundle,
+                    connect_timeout=connect_timeout, total_timeout=total_timeout,
+                    plain_ok=route.path == "vpn")
+
+
+def exchange(url: str, path: str, body: bytes, headers: Mapping[str, str], *, ca_bundle: str,
+             connect_timeout: float, total_timeout: float, plain_ok: bool = False) -> Response:
+    """POST ``body`` to ``path`` under ``url`` with the agent's rules, within ``total_timeout``.
+
+    https is verified against ``ca_bundle`` only; plain http is refused (DeliveryError) unless
+    ``plain_ok`` (the VPN) or the host is a loopback address.  No answer, a broken one, or none
+    complete in time raises TransportError: a registry that drips bytes must not hold us.
+    """
+    parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.scheme == "https":
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
             host, parts.port, timeout=connect_timeout, context=tls_context(ca_bundle))
-    elif parts.scheme == "http" and (route.path == "vpn" or is_loopback(host)):
+    elif parts.scheme == "http" and (plain_ok or is_loopback(host)):
         conn = http.client.HTTPConnection(host, parts.port, timeout=connect_timeout)
     else:
-        raise DeliveryError(f"{route.url}: plain http is refused except over the VPN or loopback")
-    target = parts.path.rstrip("/") + REPORTS_PATH
-    all_headers = {"Content-Type": "application/json", "Content-Encoding": "gzip",
-                   "Content-Length": str(len(body)), "X-Evo-Path": route.path, **headers}
+        raise DeliveryError(f"{url}: plain http is refused except over the VPN or loopback")
+    target = parts.path.rstrip("/") + path
+    all_headers = {**headers, "Content-Length": str(len(body))}
     expired = threading.Event()
 
     def cut() -> None:
@@ -190,14 +204,14 @@ def post(route: Route, body: bytes, headers: Mapping[str, str], *, ca_bundle: st
         got = {k.lower(): v for k, v in resp.getheaders()}
         return Response(resp.status, data, got)
     except ssl.SSLCertVerificationError as exc:
-        raise TransportError(f"{route.url}: certificate not trusted ({exc.verify_message})") \
+        raise TransportError(f"{url}: certificate not trusted ({exc.verify_message})") \
             from None
     except (OSError, http.client.HTTPException) as exc:
         if expired.is_set():
-            raise TransportError(f"{route.url}: no complete answer within {total_timeout:g} s") \
+            raise TransportError(f"{url}: no complete answer within {total_timeout:g} s") \
                 from None
         what = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
-        raise TransportError(f"{route.url}: {what} after "
+        raise TransportError(f"{url}: {what} after "
                              f"{time.monotonic() - started:.1f} s") from None
     finally:
         timer.cancel()
