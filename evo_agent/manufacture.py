@@ -399,7 +399,7 @@ def enrol_online(url: str, body: bytes, token: str, *, ca_bundle: str,
     """Enrol; return the registration form's URL or raise the error the line must see."""
     status, answer = post_json(url, body, token, ca_bundle=ca_bundle, timeout=timeout)
     reason = str(answer.get("error") or "")[:300]
-    if status == 201:
+    if status in (200, 201):  # 200: enrolled before with this key (a retry after a lost answer)
         form = str(answer.get("registration_form") or "")
         return _base(url) + form if form.startswith("/") else form
     if status == 409:

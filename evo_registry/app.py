@@ -259,9 +259,10 @@ class Registry:
         body = self._read_body(environ, wire.MAX_EXPANDED)
         now = self.clock()
         enrolment, override = enrol.parse(wire.parse_json(body), now)
-        self.store.enroll(enrolment, now, override)
+        changed = self.store.enroll(enrolment, now, override)
         vpnid = enrolment.vpnid
-        return json_response(201, {"status": "enrolled", "vpnid": vpnid,
+        return json_response(201 if changed else 200,
+                             {"status": "enrolled" if changed else "unchanged", "vpnid": vpnid,
                                    "registration_form":
                                        f"/v1/devices/{vpnid}/registration-form.pdf"})
 

@@ -107,12 +107,11 @@ def import_one(app: Any, path: Path) -> Outcome:
                    "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
                    "HTTP_AUTHORIZATION": f"Bearer {token}", "REMOTE_ADDR": "127.0.0.1",
                    "wsgi.input": io.BytesIO(body)}
-        app.dispatch(environ)
+        answer = app.dispatch(environ)
     except HttpError as exc:
-        if exc.status == 409 and vpnid and app.store.public_key(vpnid) == \
-                str(request.get("public_key", "")).strip():
-            return Outcome(str(path), vpnid, "unchanged", "enrolled before with this key")
         return Outcome(str(path), vpnid, "refused", exc.reason)
+    if answer.status == 200:
+        return Outcome(str(path), vpnid, "unchanged", "enrolled before with this key")
     LOG.info("imported the enrolment of %s from %s", vpnid, path)
     return Outcome(str(path), vpnid, "imported")
 

@@ -110,8 +110,12 @@ class Store:
             + (" FOR UPDATE OF d" if db.for_update else ""))
 
     # ---- enrolment -------------------------------------------------------------------------
-    def enroll(self, e: Enrolment, now: datetime, override: bool = False) -> None:
-        """Enrol a unit; re-enrolling needs ``override`` (else 409)."""
+    def enroll(self, e: Enrolment, now: datetime, override: bool = False) -> bool:
+        """Enrol a unit; return False when it was enrolled before with this very key.
+
+        Re-enrolling under another key needs ``override`` (else 409).  The same key again is the
+        line retrying after a lost answer (the station crashed after our 201): nothing changes.
+        """
         fp = rules.fingerprint(e.report)
         stamp = utc_text(now)
         with self.db.transaction() as tx:
@@ -127,6 +131,8 @@ class Store:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (*values, e.vpnid),
                 )
+            elif not override and existing["public_key"] == e.public_key:
+                return False
             elif not override:
                 raise HttpError(409, "already enrolled (send \"override\": true to re-enrol)")
             else:
@@ -139,6 +145,7 @@ class Store:
                     (*values, e.vpnid),
                 )
             self._check_clone(tx, e.vpnid, fp.get("motherboard_serial"), now=stamp, report_id=None)
+        return True
 
     def public_key(self, vpnid: str) -> str | None:
         """Return the enrolled public key of a VPNID (base64), or None."""

@@ -195,6 +195,23 @@ def test_twice_same_verdict_no_second_identity(station: Station, good: Path, reg
     assert device(registry, VPNID).json()["enrolled_at"] == enrolled
 
 
+def test_crash_after_the_registry_answered_is_no_conflict(
+        station: Station, good: Path, registry: Server,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The station dies after the registry's 201 but before it notes the enrolment: the next run
+    sends the same key again and the registry answers 'unchanged', not 'already enrolled'."""
+    code1, first, _ = manufacture(station, good, capsys)
+    enrolled = device(registry, VPNID).json()["enrolled_at"]
+    (station.state / "enrolment.json").unlink()
+    code2, second, _ = manufacture(station, good, capsys)
+    assert code1 == code2 == 0
+    assert second["enrolment"]["sent"] is True
+    assert second["identity"]["public_key"] == first["identity"]["public_key"]
+    assert second["enrolment"]["registration_form"] == first["enrolment"]["registration_form"]
+    assert registry.app.store.counts()["devices"] == 1
+    assert device(registry, VPNID).json()["enrolled_at"] == enrolled
+
+
 def test_force_re_enrols_and_is_logged(tmp_path: Path, station: Station, registry: Server,
                                        capsys: pytest.CaptureFixture[str],
                                        caplog: pytest.LogCaptureFixture) -> None:

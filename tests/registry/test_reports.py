@@ -224,9 +224,14 @@ def test_enrol_needs_factory_token_and_override(server: Server) -> None:
     assert server.request("POST", "/v1/enroll", b"{}",
                           {"Content-Type": "application/json"}).status == 401
     assert _enroll_raw(server, dev.enrolment()).status == 201
+    # The same unit and key again (the line retrying after a lost answer): nothing changes.
     again = _enroll_raw(server, dev.enrolment())
-    assert again.status == 409
-    assert "override" in again.json()["error"]
+    assert again.status == 200
+    assert again.json()["status"] == "unchanged"
+    # Another key for that VPNID needs the override.
+    clash = _enroll_raw(server, Device(dev.vpnid).enrolment())
+    assert clash.status == 409
+    assert "override" in clash.json()["error"]
     # Re-enrolled with a new key: reports signed with the old key are refused.
     old = dev.key
     dev2 = Device(dev.vpnid)

@@ -16,9 +16,9 @@ from tests.registry.conftest import Device
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 
 
-def _enrol(store: Store, device: Device, **kw: object) -> None:
+def _enrol(store: Store, device: Device, **kw: object) -> bool:
     e = device.enrolment()
-    store.enroll(Enrolment(device.vpnid, e["public_key"], e["report"], ("BE", "NL"), "230V",
+    return store.enroll(Enrolment(device.vpnid, e["public_key"], e["report"], ("BE", "NL"), "230V",
                            T0 - timedelta(days=300), "432 EVO Aeon"), T0, **kw)  # type: ignore[arg-type]
 
 
@@ -69,11 +69,13 @@ def test_memory_sqlite_is_refused() -> None:
 def test_enrol_then_reenrol_needs_override(database: Database) -> None:
     store = Store(database)
     dev = Device("EVO-100001")
-    _enrol(store, dev)
+    assert _enrol(store, dev) is True
+    assert _enrol(store, dev) is False  # the same key again: unchanged, no error
+    other = Device(dev.vpnid)
     with pytest.raises(HttpError) as info:
-        _enrol(store, dev)
+        _enrol(store, other)
     assert info.value.status == 409
-    _enrol(store, dev, override=True)
+    _enrol(store, other, override=True)
     assert store.counts()["devices"] == 1
 
 
