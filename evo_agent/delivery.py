@@ -45,8 +45,10 @@ from evo_agent.schedule import Now, after_failure, after_success, load_state, re
 
 LOG = logging.getLogger(__name__)
 
-#: Status codes meaning "these bytes will never be accepted": the report is set aside, not retried.
-REJECTED = (400, 413)
+#: Status codes meaning "these bytes will never be accepted": the report is set aside, not retried
+#: (docs/protocol.md: invalid, too large, its UUID stored for another device, wrong media type).
+#: 401 and 404 are retried: an enrolment or a re-enrolment may come later.
+REJECTED = (400, 409, 413, 415)
 
 
 @dataclass

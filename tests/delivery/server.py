@@ -86,8 +86,8 @@ def _handler(reg: Registry) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length)
             if reg.mode == "slow":
                 time.sleep(reg.delay)
-            if reg.mode == "400":
-                self._answer(400, {"error": "hardware.cpu: not valid for the schema"})
+            if reg.mode in ("400", "409", "415"):
+                self._answer(int(reg.mode), {"error": "refused for good (test)"})
                 return
             if reg.mode in ("500", "503"):
                 self._answer(int(reg.mode), {"error": "test failure"})

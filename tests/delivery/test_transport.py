@@ -156,14 +156,16 @@ def test_opt_out_deletes_waiting_reports_and_sends_nothing(agent: Agent, server:
     assert os.listdir(agent.state_dir / "outbox") == []
 
 
-def test_refused_reports_are_set_aside_bounded(agent: Agent, server: RegistryServer) -> None:
+@pytest.mark.parametrize("status", ["400", "409", "415"])
+def test_refused_reports_are_set_aside_bounded(agent: Agent, server: RegistryServer,
+                                               status: str) -> None:
     from evo_agent.outbox import MAX_SET_ASIDE
 
-    server.registry.mode = "400"  # e.g. a report the registry's schema refuses: never retried
+    server.registry.mode = status  # e.g. a report the registry's schema refuses: never retried
     cfg = agent.load()
     for _ in range(MAX_SET_ASIDE + 3):
         result = run_cycle(cfg, trigger="daily", clock=_clock)
-        assert not result.ok and result.status == 400
+        assert not result.ok and result.status == int(status)
         assert Outbox(agent.state_dir).pending() == []  # set aside, does not block the queue
     rejected = sorted((agent.state_dir / "outbox" / "rejected").iterdir())
     assert len(rejected) == MAX_SET_ASIDE
