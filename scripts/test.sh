@@ -30,9 +30,12 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 
-# The appliance test (tests/vm): the .deb built and booted in a Debian 12 VM under QEMU. It needs
-# root (debootstrap, chroot, network namespaces); EVO_VM=0 leaves it out on a developer's laptop.
-if [ "${EVO_VM:-1}" = 1 ] && [ "$(id -u)" = 0 ]; then
+# The appliance test (tests/vm): the .deb built and booted in a Debian 12 VM under QEMU, with
+# EVO_VM=1 (root: debootstrap, chroot, network namespaces). Not in the default run yet: one boot
+# in three of a clean-clone run here hung in the guest kernel's early boot under TCG ("Loading
+# compiled-in X.509 certificates", then nothing for 600 s), which would fail CI at random; the
+# boot needs a hang detector and a retry first (issue 5).
+if [ "${EVO_VM:-0}" = 1 ] && [ "$(id -u)" = 0 ]; then
   bash tests/vm/install-deps.sh
   export EVO_VM=1
 fi
