@@ -84,19 +84,24 @@ def adopt(fd: int, directory: Path) -> None:
         os.fchown(fd, st.st_uid, st.st_gid)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o640) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory."""
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+def _write_synced(fd: int, data: bytes, mode: int, directory: Path) -> None:
+    """Write all of ``data`` to a new file's descriptor, fsync it and close it."""
     try:
         os.fchmod(fd, mode)  # the umask must not decide what the support group may read
-        adopt(fd, path.parent)
+        adopt(fd, directory)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o640) -> None:
+    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory."""
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    _write_synced(fd, data, mode, path.parent)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -237,15 +242,7 @@ class Outbox:
         final = self.dir / f"{seq:012d}-{rid}.json"
         tmp = self.dir / f".tmp-{rid}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-        try:
-            os.fchmod(fd, 0o640)
-            adopt(fd, self.dir)
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_synced(fd, body, 0o640, self.dir)
         os.rename(tmp, final)
         fsync_dir(self.dir)
         entry = Entry(final, seq, rid, body, report)
