@@ -15,10 +15,12 @@ import base64
 import copy
 import gzip
 import http.client
+import http.server
 import json
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -272,3 +274,17 @@ def send(server: Server, device: Device, doc: Any | None = None, *, wan: str | N
 def get_device(server: Server, vpnid: str) -> Reply:
     return server.request("GET", f"/v1/devices/{vpnid}",
                           headers={"Authorization": f"Bearer {SUPPORT}"})
+
+
+@contextmanager
+def serve_on_loopback(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
+    """Serve ``handler`` on 127.0.0.1 at a free port (a test's proxy); yield the port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

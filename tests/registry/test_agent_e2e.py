@@ -16,7 +16,6 @@ import http.server
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.registry.conftest import (
     Server,
     base_report,
     get_device,
+    serve_on_loopback,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,15 +69,8 @@ def _front(upstream: int, wan: str) -> Iterator[int]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(proxy.server_address[1])
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join(5)
+    with serve_on_loopback(Handler) as port:
+        yield port
 
 
 def _agent(tmp_path: Path, url: str) -> Path:

@@ -13,13 +13,12 @@ import http.server
 import re
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
-from tests.registry.conftest import HOME_A, HOME_B, Device, Server, enroll, send
+from tests.registry.conftest import HOME_A, HOME_B, Device, Server, enroll, send, serve_on_loopback
 
 
 @contextmanager
@@ -41,15 +40,8 @@ def _home_proxy(upstream: int, wan: str) -> Iterator[int]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(proxy.server_address[1])
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join(5)
+    with serve_on_loopback(Handler) as port:
+        yield port
 
 
 def _chromium_dom(url: str, tmp: str) -> str:
