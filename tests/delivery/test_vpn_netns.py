@@ -97,15 +97,18 @@ def _wireguard(dev: str, reg: str, tmp: Path, procs: list[subprocess.Popen[bytes
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     sides = ((dev, reg, "1", "2", 51820, 51821), (reg, dev, "2", "1", 51821, 51820))
     for ns, peer, me, them, port, peer_port in sides:
-        for _ in range(50):  # wireguard-go creates its device in the background
-            if subprocess.run([IP, "-n", ns, "link", "show", names[ns]], capture_output=True,
-                              check=False).returncode == 0:
+        # wireguard-go creates its device, then its control socket, in the background: the
+        # link can exist before `wg set` can reach it (seen once in a clean-clone CI run)
+        setup = [IP, "netns", "exec", ns, wg, "set", names[ns], "private-key",
+                 str(tmp / f"{ns}.key"), "listen-port", str(port), "peer", keys[peer],
+                 "allowed-ips", f"10.88.0.{them}/32", "endpoint", f"192.168.77.{them}:{peer_port}"]
+        for attempt in range(50):
+            done = subprocess.run(setup, capture_output=True, check=False)
+            if done.returncode == 0:
                 break
+            if attempt == 49:
+                done.check_returncode()
             time.sleep(0.1)
-        subprocess.run([IP, "netns", "exec", ns, wg, "set", names[ns], "private-key",
-                        str(tmp / f"{ns}.key"), "listen-port", str(port), "peer", keys[peer],
-                        "allowed-ips", f"10.88.0.{them}/32", "endpoint",
-                        f"192.168.77.{them}:{peer_port}"], check=True, capture_output=True)
         _ip("-n", ns, "addr", "add", f"10.88.0.{me}/24", "dev", names[ns])
     _ip("-n", reg, "link", "set", names[reg], "up")
     return names[dev]
