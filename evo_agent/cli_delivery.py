@@ -197,6 +197,12 @@ def status_doc(cfg: Config) -> dict[str, Any]:
     vpn_ok, vpn_why = transport.vpn_state(delivery["vpn_url"], delivery["vpn_interface"])
     now = read_clock()
     due = next_due(state, now, vpnid_of(cfg))
+    next_doc = {"time": due.wall(now), "trigger": due.trigger, "reason": due.reason}
+    theirs = daemon.get("next_due") if daemon else None
+    if isinstance(theirs, dict) and {"wall", "trigger", "reason"} <= set(theirs):
+        # the running daemon knows more (e.g. that the report waits for a route)
+        next_doc = {"time": theirs["wall"], "trigger": theirs["trigger"],
+                    "reason": theirs["reason"]}
     try:
         local = json.loads((cfg.state_dir / "local.json").read_bytes())
         local_doc: dict[str, Any] | None = {k: local.get(k) for k in
@@ -211,8 +217,7 @@ def status_doc(cfg: Config) -> dict[str, Any]:
         "last_attempt": {"time": state.attempt_wall, "result": state.attempt_result},
         "last_success": {"time": state.success_wall, "path": state.success_path},
         "consecutive_failures": state.failures,
-        "next_due": ({"time": due.wall(now), "trigger": due.trigger, "reason": due.reason}
-                     if cfg.enabled else None),
+        "next_due": (next_doc if cfg.enabled else None),
         "outbox_depth": depth,
         "vpn": {"usable": vpn_ok, "detail": vpn_why},
         "local_inventory": local_doc,

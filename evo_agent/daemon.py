@@ -17,10 +17,13 @@ The loop waits in one ``select()`` for, and only for:
 * a signal (SIGTERM/SIGINT: stop the child, exit within seconds; SIGHUP: reload the config, a bad
   one is refused and the old one kept), through ``signal.set_wakeup_fd``;
 * a request on the control socket (``evo_agent.control``);
-* a netlink event (``evo_agent.netlink``): the VPN interface came up or a default route appeared
-  while a report waits for its retry -> the waiting report goes at once (at most once a minute);
-* a kernel hot-plug event (usb, sound, block): once the devices settle, a child refreshes the
-  local inventory that ``status`` shows (``state_dir/local.json``); it never sends early;
+* a netlink event (``evo_agent.netlink``, filtered in the kernel): the VPN interface came up or a
+  default route appeared while a report waits for its retry -> the waiting report goes at once
+  (at most once a minute); a report that fell due while the kernel had no route to the registry
+  (``schedule.hold_for_network``) goes as soon as one appears;
+* a hot-plug announcement from udev (usb, sound, block; the kernel drops all others before they
+  wake us, see ``evo_agent.netlink``): once the devices settle, a child refreshes the local
+  inventory that ``status`` shows (``state_dir/local.json``); it never sends early;
 * the child's output, when a cycle is running.
 
 No timer ticks otherwise: an idle daemon wakes for the watchdog only.
@@ -49,8 +52,10 @@ from evo_agent.errors import ConfigError, StateError
 from evo_agent.notify import Notifier
 from evo_agent.outbox import Outbox, ensure_dir, writer_lock
 from evo_agent.schedule import (
+    Due,
     Now,
     after_failure,
+    hold_for_network,
     load_state,
     next_due,
     read_clock,
@@ -88,6 +93,9 @@ class Settings:
     sources: list[str] = field(default_factory=list)
     #: (boot, daily) splay, computed by the child (SHA-256 would load libcrypto here)
     splay: tuple[float, float] = (0.0, 0.0)
+    #: the hosts of the registry's endpoints (vpn_url, https_url; "" when not configured)
+    vpn_host: str = ""
+    https_host: str = ""
 
     @classmethod
     def from_describe(cls, doc: dict[str, Any]) -> Settings:
@@ -98,7 +106,20 @@ class Settings:
                    str(values["delivery"]["vpn_interface"]), str(doc.get("vpnid") or ""),
                    float(values["collectors"]["timeout"]),
                    float(values["delivery"]["total_timeout"]), list(doc.get("sources", [])),
-                   (float(doc["splay"][0]), float(doc["splay"][1])))
+                   (float(doc["splay"][0]), float(doc["splay"][1])),
+                   _host(str(values["delivery"].get("vpn_url", ""))),
+                   _host(str(values["delivery"].get("https_url", ""))))
+
+    def network_up(self) -> bool:
+        """Return True when the kernel has a route to one of the registry's endpoints."""
+        try:
+            if self.vpn_host and self.vpn_interface and netlink.link_up(self.vpn_interface):
+                return netlink.can_reach(self.vpn_host) or bool(
+                    self.https_host and netlink.can_reach(self.https_host))
+            return bool(self.https_host) and netlink.can_reach(self.https_host)
+        except OSError as exc:  # cannot tell: do not hold the report on a netlink hiccup
+            LOG.debug("route check failed: %s", exc)
+            return True
 
     def cycle_deadline(self) -> float:
         """Return how long a cycle child may run before it is killed."""
@@ -142,6 +163,11 @@ class Daemon:
         self.settings: Settings
         self.listener: socket.socket | None = None
         self.monitor: socket.socket | None = None
+        #: the VPN interface's index the monitor's filter passes (None: no VPN; 0: absent)
+        self.vpn_index: int | None = None
+        self.network_wait_logged = False
+        #: CLOCK_BOOTTIME when a due report was first found without a route to the registry
+        self.network_wait_since: float | None = None
         #: monotonic time of the pending hot-plug refresh, and why
         self.refresh_at: float | None = None
         self.refresh_reason = ""
@@ -190,6 +216,7 @@ class Daemon:
             LOG.error("configuration reload refused, keeping the previous one: %s", exc)
             self._status()
             return
+        old_vpn = self.settings.vpn_interface
         if new.control_socket != self.settings.control_socket:
             LOG.warning("control_socket changed to %s: takes effect at the next restart",
                         new.control_socket)
@@ -198,6 +225,8 @@ class Daemon:
         except StateError as exc:
             LOG.error("configuration reload refused, keeping the previous one: %s", exc)
             return
+        if new.vpn_interface != old_vpn:
+            self._open_monitor()
         LOG.info("configuration reloaded from %s", ", ".join(new.sources) or "defaults")
         self._status()
 
@@ -222,15 +251,8 @@ class Daemon:
         self.sel.register(wake_r, selectors.EVENT_READ, "signal")
         if self.listener is not None:
             self.sel.register(self.listener, selectors.EVENT_READ, "control")
-        try:
-            self.monitor = netlink.open_monitor()
-            self.sel.register(self.monitor, selectors.EVENT_READ, "netlink")
-        except OSError as exc:
-            LOG.warning("no netlink events (%s): waiting reports go at their retry time only", exc)
-        try:
-            self.sel.register(netlink.open_uevents(), selectors.EVENT_READ, "uevent")
-        except OSError as exc:
-            LOG.warning("no hot-plug events (%s): status shows the last collected inventory", exc)
+        self._open_monitor()
+        self._open_hotplug()
         self.notifier.ready(self._status_line())
         LOG.info("started (pid %s), %s", os.getpid(), self._status_line())
         try:
@@ -239,6 +261,32 @@ class Daemon:
         finally:
             self._shutdown()
         return 0
+
+    def _open_monitor(self) -> None:
+        if self.monitor is not None:
+            self.sel.unregister(self.monitor)
+            self.monitor.close()
+            self.monitor = None
+        name = self.settings.vpn_interface
+        self.vpn_index = (netlink.ifindex(name) or 0) if name else None
+        try:
+            self.monitor = netlink.open_monitor(self.vpn_index)
+            self.sel.register(self.monitor, selectors.EVENT_READ, "netlink")
+        except OSError as exc:
+            LOG.warning("no netlink events (%s): waiting reports go at their retry time only", exc)
+
+    def _open_hotplug(self) -> None:
+        if not netlink.udev_running():
+            # libudev's rule: without udevd (a container) nothing announces devices; the kernel's
+            # own uevents would wake the daemon for every device of the host
+            LOG.info("no udev (no /run/udev/control, /dev not devtmpfs): hot-plug does not "
+                     "refresh the local inventory")
+            return
+        try:
+            self.sel.register(netlink.open_hotplug(HOTPLUG_SUBSYSTEMS), selectors.EVENT_READ,
+                              "uevent")
+        except OSError as exc:
+            LOG.warning("no hot-plug events (%s): status shows the last collected inventory", exc)
 
     def _open_control(self) -> None:
         path = self.settings.control_socket
@@ -252,10 +300,25 @@ class Daemon:
         except OSError as exc:
             LOG.warning("no control socket at %s (%s): send --now will run standalone", path, exc)
 
-    def _due(self) -> tuple[Any, Now]:
+    def _due(self) -> tuple[Due, Now]:
         now = self.clock()
         state = load_state(self.settings.state_dir / "state.json")
-        return next_due(state, now, self.settings.splay), now
+        due = next_due(state, now, self.settings.splay)
+        if due.at <= now.boottime:  # due: is there a route to the registry at all?
+            up = self.settings.network_up()
+            if up:
+                self.network_wait_since = None
+            elif self.network_wait_since is None:
+                self.network_wait_since = now.boottime
+            due = hold_for_network(due, up, self.network_wait_since or now.boottime)
+            if due.network_wait and not self.network_wait_logged:
+                self.network_wait_logged = True  # before _status(), which comes back here
+                LOG.info("%s report due, but no route to the registry: waiting for one",
+                         due.trigger)
+                self._status()
+            elif not due.network_wait:
+                self.network_wait_logged = False
+        return due, now
 
     def _step(self) -> None:
         timeout: float | None = None
@@ -315,6 +378,15 @@ class Daemon:
 
     def _on_netlink(self, sock: Any) -> None:
         events = netlink.drain(sock)
+        vpn = self.settings.vpn_interface
+        for e in events:
+            if e.kind == "new_link" and vpn and e.name == vpn and e.index != self.vpn_index:
+                LOG.debug("VPN interface %s has index %s now", vpn, e.index)
+                self.vpn_index = e.index
+                try:
+                    netlink.attach_filter(sock, netlink.route_filter(e.index))
+                except OSError as exc:
+                    LOG.warning("cannot filter netlink events for %s: %s", vpn, exc)
         relevant = [e for e in events if e.kind == "default_route"
                     or (e.kind == "link_up" and e.name == self.settings.vpn_interface)]
         if not relevant or self.cycle is not None or not self.settings.enabled:
@@ -328,7 +400,7 @@ class Daemon:
             self.kick = True
 
     def _on_uevent(self, sock: Any) -> None:
-        relevant = [e for e in netlink.drain_uevents(sock)
+        relevant = [e for e in netlink.drain_hotplug(sock)
                     if e.get("SUBSYSTEM") in HOTPLUG_SUBSYSTEMS | {"unknown"}]
         if relevant and self.settings.enabled:
             last = relevant[-1]
@@ -507,7 +579,8 @@ class Daemon:
         due, now = self._due()
         last = (f"last report {_fmt(state.success_wall)} via {state.success_path}"
                 if state.success_wall else "no report delivered yet")
-        return f"{last}; next ({due.trigger}) {_fmt(due.wall(now))}"
+        wait = ", waiting for a route to the registry" if due.network_wait else ""
+        return f"{last}; next ({due.trigger}) {_fmt(due.wall(now))}{wait}"
 
     def _status(self) -> None:
         self.notifier.status(self._status_line())
@@ -557,6 +630,15 @@ def share_with_support(path: Path, mode: int) -> None:
             os.chmod(path, mode)
     except OSError as exc:
         LOG.warning("cannot share %s with group %s: %s", path, SUPPORT_GROUP, exc)
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
 
 
 def _fmt(wall: float | None) -> str:

@@ -21,6 +21,13 @@ Its readings compare only within one boot, so each is stored with the kernel's b
 
 The wall clock is kept only to show people when things happened or will happen.
 
+No route, no attempt: when a report is due but the kernel has no route to the registry (the boot
+report of a device whose DHCP lease or VPN is not there yet), an attempt can only fail and start
+the backoff.  ``hold_for_network`` moves it to ``NETWORK_WAIT_MAX`` after the daemon first found
+it due without a route instead; the daemon sends it as soon as a default route or the VPN link
+appears (a netlink event), and the bound still tries it if that event never comes (a route the
+check cannot see, e.g. a proxy).
+
 Splay: a fleet that boots together after a power cut must not report in the same second.  Each
 device derives a fixed offset from its VPNID (SHA-256, so it is spread evenly and stable): up to
 ``BOOT_SPLAY`` seconds for the boot report and up to ``DAILY_SPLAY`` for the daily one.
@@ -48,6 +55,8 @@ BOOT_SPLAY = 300.0
 DAILY_SPLAY = 3600.0
 BACKOFF_MIN = 60.0
 BACKOFF_MAX = 6 * 3600.0
+#: The longest a due report waits for a route to the registry before it is tried anyway.
+NETWORK_WAIT_MAX = 1800.0
 #: A Retry-After beyond this is treated as this (a misconfigured backend must not silence a device).
 RETRY_AFTER_MAX = DAY
 
@@ -118,6 +127,8 @@ class Due:
     reason: str
     #: True when the time comes from the backoff of a failed attempt (a report is waiting)
     retry: bool = False
+    #: True when the report is held for want of a route to the registry
+    network_wait: bool = False
 
     def wall(self, now: Now) -> float:
         """Return the due time on the wall clock as it reads now (for display)."""
@@ -147,6 +158,16 @@ def next_due(state: State, now: Now, splay_key: str | tuple[float, float]) -> Du
         due = Due(state.retry_boottime, due.trigger,
                   f"retry after {state.failures} failed attempt(s)", retry=True)
     return due
+
+
+def hold_for_network(due: Due, network_up: bool, since: float) -> Due:
+    """Return ``due`` held while there is no route to the registry: ``NETWORK_WAIT_MAX`` at most
+    after ``since`` (when the caller first saw it due without a route; CLOCK_BOOTTIME)."""
+    if network_up:
+        return due
+    return Due(max(due.at, since) + NETWORK_WAIT_MAX, due.trigger,
+               f"{due.reason}; waiting for a route to the registry (at most "
+               f"{NETWORK_WAIT_MAX / 60:.0f} min)", retry=due.retry, network_wait=True)
 
 
 def after_success(state: State, now: Now, path: str) -> State:

@@ -20,11 +20,14 @@ from evo_agent.schedule import (
     BOOT_SPLAY,
     DAILY_SPLAY,
     DAY,
+    NETWORK_WAIT_MAX,
+    Due,
     Now,
     State,
     after_failure,
     after_success,
     backoff,
+    hold_for_network,
     load_state,
     next_due,
     save_state,
@@ -198,3 +201,53 @@ def test_state_file_round_trip_and_corruption(tmp_path: Path) -> None:
     assert (tmp_path / "state.json.corrupt").exists()
     p.write_bytes(b'{"success_boottime": "yesterday"}')
     assert load_state(p) == State()
+
+
+def _first_attempt(route_at: float | None, horizon: float = 2 * 3600) -> tuple[float, str]:
+    """Step a booting device's daemon second by second: when does the first attempt go, why?
+
+    The kernel gets a route to the registry at ``route_at`` (None: never, e.g. a proxy the
+    route check cannot see); the daemon re-evaluates at each wakeup, as the event loop does.
+    """
+    state = State()
+    t = 0.0
+    since = None
+    while t < horizon:
+        now = Now("boot-1", t, 1_700_000_000.0 + t)
+        due = next_due(state, now, KEY)
+        if due.at <= now.boottime:
+            up = route_at is not None and t >= route_at
+            since = None if up else (t if since is None else since)
+            due = hold_for_network(due, up, t if since is None else since)
+            if due.at <= now.boottime:
+                return t, due.reason
+            assert due.network_wait and "waiting for a route" in due.reason
+        t += 1.0
+    raise AssertionError("no attempt")
+
+
+def test_boot_report_waits_for_a_route_instead_of_failing() -> None:
+    boot_splay, _ = splay(KEY)
+    # the route is there before the report is due: it goes at its time
+    assert _first_attempt(0.0)[0] == pytest.approx(boot_splay, abs=1)
+    # DHCP or the VPN come 10 minutes late: the report goes the second the route appears (the
+    # netlink event wakes the loop), without a failed attempt or a backoff before it
+    t, reason = _first_attempt(boot_splay + 600)
+    assert t == pytest.approx(boot_splay + 600, abs=1) and "waiting" not in reason
+    # never a route the check can see: tried anyway, NETWORK_WAIT_MAX after its due time
+    t, _ = _first_attempt(None)
+    assert t == pytest.approx(boot_splay + NETWORK_WAIT_MAX, abs=1)
+
+
+def test_hold_keeps_the_trigger_and_retry() -> None:
+    now = Now("b", 5000.0, 1_700_000_000.0)
+    state = after_failure(State(), now, "refused", 0.0)
+    due = next_due(state, Now("b", 6000.0, 1_700_001_000.0), KEY)
+    held = hold_for_network(due, False, 6000.0)
+    assert (held.trigger, held.retry, held.network_wait) == (due.trigger, True, True)
+    assert held.at == max(due.at, 6000.0) + NETWORK_WAIT_MAX
+    assert hold_for_network(due, True, 6000.0) is due
+    # a daemon that starts long after the report fell due (hours of uptime) still waits: the
+    # bound runs from when it first found no route, not from the due time
+    late = hold_for_network(Due(120.0, "boot", "no report yet"), False, 10_800.0)
+    assert late.at == 10_800.0 + NETWORK_WAIT_MAX

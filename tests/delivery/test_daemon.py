@@ -17,7 +17,8 @@ import pytest
 from evo_agent.cli import main
 from evo_agent.outbox import Outbox
 from evo_agent.schedule import load_state
-from tests.delivery.conftest import Agent, write_config
+from tests.delivery.conftest import Agent
+from tests.delivery.fixtures import write_config
 from tests.delivery.pki import Pki
 from tests.delivery.server import RegistryServer
 
@@ -241,40 +242,6 @@ def test_sigterm_during_a_slow_delivery_exits_within_seconds(
     # the report stays queued for the next start; nothing half-written is left
     [entry] = Outbox(agent.state_dir).pending()
     assert [p.name for p in (agent.state_dir / "outbox").iterdir()] == [entry.path.name]
-
-
-def _loop_uevent() -> Path | None:
-    """A loop device's uevent file: writing "change" makes the kernel emit a real block uevent."""
-    loops = sorted(Path("/sys/block").glob("loop*"), key=lambda p: int(p.name[4:] or 0))
-    target = loops[-1] / "uevent" if loops else None
-    return target if target is not None and os.access(target, os.W_OK) else None
-
-
-@pytest.mark.skipif(_loop_uevent() is None, reason="needs a writable /sys/block/loop*/uevent")
-def test_hotplug_refreshes_the_local_inventory_without_sending(
-        agent: Agent, server: RegistryServer, run_daemon: object,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    proc, notify, log = run_daemon(agent.config)  # type: ignore[operator]
-    notify.collect(10, until="READY=1")
-    wait_for(lambda: len(server.registry.stored) == 1)
-    local = agent.state_dir / "local.json"
-    assert not local.exists()
-    uevent = _loop_uevent()
-    assert uevent is not None
-    for _ in range(3):  # a burst of events: one refresh after they settle
-        uevent.write_text("change")
-        time.sleep(0.3)
-    wait_for(local.exists, 20)
-    doc = json.loads(local.read_text())
-    assert doc["reason"] == "hot-plug: change block" and doc["differences_from_sent"] == 0
-    assert doc["report"]["functional"]["vpnid"] == "EVO-TEST-0042"
-    time.sleep(1)
-    assert log.read_text().count("local inventory refreshed") == 1
-    assert len(server.registry.requests) == 1  # hot-plug never sends early
-    code, out = _cli(capsys, "status", "--config", str(agent.config))
-    assert code == 0 and "refreshed" in out and "hot-plug: change block" in out
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(5) == 0
 
 
 def test_send_as_root_writes_the_state_dir_as_its_owner(server: RegistryServer, pki: Pki,

@@ -31,7 +31,8 @@ from pathlib import Path
 import pytest
 
 from evo_agent.schedule import load_state
-from tests.delivery.conftest import VPNID, Agent, write_config, write_host_root
+from tests.delivery.conftest import Agent
+from tests.delivery.fixtures import VPNID, write_config, write_host_root
 from tests.delivery.pki import Pki
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,8 +136,9 @@ def vpn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Vpn]:
 
 def _in(ns: str, *argv: str, **kw: object) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([IP, "netns", "exec", ns, sys.executable, *argv], cwd=REPO,
-                            env=env, **kw)  # type: ignore[call-overload, no-any-return]
+    proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+        [IP, "netns", "exec", ns, sys.executable, *argv], cwd=REPO, env=env, **kw)
+    return proc
 
 
 def _wait(pred: object, timeout: float) -> bool:
@@ -202,3 +204,56 @@ def test_waiting_report_goes_over_the_vpn_when_it_comes_up(vpn: Vpn, tmp_path: P
                     p.kill()
                     p.wait()
         log.close()
+
+
+def test_boot_report_waits_for_a_route_then_goes_without_a_failure(tmp_path: Path,
+                                                                    pki: Pki) -> None:
+    """No route to the registry at start: no attempt (no failure, no backoff); the link event
+    sends the boot report at once."""
+    dev, reg = _netns_pair()
+    server = daemon = None
+    try:
+        _veth(dev, reg, "evovpn0", "evoreg0", "10.77.0")  # the device's end stays down
+        state, out = tmp_path / "state", tmp_path / "registry"
+        out.mkdir()
+        # both endpoints are in the registry's namespace: no route to either while the link is
+        # down (and nothing listens on port 9: HTTPS could only fail)
+        cfg = write_config(tmp_path / "agent.toml", state, write_host_root(tmp_path / "root"),
+                           "https://10.77.0.2:9", ca=pki.ca_pem,
+                           extra='vpn_url = "http://10.77.0.2:8080"\nvpn_interface = "evovpn0"')
+        agent = Agent(cfg, state, tmp_path / "root")
+        server = _in(reg, "-m", "tests.delivery.server", "--host", "10.77.0.2", "--port", "8080",
+                     "--enroll", VPNID, agent.public_key(), "--out", str(out))
+        assert _wait((out / "ready").exists, 15)
+        log = tmp_path / "daemon.log"
+        with log.open("wb") as fh:
+            daemon = _in(dev, "-m", "evo_agent", "daemon", "--config", str(cfg), stderr=fh)
+        assert _wait(lambda: b"waiting for one" in log.read_bytes(), 20), log.read_text()
+        time.sleep(2.0)
+        st = load_state(state / "state.json")
+        assert st.failures == 0 and st.attempt_wall is None, log.read_text()
+        assert not (out / "requests.jsonl").exists()
+        status = _in(dev, "-m", "evo_agent", "status", "--json", "--config", str(cfg),
+                     stdout=subprocess.PIPE)
+        doc = json.loads(status.communicate(timeout=60)[0])
+        assert "waiting for a route" in json.dumps(doc), doc
+        up = time.monotonic()
+        _ip("-n", dev, "link", "set", "evovpn0", "up")
+        assert _wait(lambda: len(list(out.glob("*-*-*.json"))) == 1, 15), log.read_text()
+        assert time.monotonic() - up < 10
+        assert _wait(lambda: load_state(state / "state.json").success_path == "vpn", 5)
+        st = load_state(state / "state.json")
+        assert st.failures == 0 and st.attempt_result == "acknowledged via vpn"
+        lines = [json.loads(x) for x in (out / "requests.jsonl").read_text().splitlines()]
+        assert lines == [{"status": 201, "path": "vpn"}]
+    finally:
+        for p in (daemon, server):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        for ns in (dev, reg):
+            subprocess.run([IP, "netns", "del", ns], check=False, capture_output=True)
