@@ -11,9 +11,11 @@ prints one JSON line and exits, giving its memory back.  The config is validated
 
 The loop waits in one ``select()`` for, and only for:
 
-* the deadline of the next report (``evo_agent.schedule``; CLOCK_BOOTTIME based), capped at the
-  watchdog interval (the ping is due then anyway; without a watchdog, at 15 minutes, because
-  ``select`` counts CLOCK_MONOTONIC, which stops during suspend, and the deadline does not);
+* the deadline of the next report (``evo_agent.schedule``; CLOCK_BOOTTIME based), on a
+  CLOCK_BOOTTIME timerfd (``evo_agent.boottimer``), because ``select``'s timeout counts
+  CLOCK_MONOTONIC, which stops during suspend, and the deadline does not (where no timerfd can be
+  made, the sleep is capped at 15 minutes instead);
+* the watchdog's interval, when systemd asks for pings;
 * a signal (SIGTERM/SIGINT: stop the child, exit within seconds; SIGHUP: reload the config, a bad
   one is refused and the old one kept), through ``signal.set_wakeup_fd``;
 * a request on the control socket (``evo_agent.control``);
@@ -48,6 +50,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from evo_agent import control, netlink
+from evo_agent.boottimer import BootTimer
 from evo_agent.errors import ConfigError, StateError
 from evo_agent.notify import Notifier
 from evo_agent.outbox import Outbox, ensure_dir, writer_lock
@@ -64,7 +67,7 @@ from evo_agent.schedule import (
 
 LOG = logging.getLogger(__name__)
 
-#: Sleep cap without a watchdog (see the module docstring: suspend).
+#: Sleep cap without a watchdog where there is no CLOCK_BOOTTIME timer (see ``boottimer``).
 IDLE_CAP = 900.0
 #: A network event starts a waiting report at most this often.
 NET_KICK_INTERVAL = 60.0
@@ -168,6 +171,8 @@ class Daemon:
         self.network_wait_logged = False
         #: CLOCK_BOOTTIME when a due report was first found without a route to the registry
         self.network_wait_since: float | None = None
+        #: the schedule's deadline as a CLOCK_BOOTTIME timerfd (None: select's timeout + cap)
+        self.timer: BootTimer | None = None
         #: monotonic time of the pending hot-plug refresh, and why
         self.refresh_at: float | None = None
         self.refresh_reason = ""
@@ -253,6 +258,10 @@ class Daemon:
             self.sel.register(self.listener, selectors.EVENT_READ, "control")
         self._open_monitor()
         self._open_hotplug()
+        if self.clock is read_clock:  # an injected clock is not the kernel's CLOCK_BOOTTIME
+            self.timer = BootTimer.create()
+            if self.timer is not None:
+                self.sel.register(self.timer, selectors.EVENT_READ, "timer")
         self.notifier.ready(self._status_line())
         LOG.info("started (pid %s), %s", os.getpid(), self._status_line())
         try:
@@ -334,6 +343,8 @@ class Daemon:
                 elif self.kick or due.at <= now.boottime:
                     self.kick = False
                     self._start_cycle(due.trigger, "auto", [])
+                elif self.timer is not None:
+                    self.timer.set(due.at)
                 else:
                     timeout = due.at - now.boottime
                 if self.cycle is None and self.refresh_at is not None:
@@ -345,14 +356,17 @@ class Daemon:
         if self.cycle is not None:
             left = self.cycle.started + self.settings.cycle_deadline() - time.monotonic()
             timeout = max(0.0, left) if timeout is None else min(timeout, left)
-        cap = self.notifier.watchdog_interval or IDLE_CAP
+        cap: float | None = IDLE_CAP
         if self.notifier.watchdog_interval:
             cap = max(0.0, self.next_ping - time.monotonic())
-        timeout = cap if timeout is None else min(timeout, cap)
+        elif self.timer is not None:
+            cap = None  # the timerfd brings the deadline; nothing else to look at
+        if cap is not None:
+            timeout = cap if timeout is None else min(timeout, cap)
         for key, _mask in self.sel.select(timeout):
             handler = {"signal": self._on_signal, "control": self._on_control,
                        "netlink": self._on_netlink, "child": self._on_child,
-                       "uevent": self._on_uevent}[key.data]
+                       "uevent": self._on_uevent, "timer": self._on_timer}[key.data]
             handler(key.fileobj)
         if self.cycle is not None and (time.monotonic() - self.cycle.started
                                        > self.settings.cycle_deadline()):
@@ -398,6 +412,9 @@ class Daemon:
                      relevant[0].name)
             self.last_net_kick = time.monotonic()
             self.kick = True
+
+    def _on_timer(self, timer: Any) -> None:
+        timer.clear()  # the loop looks at the schedule after every wakeup
 
     def _on_uevent(self, sock: Any) -> None:
         relevant = [e for e in netlink.drain_hotplug(sock)

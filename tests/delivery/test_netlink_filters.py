@@ -214,6 +214,20 @@ def _switches(pid: int) -> int:
     raise AssertionError("no voluntary_ctxt_switches")
 
 
+def _timerfds(pid: int) -> list[dict[str, str]]:
+    out = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) != "anon_inode:[timerfd]":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+        except OSError:
+            continue
+        out.append(dict(line.split(":\t", 1) if ":\t" in line else line.split(": ", 1)
+                        for line in info.splitlines() if ":" in line))
+    return [{k.strip(): v.strip() for k, v in d.items()} for d in out]
+
+
 def _wait(pred: object, timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -259,6 +273,12 @@ def test_daemon_wakes_for_usb_only(netns: str, tmp_path: Path, pki: Pki) -> None
         assert _wait(lambda: load_state(state / "state.json").success_wall is not None, 30), \
             log.read_text()
         time.sleep(1.5)  # the cycle child is gone; the daemon sleeps
+        # no watchdog: the daemon sleeps until the daily report on a CLOCK_BOOTTIME timerfd
+        # (a suspend counts), not in 15-minute steps
+        timers = _timerfds(daemon.pid)
+        assert len(timers) == 1 and timers[0]["clockid"] == "7", timers
+        remaining = float(timers[0]["it_value"].strip("()").split(",")[0])
+        assert 86400 - 60 <= remaining <= 86400 + 3600
         before = _switches(daemon.pid)
         # what must not wake it: other subsystems, kernel uevents, route/link/address churn
         churn = [_in(netns, "-m", "tests.delivery.netns_probe", "send", sub)
