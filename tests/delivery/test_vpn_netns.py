@@ -209,11 +209,11 @@ def test_waiting_report_goes_over_the_vpn_when_it_comes_up(vpn: Vpn, tmp_path: P
 def test_boot_report_waits_for_a_route_then_goes_without_a_failure(tmp_path: Path,
                                                                     pki: Pki) -> None:
     """No route to the registry at start: no attempt (no failure, no backoff); the link event
-    sends the boot report at once."""
+    sends the boot report at once.  The VPN interface appears only after the daemon started: its
+    netlink filter must learn the new interface's index to let the link-up through."""
     dev, reg = _netns_pair()
     server = daemon = None
     try:
-        _veth(dev, reg, "evovpn0", "evoreg0", "10.77.0")  # the device's end stays down
         state, out = tmp_path / "state", tmp_path / "registry"
         out.mkdir()
         # both endpoints are in the registry's namespace: no route to either while the link is
@@ -222,7 +222,7 @@ def test_boot_report_waits_for_a_route_then_goes_without_a_failure(tmp_path: Pat
                            "https://10.77.0.2:9", ca=pki.ca_pem,
                            extra='vpn_url = "http://10.77.0.2:8080"\nvpn_interface = "evovpn0"')
         agent = Agent(cfg, state, tmp_path / "root")
-        server = _in(reg, "-m", "tests.delivery.server", "--host", "10.77.0.2", "--port", "8080",
+        server = _in(reg, "-m", "tests.delivery.server", "--host", "0.0.0.0", "--port", "8080",
                      "--enroll", VPNID, agent.public_key(), "--out", str(out))
         assert _wait((out / "ready").exists, 15)
         log = tmp_path / "daemon.log"
@@ -237,6 +237,9 @@ def test_boot_report_waits_for_a_route_then_goes_without_a_failure(tmp_path: Pat
                      stdout=subprocess.PIPE)
         doc = json.loads(status.communicate(timeout=60)[0])
         assert "waiting for a route" in json.dumps(doc), doc
+        _veth(dev, reg, "evovpn0", "evoreg0", "10.77.0")  # the device's end stays down
+        time.sleep(1.0)
+        assert load_state(state / "state.json").attempt_wall is None
         up = time.monotonic()
         _ip("-n", dev, "link", "set", "evovpn0", "up")
         assert _wait(lambda: len(list(out.glob("*-*-*.json"))) == 1, 15), log.read_text()
