@@ -115,6 +115,8 @@ class Settings:
 
     def network_up(self) -> bool:
         """Return True when the kernel has a route to one of the registry's endpoints."""
+        if not self.vpn_host and not self.https_host:
+            return True  # nothing to wait for: the attempt itself says what is missing
         try:
             if self.vpn_host and self.vpn_interface and netlink.link_up(self.vpn_interface):
                 return netlink.can_reach(self.vpn_host) or bool(

@@ -93,7 +93,7 @@ def test_boot_report_then_daily_every_24h_plus_splay() -> None:
     d = Device()
     d.run_until(10 * DAY)
     boot_splay, daily_splay = splay(KEY)
-    assert d.sent[0] == (pytest.approx(boot_splay), "boot")
+    assert d.sent[0][0] == pytest.approx(boot_splay) and d.sent[0][1] == "boot"
     assert [t for _, t in d.sent[1:]] == ["daily"] * (len(d.sent) - 1)
     gaps = [b[0] - a[0] for a, b in zip(d.sent, d.sent[1:], strict=False)]
     assert all(g == pytest.approx(DAY + daily_splay) for g in gaps)
