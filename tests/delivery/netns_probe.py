@@ -116,10 +116,42 @@ def probe_route() -> dict[str, object]:
     return {"churn": churn, "events": events}
 
 
+def send_router_advertisements(ifname: str, count: int, interval: float) -> None:
+    """Send ``count`` IPv6 router advertisements (router lifetime 30 min, a /64 prefix) on
+    ``ifname``, as a home router does every few minutes."""
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # RFC 4861: must be 255
+    prefix = struct.pack("!BBBBIII16s", 3, 4, 64, 0xC0, 86400, 14400, 0,
+                         socket.inet_pton(socket.AF_INET6, "2001:db8:1::"))
+    ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0) + prefix  # the kernel sums it
+    for _ in range(count):
+        s.sendto(ra, ("ff02::1", 0, 0, socket.if_nametoindex(ifname)))
+        time.sleep(interval)
+    s.close()
+
+
+def watch_routes(seconds: float) -> dict[str, object]:
+    """Open the route monitor (no VPN) beside an unfiltered socket; count for ``seconds``."""
+    raw = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_ROUTE)
+    raw.bind((0, netlink.RTMGRP_IPV4_ROUTE | netlink.RTMGRP_IPV6_ROUTE))
+    raw.setblocking(False)
+    mon = netlink.open_monitor(None)
+    print("ready", flush=True)
+    time.sleep(seconds)
+    return {"raw": len(_count(raw)),
+            "filtered": [[[e.kind, e.name] for e in netlink.parse_events(d)] for d in _count(mon)]}
+
+
 def main(argv: list[str]) -> int:
     """Entry."""
     if argv[0] == "send":
         send(udev_message(argv[1], *argv[2:3]))
+        return 0
+    if argv[0] == "ra":
+        send_router_advertisements(argv[1], int(argv[2]), float(argv[3]))
+        return 0
+    if argv[0] == "watch-routes":
+        print(json.dumps(watch_routes(float(argv[1]))))
         return 0
     doc = probe_udev() if argv[0] == "udev" else probe_route()
     print(json.dumps(doc))

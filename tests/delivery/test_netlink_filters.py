@@ -193,6 +193,32 @@ def test_kernel_drops_route_and_link_churn(netns: str) -> None:
 
 
 @needs_netns
+def test_router_advertisement_refreshes_do_not_pass(netns: str) -> None:
+    """A home router re-advertises every few minutes: only the default route's appearance may
+    wake the daemon, not each refresh of it."""
+    router = f"{netns}r"
+    _ip("netns", "add", router)
+    try:
+        _ip("-n", netns, "link", "add", "dev0", "type", "veth", "peer", "name", "rtr0",
+            "netns", router)
+        subprocess.run([IP, "netns", "exec", netns, "sysctl", "-qw",
+                        "net.ipv6.conf.dev0.accept_ra=2"], check=True)
+        _ip("-n", netns, "link", "set", "dev0", "up")
+        _ip("-n", router, "link", "set", "rtr0", "up")
+        time.sleep(2.5)  # link-local addresses leave DAD: a router must send from one
+        watch = subprocess.Popen(_in(netns, "-m", "tests.delivery.netns_probe", "watch-routes",
+                                     "6"), env=_env(), cwd=REPO, stdout=subprocess.PIPE)
+        assert watch.stdout is not None and watch.stdout.readline().strip() == b"ready"
+        subprocess.run(_in(router, "-m", "tests.delivery.netns_probe", "ra", "rtr0", "4", "1"),
+                       env=_env(), cwd=REPO, check=True)
+        doc = json.loads(watch.communicate(timeout=20)[0])
+        assert doc["raw"] >= 2  # the prefix route and the default route, at least
+        assert doc["filtered"] == [[["default_route", "ipv6"]]]  # once, for 4 advertisements
+    finally:
+        subprocess.run([IP, "netns", "del", router], check=False, capture_output=True)
+
+
+@needs_netns
 def test_forged_announcement_from_a_non_root_sender_is_ignored(netns: str) -> None:
     code = ("import json, sys, time, subprocess; from evo_agent import netlink; "
             "m = netlink.open_hotplug(['usb']); "
