@@ -20,11 +20,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from evo_registry import enrol, pages, rules, wire
+from evo_registry.batch import GroupCommit
 from evo_registry.config import Settings
 from evo_registry.db import Database, parse_utc, utc_text
 from evo_registry.errors import DatabaseError, HttpError
 from evo_registry.geo import Geo
-from evo_registry.store import Limits, Store
+from evo_registry.store import Limits, Pending, Store
 
 LOG = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
             403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
             411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
             429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+_KEY_CACHE = 200_000  # public keys kept per process (~40 MB at most)
 # Pages carry no script and load nothing from elsewhere.
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
@@ -99,6 +101,8 @@ class Registry:
         self.vpn = settings.vpn()
         self.limits = Limits(settings.rate_limit_reports,
                              timedelta(seconds=settings.rate_limit_window_s))
+        self.writer = GroupCommit(self.store, self.limits)
+        self._keys: dict[str, str] = {}  # VPNID -> enrolled public key (see _public_key)
         self.routes: list[tuple[str, re.Pattern[str], Callable[..., Response]]] = [
             ("GET", re.compile(r"^/$"), self.finder),
             ("POST", re.compile(r"^/v1/reports$"), self.post_report),
@@ -201,6 +205,22 @@ class Registry:
             raise HttpError(413, f"body larger than {limit} bytes")
         return bytes(body)
 
+    def _public_key(self, vpnid: str) -> str:
+        """Return the enrolled key of a VPNID (cached), or raise 404.
+
+        A cached key may be stale when another process re-enrolled the unit: the writer compares
+        it with the device row it locks, and checks the signature again if they differ.
+        """
+        key = self._keys.get(vpnid)
+        if key is None:
+            key = self.store.public_key(vpnid)
+            if key is None:
+                raise HttpError(404, "unknown vpnid")
+            if len(self._keys) >= _KEY_CACHE:
+                self._keys.clear()  # crude, but bounded and rare (more units than the cache)
+            self._keys[vpnid] = key
+        return key
+
     @staticmethod
     def _vpnid(vpnid: str) -> str:
         if not wire.VPNID.match(vpnid):
@@ -223,9 +243,7 @@ class Registry:
         if not signature:
             raise HttpError(401, "X-Evo-Signature header missing")
         body = self._read_body(environ, wire.MAX_COMPRESSED)
-        key = self.store.public_key(vpnid)
-        if key is None:
-            raise HttpError(404, "unknown vpnid")
+        key = self._public_key(vpnid)
         wire.verify_signature(key, signature, body)
         doc = wire.parse_json(wire.gunzip(body))
         reason = wire.schema_errors(doc)
@@ -241,8 +259,13 @@ class Registry:
             # device is seen, its last known WAN IP and location stay as they were.
             wan_ip = None
         location = self.geo.lookup(wan_ip)
-        result = self.store.ingest(doc, vpnid, wan_ip, location, now=self.clock(),
-                                   path=path_value, limits=self.limits)
+        outcome = self.writer.submit(Pending(doc, vpnid, wan_ip, location, self.clock(),
+                                             path_value, key, signature, body))
+        if isinstance(outcome, HttpError):
+            if outcome.status == 401:
+                self._keys.pop(vpnid, None)  # re-enrolled under another key meanwhile
+            raise outcome
+        result = outcome
         if result.duplicate:
             return json_response(200, {"status": "duplicate", "report_id": result.report_id})
         if result.events:
@@ -260,6 +283,7 @@ class Registry:
         now = self.clock()
         enrolment, override = enrol.parse(wire.parse_json(body), now)
         changed = self.store.enroll(enrolment, now, override)
+        self._keys.pop(enrolment.vpnid, None)
         vpnid = enrolment.vpnid
         return json_response(201 if changed else 200,
                              {"status": "enrolled" if changed else "unchanged", "vpnid": vpnid,

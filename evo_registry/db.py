@@ -133,6 +133,9 @@ class Cursor(Protocol):
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a statement and return the number of rows it changed."""
 
+    def many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per parameter row (pipelined on PostgreSQL: one round trip)."""
+
 
 class _Tx:
     """A transaction on one connection; SQL is written with ``?`` placeholders."""
@@ -163,6 +166,14 @@ class _Tx:
         """Run a statement and return the number of rows it changed."""
         cur = self._raw.execute(self._sql(sql), tuple(params))
         return int(cur.rowcount)
+
+    def many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per parameter row (pipelined on PostgreSQL: one round trip)."""
+        if self._pg:
+            with self._raw.cursor() as cur:
+                cur.executemany(self._sql(sql), [tuple(p) for p in params])
+        else:
+            self._raw.executemany(sql, [tuple(p) for p in params])
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
