@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import base64
 import gzip
-import http.client
 import json
 import multiprocessing
 import os
@@ -143,13 +142,22 @@ def _requests(items: Work) -> list[bytes]:
 
 
 async def _lane(port: int, requests: list[bytes], latencies: list[float],
-                statuses: dict[int, int]) -> None:
-    """One keep-alive connection sending its devices' reports one after the other."""
+                statuses: dict[int, int], schedule: list[float] | None = None) -> None:
+    """One keep-alive connection sending its devices' reports one after the other.
+
+    With a ``schedule`` (open loop), request k is due at schedule[k] (perf_counter time): the
+    lane waits for it if early, and its latency counts from that moment even when the lane is
+    late because the server was slow, so a stall is not hidden (no coordinated omission).
+    """
     import asyncio
 
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    for request in requests:
+    for k, request in enumerate(requests):
         start = time.perf_counter()
+        if schedule is not None:
+            if schedule[k] > start:
+                await asyncio.sleep(schedule[k] - start)
+            start = schedule[k]
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
         m = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
@@ -160,8 +168,13 @@ async def _lane(port: int, requests: list[bytes], latencies: list[float],
     writer.close()
 
 
-def _client(port: int, per_lane: list[list[Work]], start_at: float, out: Any) -> None:
-    """One load process: an asyncio loop with one keep-alive connection per lane."""
+def _client(port: int, per_lane: list[list[Work]], start_at: float, rate: float,
+            out: Any) -> None:
+    """One load process: an asyncio loop with one keep-alive connection per lane.
+
+    ``rate`` > 0: open loop, this process sends ``rate`` reports per second in all, evenly
+    spread over its lanes; 0: closed loop, each lane sends as soon as its last answer came.
+    """
     import asyncio
 
     requests = [[r for items in devices for r in _requests(items)] for devices in per_lane]
@@ -170,7 +183,12 @@ def _client(port: int, per_lane: list[list[Work]], start_at: float, out: Any) ->
 
     async def main() -> None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
-        await asyncio.gather(*(_lane(port, r, latencies, statuses) for r in requests))
+        t0, lanes = time.perf_counter(), len(requests)
+        schedules: list[list[float] | None] = [
+            [t0 + (k * lanes + i) / rate for k in range(len(r))] if rate > 0 else None
+            for i, r in enumerate(requests)]
+        await asyncio.gather(*(_lane(port, r, latencies, statuses, sch)
+                               for r, sch in zip(requests, schedules, strict=True)))
 
     cpu0 = time.process_time()
     asyncio.run(main())
@@ -178,8 +196,12 @@ def _client(port: int, per_lane: list[list[Work]], start_at: float, out: Any) ->
     out.put((latencies, statuses))
 
 
-def load(port: int, work: list[Work], clients: int, lanes: int) -> dict[str, Any]:
-    """Send all the work from ``clients`` processes with ``lanes`` connections each."""
+def load(port: int, work: list[Work], clients: int, lanes: int,
+         rate: float = 0.0) -> dict[str, Any]:
+    """Send all the work from ``clients`` processes with ``lanes`` connections each.
+
+    ``rate`` > 0 offers that many reports per second in all (open loop), else closed loop.
+    """
     slots = clients * lanes
     per_slot: list[list[Work]] = [work[i::slots] for i in range(slots)]
     ctx = multiprocessing.get_context("fork")
@@ -187,7 +209,7 @@ def load(port: int, work: list[Work], clients: int, lanes: int) -> dict[str, Any
     # The clients build their requests, then all start at the same moment.
     start_at = time.time() + 1.0 + 0.0005 * len(work)
     procs = [ctx.Process(target=_client, args=(port, per_slot[c * lanes:(c + 1) * lanes],
-                                               start_at, out))
+                                               start_at, rate / clients, out))
              for c in range(clients)]
     for p in procs:
         p.start()
@@ -201,7 +223,8 @@ def load(port: int, work: list[Work], clients: int, lanes: int) -> dict[str, Any
         for k, v in s.items():
             statuses[k] = statuses.get(k, 0) + v
     load_cpu_us = statuses.pop(-1)
-    return {"requests": len(latencies), "seconds": round(elapsed, 2),
+    return {"mode": f"open loop, {rate:g}/s offered" if rate > 0 else "closed loop",
+            "connections": slots, "requests": len(latencies), "seconds": round(elapsed, 2),
             "per_second": round(len(latencies) / elapsed, 1),
             "load_cpu_ms_per_report": round(load_cpu_us / 1000 / len(latencies), 3),
             "p50_ms": round(_percentile(latencies, 0.50) * 1000, 2),
@@ -257,34 +280,36 @@ def fill(db_url: str, total: int, wans: int) -> list[str]:
     return ips
 
 
-def finder_latency(port: int, ips: list[str], requests: int, threads: int) -> dict[str, Any]:
-    """Time GET / from random homes, ``threads`` at once."""
-    latencies: list[float] = []
-    lock = threading.Lock()
+def finder_latency(port: int, ips: list[str], requests: int, lanes: int) -> dict[str, Any]:
+    """Time GET / from random homes over ``lanes`` keep-alive connections (one asyncio loop)."""
+    import asyncio
 
-    def run(n: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        mine = []
-        rnd = random.Random()  # noqa: S311 - not security
-        for _ in range(n):
+    latencies: list[float] = []
+    rnd = random.Random(7)  # noqa: S311 - not security
+    heads = [(f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: {rnd.choice(ips)}"
+              "\r\n\r\n").encode() for _ in range(requests)]
+
+    async def lane(mine: list[bytes]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for head in mine:
             start = time.perf_counter()
-            conn.request("GET", "/", headers={"X-Forwarded-For": rnd.choice(ips)})
-            resp = conn.getresponse()
-            resp.read()
-            assert resp.status == 200
-            mine.append(time.perf_counter() - start)
-        conn.close()
-        with lock:
-            latencies.extend(mine)
+            writer.write(head)
+            answer = await reader.readuntil(b"\r\n\r\n")
+            m = re.search(rb"\r\ncontent-length: *(\d+)", answer, re.IGNORECASE)
+            await reader.readexactly(int(m.group(1)) if m else 0)
+            if not answer.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"finder answered {answer[:40]!r}")
+            latencies.append(time.perf_counter() - start)
+        writer.close()
+
+    async def main() -> None:
+        await asyncio.gather(*(lane(heads[i::lanes]) for i in range(lanes)))
 
     start = time.perf_counter()
-    ts = [threading.Thread(target=run, args=(requests // threads,)) for _ in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    asyncio.run(main())
     elapsed = time.perf_counter() - start
-    return {"requests": len(latencies), "per_second": round(len(latencies) / elapsed, 1),
+    return {"requests": len(latencies), "connections": lanes,
+            "per_second": round(len(latencies) / elapsed, 1),
             "p50_ms": round(_percentile(latencies, 0.5) * 1000, 2),
             "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2)}
 
@@ -296,6 +321,9 @@ def main() -> int:
     ap.add_argument("--reports-per-device", type=int, default=5)
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--connections", type=int, default=32, help="per client process")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="offer this many reports/s in all (open loop); 0: closed loop")
+    ap.add_argument("--finder-connections", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--server-threads", type=int, default=32)
     ap.add_argument("--finder-devices", type=int, default=100_000)
@@ -320,7 +348,7 @@ def main() -> int:
                 res0 = {"load_average_before": os.getloadavg()}
                 cpu0, pg0 = tree_cpu_seconds(pid), tree_cpu_seconds(pg_pid) if pg_pid else 0.0
                 res: dict[str, Any] = {**res0, "reports": load(port, work, args.clients,
-                                                       args.connections)}
+                                                       args.connections, args.rate)}
                 n = res["reports"]["requests"]
                 res["reports"]["registry_cpu_ms_per_report"] = round(
                     (tree_cpu_seconds(pid) - cpu0) * 1000 / n, 3)
@@ -334,7 +362,8 @@ def main() -> int:
                                                             args.clients * args.connections, 10)
                     print(f"[{backend}] pgbench inserts: {res['pgbench_insert']}", flush=True)
                 ips = fill(db_url, args.finder_devices - args.devices, args.finder_devices // 2)
-                res["finder"] = finder_latency(port, ips, args.finder_requests, 8)
+                res["finder"] = finder_latency(port, ips, args.finder_requests,
+                                               args.finder_connections)
                 res["finder"]["devices"] = args.finder_devices
                 print(f"[{backend}] finder: {res['finder']}", flush=True)
             results[backend] = res

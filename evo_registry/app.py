@@ -25,7 +25,7 @@ from evo_registry.config import Settings
 from evo_registry.db import Database, parse_utc, utc_text
 from evo_registry.errors import DatabaseError, HttpError
 from evo_registry.geo import Geo
-from evo_registry.store import Limits, Pending, Store
+from evo_registry.store import Limits, Outcome, Pending, Store
 
 LOG = logging.getLogger(__name__)
 
@@ -119,6 +119,11 @@ class Registry:
             ("GET", re.compile(r"^/healthz$"), self.health),
         ]
 
+    def close(self) -> None:
+        """Stop the writer (after storing what is queued) and close the GEO database."""
+        self.writer.close()
+        self.geo.close()
+
     # ---- WSGI ------------------------------------------------------------------------------
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         """Serve one request."""
@@ -127,16 +132,7 @@ class Registry:
         except HttpError as exc:
             response = json_response(exc.status, {"error": exc.reason}, exc.headers)
         except Exception as exc:
-            if _database_down(exc):
-                # The agent retries 5xx with backoff; Retry-After spares a restarting database.
-                LOG.warning("database unavailable on %s %s: %s", environ.get("REQUEST_METHOD"),
-                            environ.get("PATH_INFO"), exc)
-                response = json_response(503, {"error": "database unavailable, retry later"},
-                                         {"Retry-After": "60"})
-            else:
-                LOG.exception("internal error on %s %s", environ.get("REQUEST_METHOD"),
-                              environ.get("PATH_INFO"))
-                response = json_response(500, {"error": "internal error"})
+            response = self.failure(environ, exc)
         headers = [("Content-Type", response.content_type),
                    ("Content-Length", str(len(response.body)))]
         headers += list((response.headers or {}).items())
@@ -145,6 +141,19 @@ class Registry:
         if str(environ.get("REQUEST_METHOD", "")).upper() == "HEAD":
             return []  # same headers (and Content-Length) as GET, no body
         return [response.body]
+
+    @staticmethod
+    def failure(environ: Environ, exc: BaseException) -> Response:
+        """Return the answer to an unexpected error: 503 when the database is down, else 500."""
+        if _database_down(exc):
+            # The agent retries 5xx with backoff; Retry-After spares a restarting database.
+            LOG.warning("database unavailable on %s %s: %s", environ.get("REQUEST_METHOD"),
+                        environ.get("PATH_INFO"), exc)
+            return json_response(503, {"error": "database unavailable, retry later"},
+                                 {"Retry-After": "60"})
+        LOG.error("internal error on %s %s", environ.get("REQUEST_METHOD"),
+                  environ.get("PATH_INFO"), exc_info=exc)
+        return json_response(500, {"error": "internal error"})
 
     def dispatch(self, environ: Environ) -> Response:
         """Find the handler of a request and run it."""
@@ -186,7 +195,7 @@ class Registry:
         raise HttpError(401, "token not accepted here", {"WWW-Authenticate": "Bearer"})
 
     @staticmethod
-    def _read_body(environ: Environ, limit: int) -> bytes:
+    def read_body(environ: Environ, limit: int) -> bytes:
         length_text = environ.get("CONTENT_LENGTH") or ""
         if length_text:
             if not str(length_text).isdigit():
@@ -205,7 +214,7 @@ class Registry:
             raise HttpError(413, f"body larger than {limit} bytes")
         return bytes(body)
 
-    def _public_key(self, vpnid: str) -> str:
+    def public_key(self, vpnid: str) -> str:
         """Return the enrolled key of a VPNID (cached), or raise 404.
 
         A cached key may be stale when another process re-enrolled the unit: the writer compares
@@ -230,6 +239,13 @@ class Registry:
     # ---- POST /v1/reports ------------------------------------------------------------------
     def post_report(self, environ: Environ) -> Response:
         """Take one signed gzip report (docs/protocol.md)."""
+        vpnid, signature = self.report_headers(environ)
+        body = self.read_body(environ, wire.MAX_COMPRESSED)
+        item = self.check_report(environ, vpnid, signature, body, self.public_key(vpnid))
+        return self.report_response(item, self.writer.submit(item))
+
+    def report_headers(self, environ: Environ) -> tuple[str, str]:
+        """Check the headers of a report; return its VPNID and signature."""
         if wire.media_type(environ.get("CONTENT_TYPE")) != "application/json":
             raise HttpError(415, "Content-Type must be application/json")
         if str(environ.get("HTTP_CONTENT_ENCODING", "")).strip().lower() != "gzip":
@@ -242,8 +258,11 @@ class Registry:
         signature = str(environ.get("HTTP_X_EVO_SIGNATURE", "")).strip()
         if not signature:
             raise HttpError(401, "X-Evo-Signature header missing")
-        body = self._read_body(environ, wire.MAX_COMPRESSED)
-        key = self._public_key(vpnid)
+        return vpnid, signature
+
+    def check_report(self, environ: Environ, vpnid: str, signature: str, body: bytes,
+                     key: str) -> Pending:
+        """Verify, decompress and validate a report; return it ready to be stored."""
         wire.verify_signature(key, signature, body)
         doc = wire.parse_json(wire.gunzip(body))
         reason = wire.schema_errors(doc)
@@ -259,19 +278,25 @@ class Registry:
             # device is seen, its last known WAN IP and location stay as they were.
             wan_ip = None
         location = self.geo.lookup(wan_ip)
-        outcome = self.writer.submit(Pending(doc, vpnid, wan_ip, location, self.clock(),
-                                             path_value, key, signature, body))
+        return Pending(doc, vpnid, wan_ip, location, self.clock(), path_value, key, signature,
+                       body)
+
+    def report_response(self, item: Pending, outcome: Outcome) -> Response:
+        """Return the answer to a report from what the writer made of it."""
         if isinstance(outcome, HttpError):
             if outcome.status == 401:
-                self._keys.pop(vpnid, None)  # re-enrolled under another key meanwhile
+                self._keys.pop(item.vpnid, None)  # re-enrolled under another key meanwhile
             raise outcome
-        result = outcome
-        if result.duplicate:
-            return json_response(200, {"status": "duplicate", "report_id": result.report_id})
-        if result.events:
-            LOG.info("report %s of %s raised %s", result.report_id, vpnid,
-                     ", ".join(result.events))
-        return json_response(201, {"status": "accepted", "report_id": result.report_id})
+        if outcome.duplicate:
+            return json_response(200, {"status": "duplicate", "report_id": outcome.report_id})
+        if outcome.events:
+            LOG.info("report %s of %s raised %s", outcome.report_id, item.vpnid,
+                     ", ".join(outcome.events))
+        return json_response(201, {"status": "accepted", "report_id": outcome.report_id})
+
+    def cached_key(self, vpnid: str) -> str | None:
+        """Return the enrolled key of a VPNID if this process knows it already."""
+        return self._keys.get(vpnid)
 
     # ---- POST /v1/enroll -------------------------------------------------------------------
     def enroll(self, environ: Environ) -> Response:
@@ -279,7 +304,7 @@ class Registry:
         self._authorize(environ, "factory")
         if wire.media_type(environ.get("CONTENT_TYPE")) != "application/json":
             raise HttpError(415, "Content-Type must be application/json")
-        body = self._read_body(environ, wire.MAX_EXPANDED)
+        body = self.read_body(environ, wire.MAX_EXPANDED)
         now = self.clock()
         enrolment, override = enrol.parse(wire.parse_json(body), now)
         changed = self.store.enroll(enrolment, now, override)

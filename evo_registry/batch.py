@@ -16,6 +16,7 @@ fails alone.  A deadlock or serialization failure (PostgreSQL) retries the batch
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -57,6 +58,22 @@ class _Slot:
     done: threading.Event = field(default_factory=threading.Event)
     outcome: Outcome | None = None
     error: BaseException | None = None
+    # For a waiter in an asyncio loop (evo_registry.aioserver): its future, resolved in its loop.
+    future: asyncio.Future[Outcome] | None = None
+
+
+def _resolve(slots: list[_Slot]) -> None:
+    """Hand the outcomes to the asyncio waiters (runs in their loop)."""
+    for slot in slots:
+        fut = slot.future
+        if fut is None or fut.done():
+            continue
+        if slot.error is not None:
+            fut.set_exception(slot.error)
+        elif slot.outcome is not None:
+            fut.set_result(slot.outcome)
+        else:
+            fut.set_exception(AssertionError("woken without an outcome"))
 
 
 class GroupCommit:
@@ -70,6 +87,7 @@ class GroupCommit:
         self._cond = threading.Condition()
         self._queue: list[_Slot] = []
         self._thread: threading.Thread | None = None
+        self._closing = False
         # For the bench and the tests: how many batches, how many reports.
         self.batches = 0
         self.items = 0
@@ -77,13 +95,7 @@ class GroupCommit:
     def submit(self, item: Pending) -> Outcome:
         """Store one report with whatever else is waiting; return its outcome after COMMIT."""
         slot = _Slot(item)
-        with self._cond:
-            self._queue.append(slot)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="group-commit",
-                                                daemon=True)
-                self._thread.start()
-            self._cond.notify()
+        self._enqueue(slot)
         slot.done.wait()
         if slot.error is not None:
             raise slot.error
@@ -91,10 +103,51 @@ class GroupCommit:
             raise AssertionError("woken without an outcome")
         return slot.outcome
 
+    def submit_async(self, item: Pending) -> asyncio.Future[Outcome]:
+        """Queue one report from an asyncio loop; the future resolves after COMMIT."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Slot(item, future=future))
+        return future
+
+    def _enqueue(self, slot: _Slot) -> None:
+        with self._cond:
+            self._closing = False  # a report after close(): serve it (tests reuse an app)
+            self._queue.append(slot)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="group-commit",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _wake(self, batch: list[_Slot]) -> None:
+        """Wake the waiters of a batch: threads one by one, each asyncio loop once."""
+        loops: dict[asyncio.AbstractEventLoop, list[_Slot]] = {}
+        for slot in batch:
+            if slot.future is not None:
+                loops.setdefault(slot.future.get_loop(), []).append(slot)
+            slot.done.set()
+        for loop, slots in loops.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, slots)
+            except RuntimeError:  # that loop is closed: nobody waits any more
+                LOG.warning("%s outcomes for a closed event loop dropped", len(slots))
+
+    def close(self) -> None:
+        """Stop the writer once the queue is empty (the reports queued are still stored)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(30)
+
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._queue:
+                    if self._closing:
+                        self._thread = None
+                        return
                     self._cond.wait()
                 batch = self._queue[:self.max_batch]
                 del self._queue[:self.max_batch]
@@ -102,10 +155,10 @@ class GroupCommit:
                 self._store(batch)
             except BaseException as exc:  # never leave a waiter hanging
                 LOG.exception("group commit writer failed")
-                for slot in batch:
-                    if not slot.done.is_set():
-                        slot.error = exc
-                        slot.done.set()
+                left = [slot for slot in batch if not slot.done.is_set()]
+                for slot in left:
+                    slot.error = exc
+                self._wake(left)
 
     def _store(self, batch: list[_Slot]) -> None:
         items = [s.item for s in batch]
@@ -120,7 +173,7 @@ class GroupCommit:
                 if _database_down(exc) or len(batch) == 1:
                     for slot in batch:
                         slot.error = exc
-                        slot.done.set()
+                    self._wake(batch)
                     return
                 LOG.warning("batch of %s reports failed (%s): storing them one by one",
                             len(batch), exc)
@@ -132,4 +185,4 @@ class GroupCommit:
         self.items += len(batch)
         for slot, outcome in zip(batch, outcomes, strict=True):
             slot.outcome = outcome
-            slot.done.set()
+        self._wake(batch)

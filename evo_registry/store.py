@@ -343,11 +343,13 @@ class Store:
         if check.status in ("changed", "mismatch"):
             kind = FINGERPRINT_MISMATCH if check.status == "mismatch" else FINGERPRINT_CHANGED
             record(kind, {"changed": list(check.changed), "compared": list(check.compared)})
-        # A serial already checked on the previous report needs no new look: a unit enrolled or
-        # reporting later with the same serial raises the event on both at that moment.
+        # A serial already checked needs no new look: the previous report's, or the enrolled
+        # one (checked at enrolment); a unit enrolled or reporting later with the same serial
+        # raises the event on both at that moment.
         serial = reported.get("motherboard_serial")
-        if serial != dev["cur_motherboard_serial"] and self._check_clone(
-                tx, vpnid, serial, now=now, report_id=report_id):
+        checked = (dev["cur_motherboard_serial"], dev["fp_motherboard_serial"])
+        if serial not in checked and self._check_clone(tx, vpnid, serial, now=now,
+                                                       report_id=report_id):
             events.append(CLONE_SUSPECTED)
         return events
 

@@ -60,7 +60,7 @@ def registry(tmp_path: Path) -> Iterator[Server]:
     srv = Server(app)
     yield srv
     srv.close()
-    app.geo.close()
+    app.close()
     db.close()
 
 
