@@ -195,8 +195,10 @@ class Store:
             # writing overlapping batches).  The reads below are separate statements so that, on
             # PostgreSQL, they see what another process committed while we waited for a lock.
             devs = {str(d["vpnid"]): d for d in tx.query(
-                f"SELECT * FROM devices WHERE vpnid IN ({marks}) ORDER BY vpnid"  # noqa: S608
-                + self.db.for_update, vpnids)}
+                "SELECT vpnid, public_key, sales_region, psu_variant, last_sequence, "  # noqa: S608
+                "cur_motherboard_serial, " + ", ".join(f"fp_{p}" for p in rules.PARTS)
+                + f" FROM devices WHERE vpnid IN ({marks}) ORDER BY vpnid" + self.db.for_update,
+                vpnids)}
             seen: dict[str, str] = {}
             recent: dict[str, list[str]] = {v: [] for v in vpnids}
             for row in tx.query(
@@ -238,14 +240,15 @@ class Store:
                     continue
                 dev = devs[item.vpnid]
                 stamp = utc_text(item.now)
+                fp = rules.fingerprint(item.report)  # once: it is most of the writer's time
                 events = self._derive_events(tx, dev, item.report, item.location, now=stamp,
-                                             report_id=ids[n])
+                                             report_id=ids[n], reported=fp)
                 outcomes[n] = Accepted(ids[n], duplicate=False, events=tuple(events))
                 # The next report of this device in the batch compares with this one.
                 dev["last_sequence"] = int(item.report["sequence"])
-                dev["cur_motherboard_serial"] = rules.fingerprint(item.report).get(
-                    "motherboard_serial")
-                self._fold(changes.setdefault(item.vpnid, {}), item, stamp)
+                dev["cur_motherboard_serial"] = fp.get("motherboard_serial")
+                self._fold(changes.setdefault(item.vpnid, {}), item, stamp,
+                           fp.get("motherboard_serial"))
             self._update_devices(tx, changes)
         done = [o for o in outcomes if o is not None]
         if len(done) != len(items):
@@ -279,15 +282,14 @@ class Store:
         return None
 
     @staticmethod
-    def _fold(change: dict[str, Any], item: Pending, stamp: str) -> None:
+    def _fold(change: dict[str, Any], item: Pending, stamp: str, serial: str | None) -> None:
         """Merge one stored report into what its device row becomes (the last report wins)."""
         functional = item.report.get("functional") or {}
         change["first"] = min(change.get("first", stamp), stamp)
         change["last"] = max(change.get("last", stamp), stamp)
         change["values"] = (int(item.report["sequence"]), str(item.report["report_id"]),
                             functional.get("netbios_name"), functional.get("lan_ip"),
-                            functional.get("lan_ip_secondary"),
-                            rules.fingerprint(item.report).get("motherboard_serial"))
+                            functional.get("lan_ip_secondary"), serial)
         # Only the latest WAN IP and its location: each report with a known one overwrites
         # them (an unknown one, from a misconfigured proxy, leaves the last known).
         if item.wan_ip is not None:
@@ -315,7 +317,8 @@ class Store:
             tx.many(sql + " WHERE vpnid = ?", without)
 
     def _derive_events(self, tx: Cursor, dev: Row, report: Mapping[str, Any],
-                       location: Location, *, now: str, report_id: str) -> list[str]:
+                       location: Location, *, now: str, report_id: str,
+                       reported: Mapping[str, str | None] | None = None) -> list[str]:
         vpnid = str(dev["vpnid"])
         events: list[str] = []
 
@@ -338,7 +341,8 @@ class Store:
                                   "mains_v": list(rules.mains_voltages()[location.country]),
                                   "psu_variant": dev["psu_variant"]})
 
-        reported = rules.fingerprint(report)
+        if reported is None:
+            reported = rules.fingerprint(report)
         check = rules.compare_fingerprints(_enrolled_fp(dev), reported)
         if check.status in ("changed", "mismatch"):
             kind = FINGERPRINT_MISMATCH if check.status == "mismatch" else FINGERPRINT_CHANGED
