@@ -1,9 +1,10 @@
-"""The registry's HTTP interface: a plain WSGI application (served by waitress, see ``cli``).
+"""The registry's HTTP interface: a plain WSGI application (served by ``aioserver`` or waitress).
 
 No framework: the API is small, and WSGI keeps each request a plain function of its environ that
 any server can run, in as many processes as wanted.  The process holds no state that others need
-(rate limits, de-duplication and events all live in the database).  The routes are listed once in
-``ROUTES`` and documented in ``openapi.json`` (a test keeps the two equal).
+(rate limits, de-duplication and events all live in the database; its cache of device keys is
+checked again against the locked device row before anything is stored).  The routes are listed
+once in ``ROUTES`` and documented in ``openapi.json`` (a test keeps the two equal).
 """
 
 from __future__ import annotations
