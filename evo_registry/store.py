@@ -190,23 +190,26 @@ class Store:
         id_marks = ", ".join("?" * len(ids))
         since = min(i.now for i in items) - limits.window
         outcomes: list[Outcome | None] = [None] * len(items)
-        with self.db.transaction() as tx:
+        # Pipelined on PostgreSQL: BEGIN, the lock and the reads in one round trip, the writes
+        # and COMMIT in another (one more per event raised).
+        with self.db.transaction(pipeline=True) as tx:
             # Lock the devices' rows, always in the same order (no deadlock between processes
-            # writing overlapping batches).  The reads below are separate statements so that, on
+            # writing overlapping batches).  The reads are a separate statement so that, on
             # PostgreSQL, they see what another process committed while we waited for a lock.
-            devs = {str(d["vpnid"]): d for d in tx.query(
-                "SELECT vpnid, public_key, sales_region, psu_variant, last_sequence, "  # noqa: S608
-                "cur_motherboard_serial, " + ", ".join(f"fp_{p}" for p in rules.PARTS)
-                + f" FROM devices WHERE vpnid IN ({marks}) ORDER BY vpnid" + self.db.for_update,
-                vpnids)}
+            locked, known = tx.queries([
+                ("SELECT vpnid, public_key, sales_region, psu_variant, last_sequence, "  # noqa: S608
+                 "cur_motherboard_serial, " + ", ".join(f"fp_{p}" for p in rules.PARTS)
+                 + f" FROM devices WHERE vpnid IN ({marks}) ORDER BY vpnid" + self.db.for_update,
+                 vpnids),
+                (f"SELECT 'd' AS k, report_id AS a, vpnid AS b FROM reports "  # noqa: S608
+                 f"WHERE report_id IN ({id_marks}) UNION ALL "
+                 f"SELECT 'r' AS k, vpnid AS a, received_at AS b FROM reports "
+                 f"WHERE vpnid IN ({marks}) AND received_at > ?",
+                 (*ids, *vpnids, utc_text(since)))])
+            devs = {str(d["vpnid"]): d for d in locked}
             seen: dict[str, str] = {}
             recent: dict[str, list[str]] = {v: [] for v in vpnids}
-            for row in tx.query(
-                    f"SELECT 'd' AS k, report_id AS a, vpnid AS b FROM reports "  # noqa: S608
-                    f"WHERE report_id IN ({id_marks}) UNION ALL "
-                    f"SELECT 'r' AS k, vpnid AS a, received_at AS b FROM reports "
-                    f"WHERE vpnid IN ({marks}) AND received_at > ?",
-                    (*ids, *vpnids, utc_text(since))):
+            for row in known:
                 if row["k"] == "d":
                     seen[str(row["a"])] = str(row["b"])
                 else:
