@@ -1,17 +1,21 @@
 """Registry benchmark: reports per second and latency, on SQLite and PostgreSQL, and the finder.
 
     python3 bench/registry_bench.py [--devices 1000] [--reports-per-device 5] [--clients 2]
-        [--connections 32] [--workers 2] [--server-threads 32] [--finder-devices 100000]
-        [--backends sqlite,postgresql]
+        [--connections 32] [--rate 0] [--workers 2] [--server-threads 32]
+        [--finder-devices 100000] [--backends sqlite,postgresql]
 
 For each backend: a real `evo-registry serve` process (``--workers`` processes sharing the
 socket) on 127.0.0.1; the load comes from this process's ``--clients`` child processes, each an
 asyncio loop with ``--connections`` keep-alive connections (one device at a time per connection,
 each device's reports in order, every report with its own UUID and a real Ed25519 signature the
 registry verifies).  Requests are built (gzip, signed, HTTP bytes) before the clock starts, so
-the load costs the shared 2 cores as little as it can.  PostgreSQL is Debian's, started here in
-a temporary directory with durable settings
-(fsync on), and pgbench measures its plain insert rate on the same server in the same run.
+the load costs the shared 2 cores as little as it can.  Closed loop by default (each connection
+sends when its last answer came: the rate the registry sustains with that many reports in flight);
+``--rate R`` offers R reports/s in all (open loop) and counts each latency from the moment the
+report was due, so a stall shows in p99 instead of slowing the load down.
+
+PostgreSQL is Debian's, started here in a temporary directory with durable settings (fsync on),
+and pgbench measures its plain insert rate on the same server in the same run.
 Then the database is filled to ``--finder-devices`` devices and the finder page is timed.
 Results go to stdout and bench/results/registry-<time>.json.
 """
