@@ -1,7 +1,7 @@
 """Registry benchmark: reports per second and latency, on SQLite and PostgreSQL, and the finder.
 
     python3 bench/registry_bench.py [--devices 1000] [--reports-per-device 5] [--clients 2]
-        [--connections 32] [--rate 0] [--workers 2] [--server-threads 32]
+        [--connections 16] [--rate 0] [--workers 2] [--server-threads 32]
         [--finder-devices 100000] [--backends sqlite,postgresql]
 
 For each backend: a real `evo-registry serve` process (``--workers`` processes sharing the
@@ -324,7 +324,7 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--reports-per-device", type=int, default=5)
     ap.add_argument("--clients", type=int, default=2)
-    ap.add_argument("--connections", type=int, default=32, help="per client process")
+    ap.add_argument("--connections", type=int, default=16, help="per client process")
     ap.add_argument("--rate", type=float, default=0.0,
                     help="offer this many reports/s in all (open loop); 0: closed loop")
     ap.add_argument("--finder-connections", type=int, default=8)
