@@ -288,10 +288,12 @@ class Store:
     def _fold(change: dict[str, Any], item: Pending, stamp: str, serial: str | None) -> None:
         """Merge one stored report into what its device row becomes (the last report wins)."""
         functional = item.report.get("functional") or {}
+        name = functional.get("netbios_name")
         change["first"] = min(change.get("first", stamp), stamp)
         change["last"] = max(change.get("last", stamp), stamp)
         change["values"] = (int(item.report["sequence"]), str(item.report["report_id"]),
-                            functional.get("netbios_name"), functional.get("lan_ip"),
+                            rules.no_nul(name) if isinstance(name, str) else name,
+                            functional.get("lan_ip"),
                             functional.get("lan_ip_secondary"), serial)
         # Only the latest WAN IP and its location: each report with a known one overwrites
         # them (an unknown one, from a misconfigured proxy, leaves the last known).

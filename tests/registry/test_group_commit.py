@@ -18,7 +18,7 @@ from evo_registry.db import Database
 from evo_registry.errors import HttpError, RateLimited, UnknownDevice
 from evo_registry.geo import Location
 from evo_registry.store import Accepted, Limits, Outcome, Pending, Store
-from tests.registry.conftest import HOME_A, Device, Server, enroll, send
+from tests.registry.conftest import HOME_A, Device, Server, enroll, get_device, send
 from tests.registry.pgserver import PgServer
 from tests.registry.test_storage import T0, _enrol
 
@@ -242,3 +242,26 @@ def test_a_key_changed_by_another_process_is_checked_again(server: Server,
     new.sequence = dev.sequence
     assert send(server, new).status == 201
     assert server.app.store.counts()["reports"] == 2
+
+
+def test_nul_characters_are_stored_not_a_500(server: Server) -> None:
+    # JSON allows "\u0000" and the schema does not forbid it, but PostgreSQL TEXT columns refuse
+    # NUL (found while testing group commit: a 500, and the agent retries 5xx for ever).  The
+    # report is stored as sent; the columns derived from it get U+FFFD, on both databases.
+    dev = Device("EVO-200061")
+    dev.template["hardware"]["motherboard"]["serial"] = "MB\x00200061"
+    assert enroll(server, dev).status == 201
+    doc = dev.report()
+    doc["functional"]["netbios_name"] = "EVO\x00LIVING"
+    reply = send(server, dev, doc)
+    assert reply.status == 201, reply.body
+    record = get_device(server, dev.vpnid).json()
+    assert record["latest_report"]["functional"]["netbios_name"] == "EVO\x00LIVING"
+    assert record["fingerprint"]["status"] == "match"
+    row, _events, _reports, _latest = server.app.store.device(dev.vpnid)
+    assert row["netbios_name"] == "EVO\ufffdLIVING"
+    assert row["cur_motherboard_serial"] == "MB\ufffd200061"
+    bad_model = Device("EVO-200062")
+    refused = enroll(server, bad_model, model="432\x00EVO")
+    assert refused.status == 400
+    assert "NUL" in refused.json()["error"]
