@@ -4,10 +4,11 @@ Under load, waitress cost the registry more than the reports themselves: each re
 its I/O loop to a worker thread, from there to the group-commit writer and back, and back to the
 loop, four thread hand-overs fighting for the GIL (~0.7 ms of CPU per report measured under the
 bench's load, against ~0.45 ms for checking and storing it).  Here a report is read, verified and
-validated in the loop itself (~0.2 ms of CPU, nothing that blocks), then queued for the writer
-(``GroupCommit.submit_async``) whose one wake-up per batch resolves every waiter's future after
-COMMIT.  Every other route is the plain WSGI application run in a small thread pool: those do
-blocking database reads and are rare.
+validated in the loop itself (~0.3 ms of CPU, nothing that blocks; on PostgreSQL a device key not
+yet cached is read over the loop's own asyncio connection, as is the finder's one query), then
+queued for the writer (``GroupCommit.submit_async``) whose one wake-up per batch resolves every
+waiter's future after COMMIT.  Every other route is the plain WSGI application run in a small
+thread pool: those do blocking database reads and are rare.
 
 The server is deliberately small: HTTP/1.1 with keep-alive and Content-Length bodies (the agent,
 browsers, schemathesis and curl all send those); chunked request bodies are refused with 411,
@@ -30,7 +31,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from evo_registry.app import Environ, Registry, Response, json_response
-from evo_registry.errors import HttpError
+from evo_registry.db import Row
+from evo_registry.errors import DatabaseError, HttpError
 
 LOG = logging.getLogger(__name__)
 
@@ -113,6 +115,12 @@ class HttpServer:
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads),
                                        thread_name_prefix="evo-registry")
         self._connections: set[asyncio.Task[None]] = set()
+        # PostgreSQL: the two reads of the hot paths (a device key, the finder) go over one
+        # asyncio connection of this loop, without a thread hand-over; SQLite reads are
+        # blocking calls, so those stay in the pool.
+        self._async_reads = app.db.dialect == "postgresql"
+        self._aconn: Any = None
+        self._aconn_lock = asyncio.Lock()
 
     async def serve(self, sock: socket.socket, stop: asyncio.Event) -> None:
         """Accept connections until ``stop`` is set, then finish the requests under way."""
@@ -126,6 +134,7 @@ class HttpServer:
             if self._connections:
                 await asyncio.wait(self._connections, timeout=10)
             self.pool.shutdown(wait=False, cancel_futures=True)
+            await self.close()
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
@@ -191,6 +200,8 @@ class HttpServer:
         environ["wsgi.input"] = io.BytesIO(body)
         if environ["REQUEST_METHOD"] == "POST" and environ["PATH_INFO"] == "/v1/reports":
             response = await self._report(environ, body)
+        elif environ["REQUEST_METHOD"] == "GET" and environ["PATH_INFO"] == "/":
+            response = await self._finder(environ)
         else:
             response = await self._wsgi(environ)
         await self._send(writer, response, keep, environ["REQUEST_METHOD"])
@@ -203,10 +214,7 @@ class HttpServer:
             vpnid, signature = app.report_headers(environ)
             if len(body) > 64 * 1024:
                 app.read_body(environ, 64 * 1024)  # raises the same 413 as under WSGI
-            key = app.cached_key(vpnid)
-            if key is None:  # a database read: not in the loop
-                key = await asyncio.get_running_loop().run_in_executor(
-                    self.pool, app.public_key, vpnid)
+            key = await self._key(vpnid)
             item = app.check_report(environ, vpnid, signature, body, key)
             outcome = await app.writer.submit_async(item)
             return app.report_response(item, outcome)
@@ -214,6 +222,70 @@ class HttpServer:
             return json_response(exc.status, {"error": exc.reason}, exc.headers)
         except Exception as exc:
             return app.failure(environ, exc)
+
+    async def _read(self, sql: str, params: tuple[Any, ...],
+                    blocking: Callable[[], list[Row]]) -> list[Row]:
+        """Run a read over this loop's PostgreSQL connection, or ``blocking`` in the pool."""
+        if not self._async_reads:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, blocking)
+        import psycopg
+        from psycopg.rows import dict_row
+
+        async with self._aconn_lock:  # one connect, even when many requests start together
+            if self._aconn is None or self._aconn.closed:
+                try:
+                    self._aconn = await psycopg.AsyncConnection.connect(
+                        self.app.db.url, autocommit=True, row_factory=dict_row)
+                except psycopg.OperationalError as exc:
+                    raise DatabaseError(f"cannot connect to {self.app.db.describe()}: "
+                                        f"{exc}") from exc
+            conn = self._aconn
+        try:
+            cur = await conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+            rows: list[Row] = await cur.fetchall()
+        except psycopg.OperationalError:
+            if conn.closed or conn.broken:
+                self._aconn = None  # the next read reconnects (server restarted)
+            raise
+        return rows
+
+    async def _finder(self, environ: Environ) -> Response:
+        """GET / without a thread on PostgreSQL."""
+        app = self.app
+        try:
+            visitor = app.wan_ip(environ)
+            rows: list[Row] = []
+            if visitor:
+                sql, params = app.store.finder_query(visitor, app.clock(),
+                                                     app.settings.finder_days)
+                rows = await self._read(sql, params,
+                                        lambda: app.store.finder(visitor, app.clock(),
+                                                                 app.settings.finder_days))
+            return app.finder_page(rows)
+        except HttpError as exc:
+            return json_response(exc.status, {"error": exc.reason}, exc.headers)
+        except Exception as exc:
+            return app.failure(environ, exc)
+
+    async def _key(self, vpnid: str) -> str:
+        """Return the enrolled key of a VPNID (cached after the first read), or raise 404."""
+        key = self.app.cached_key(vpnid)
+        if key is not None:
+            return key
+        rows = await self._read(self.app.store.KEY_QUERY, (vpnid,),
+                                lambda: self.app.store.db.read(self.app.store.KEY_QUERY,
+                                                               (vpnid,)))
+        if not rows:
+            raise HttpError(404, "unknown vpnid")
+        key = str(rows[0]["public_key"])
+        self.app.remember_key(vpnid, key)
+        return key
+
+    async def close(self) -> None:
+        """Close this loop's database connection."""
+        if self._aconn is not None:
+            await self._aconn.close()
+            self._aconn = None
 
     async def _wsgi(self, environ: Environ) -> Response:
         """Run the WSGI application for one request in the thread pool."""

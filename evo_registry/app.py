@@ -23,7 +23,7 @@ from typing import Any
 from evo_registry import enrol, pages, rules, wire
 from evo_registry.batch import GroupCommit
 from evo_registry.config import Settings
-from evo_registry.db import Database, parse_utc, utc_text
+from evo_registry.db import Database, Row, parse_utc, utc_text
 from evo_registry.errors import DatabaseError, HttpError
 from evo_registry.geo import Geo
 from evo_registry.store import Limits, Outcome, Pending, Store
@@ -385,8 +385,18 @@ class Registry:
         visitor = self.wan_ip(environ)
         rows = (self.store.finder(visitor, self.clock(), self.settings.finder_days)
                 if visitor else [])
+        return self.finder_page(rows)
+
+    def finder_page(self, rows: list[Row]) -> Response:
+        """Return the finder page listing ``rows``."""
         html = pages.finder(rows, self.settings.finder_days)
         return Response(200, html.encode(), "text/html; charset=utf-8", dict(_PAGE_HEADERS))
+
+    def remember_key(self, vpnid: str, key: str) -> None:
+        """Cache an enrolled key read elsewhere (aioserver reads it without a thread)."""
+        if len(self._keys) >= _KEY_CACHE:
+            self._keys.clear()
+        self._keys[vpnid] = key
 
     def openapi(self, environ: Environ) -> Response:
         """Serve the OpenAPI document kept in the package."""

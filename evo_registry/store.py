@@ -159,9 +159,11 @@ class Store:
             self._check_clone(tx, e.vpnid, fp.get("motherboard_serial"), now=stamp, report_id=None)
         return True
 
+    KEY_QUERY = "SELECT public_key FROM devices WHERE vpnid = ?"
+
     def public_key(self, vpnid: str) -> str | None:
         """Return the enrolled public key of a VPNID (base64), or None."""
-        rows = self.db.read("SELECT public_key FROM devices WHERE vpnid = ?", (vpnid,))
+        rows = self.db.read(self.KEY_QUERY, (vpnid,))
         return str(rows[0]["public_key"]) if rows else None
 
     # ---- reports ---------------------------------------------------------------------------
@@ -382,10 +384,15 @@ class Store:
     # ---- reading ---------------------------------------------------------------------------
     def finder(self, wan_ip: str, now: datetime, days: int = 30, limit: int = 50) -> list[Row]:
         """Return the devices whose latest WAN IP is in the visitor's home, seen within ``days``."""
-        return self.db.read(
-            "SELECT netbios_name, model, last_seen, lan_ip, lan_ip_secondary FROM devices "
-            "WHERE wan_key = ? AND last_seen >= ? ORDER BY last_seen DESC LIMIT ?",
-            (home_key(wan_ip), utc_text(now - timedelta(days=days)), limit))
+        return self.db.read(*self.finder_query(wan_ip, now, days, limit))
+
+    @staticmethod
+    def finder_query(wan_ip: str, now: datetime, days: int = 30,
+                     limit: int = 50) -> tuple[str, tuple[Any, ...]]:
+        """Return the finder's statement and parameters (also run by aioserver without a thread)."""
+        return ("SELECT netbios_name, model, last_seen, lan_ip, lan_ip_secondary FROM devices "
+                "WHERE wan_key = ? AND last_seen >= ? ORDER BY last_seen DESC LIMIT ?",
+                (home_key(wan_ip), utc_text(now - timedelta(days=days)), limit))
 
     def device(self, vpnid: str, history: int = 100) -> tuple[Row, list[Row], list[Row],
                                                                Row | None]:

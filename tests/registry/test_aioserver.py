@@ -22,7 +22,8 @@ from evo_registry.app import Registry
 from evo_registry.config import Settings
 from evo_registry.db import Database
 from evo_registry.geo import Geo
-from tests.registry.conftest import HOME_A, Device, Server, enroll, get_device, send
+from tests.registry.conftest import FACTORY, HOME_A, Device, Server, enroll, get_device, send
+from tests.registry.pgserver import PgServer
 
 
 @pytest.fixture
@@ -199,3 +200,33 @@ def test_repeated_forwarded_for_headers_are_one_list(aio: Server) -> None:
                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     assert _answers(sock, 1)[0][0] == 201
     assert get_device(aio, dev.vpnid).json()["wan_ip"] == HOME_A
+
+
+def test_loop_reads_reconnect_after_the_database_cut_them(pg_server: PgServer,
+                                                          geo_db: Path) -> None:
+    # PostgreSQL only: there the finder and key reads use the loop's own connection.
+    settings = Settings(database=pg_server.create_database(), geo_database=str(geo_db),
+                        trusted_proxies=["127.0.0.1/32"], factory_tokens=[FACTORY])
+    db = Database(settings.database)
+    db.migrate()
+    app = Registry(settings, db=db, geo=Geo(settings.geo_database))
+    srv = Server(app, kind="asyncio")
+    try:
+        home = {"X-Forwarded-For": HOME_A}
+        assert srv.request("GET", "/", headers=home).status == 200
+        admin = Database(settings.database)
+        admin.read("SELECT pg_terminate_backend(pid) AS t FROM pg_stat_activity "
+                   "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        admin.close()
+        cut = srv.request("GET", "/", headers=home)
+        # The cut connection is noticed on its next use: 503 + Retry-After, never a 500.
+        assert cut.status == 503, cut.body
+        assert cut.headers["retry-after"]
+        assert srv.request("GET", "/", headers=home).status == 200
+        dev = Device("EVO-400003")
+        assert enroll(srv, dev).status == 201
+        assert send(srv, dev).status == 201  # its key read over the new connection
+    finally:
+        srv.close()
+        app.close()
+        db.close()
