@@ -13,7 +13,8 @@ thread pool: those do blocking database reads and are rare.
 The server is deliberately small: HTTP/1.1 with keep-alive and Content-Length bodies (the agent,
 browsers, schemathesis and curl all send those); chunked request bodies are refused with 411,
 header blocks above 64 KiB with 431, bodies above the application's largest limit with 413.
-Idle keep-alive connections are closed after ``idle_s``, a request's head must arrive within it.
+Idle keep-alive connections are closed after ``idle_s``, a request's head must arrive within it;
+at most ``max_connections`` are open at once.
 """
 
 from __future__ import annotations
@@ -109,9 +110,13 @@ def _head_bytes(status: int, headers: Iterable[tuple[str, str]], keep: bool) -> 
 class HttpServer:
     """Serve one Registry on one listening socket from the running asyncio loop."""
 
-    def __init__(self, app: Registry, threads: int = 8, idle_s: float = 60.0) -> None:
+    def __init__(self, app: Registry, threads: int = 8, idle_s: float = 60.0,
+                 max_connections: int = 1000) -> None:
         self.app = app
         self.idle_s = idle_s
+        # Beyond this many open connections a new one is closed at once: a flood of idle
+        # connections must not take every file descriptor (waitress had the same guard, at 100).
+        self.max_connections = max_connections
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads),
                                        thread_name_prefix="evo-registry")
         self._connections: set[asyncio.Task[None]] = set()
@@ -138,6 +143,10 @@ class HttpServer:
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self.max_connections:
+            LOG.warning("%s connections open: refusing one more", len(self._connections))
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)

@@ -83,7 +83,9 @@ def _closed(sock: socket.socket, within_s: float = 5.0) -> bool:
     sock.settimeout(within_s)
     try:
         return sock.recv(1) == b""
-    except (TimeoutError, ConnectionResetError):
+    except ConnectionResetError:  # closed by the server with a reset
+        return True
+    except TimeoutError:
         return False
 
 
@@ -144,6 +146,39 @@ def test_malformed_requests_get_a_4xx_and_the_connection_closes(
     assert json.loads(body)["error"]
     assert _closed(sock)
     assert aio.request("GET", "/healthz").status == 200  # the server is fine
+
+
+def test_connections_beyond_the_limit_are_refused(settings: Settings) -> None:
+    db = Database(settings.database)
+    db.migrate()
+    app = Registry(settings, db=db, geo=Geo(None))
+    sock_l = socket.socket()
+    sock_l.bind(("127.0.0.1", 0))
+    sock_l.listen(16)
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    server = HttpServer(app, 2, idle_s=30, max_connections=2)
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(sock_l, stop),))
+    thread.start()
+    try:
+        port = sock_l.getsockname()[1]
+        first, second = _connect(port), _connect(port)
+        for sock in (first, second):  # both served, kept open
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _answers(sock, 1)[0][0] == 200
+        third = _connect(port)
+        assert _closed(third)
+        first.close()
+        time.sleep(0.3)
+        fourth = _connect(port)  # a place is free again
+        fourth.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _answers(fourth, 1)[0][0] == 200
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(15)
+        loop.close()
+        app.close()
+        db.close()
 
 
 def test_idle_and_slow_clients_are_cut(settings: Settings) -> None:
