@@ -265,3 +265,43 @@ def test_nul_characters_are_stored_not_a_500(server: Server) -> None:
     refused = enroll(server, bad_model, model="432\x00EVO")
     assert refused.status == 400
     assert "NUL" in refused.json()["error"]
+
+
+def test_rate_limit_is_exact_across_processes(settings: Any, clock: Any) -> None:
+    # Two registry processes (each its own connections and writer) on one database, a device
+    # sending 12 reports at once to both, limit 5 per window: exactly 5 stored, 7 refused.
+    from evo_registry.app import Registry
+    from evo_registry.geo import Geo
+
+    apps, servers, dbs = [], [], []
+    for _ in range(2):
+        db = Database(settings.database)
+        db.migrate()
+        app = Registry(settings, db=db, geo=Geo(None), clock=clock)
+        apps.append(app)
+        dbs.append(db)
+        servers.append(Server(app))
+    try:
+        dev = Device("EVO-200071")
+        assert enroll(servers[0], dev).status == 201
+        wires = [dev.wire(dev.report()) for _ in range(12)]
+        statuses: list[int] = []
+
+        def go(n: int) -> None:
+            body, headers = wires[n]
+            headers["X-Forwarded-For"] = HOME_A
+            statuses.append(servers[n % 2].request("POST", "/v1/reports", body, headers).status)
+
+        threads = [threading.Thread(target=go, args=(n,)) for n in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(statuses) == [201] * 5 + [429] * 7
+        assert apps[0].store.counts()["reports"] == 5
+        assert apps[0].writer.items + apps[1].writer.items == 12
+    finally:
+        for srv, app, db in zip(servers, apps, dbs, strict=True):
+            srv.close()
+            app.close()
+            db.close()
