@@ -1,13 +1,21 @@
 """Registry benchmark: reports per second and latency, on SQLite and PostgreSQL, and the finder.
 
     python3 bench/registry_bench.py [--devices 1000] [--reports-per-device 5] [--clients 2]
-        [--threads 16] [--workers 2] [--finder-devices 100000] [--backends sqlite,postgresql]
+        [--connections 16] [--rate 0] [--workers 2] [--server-threads 32]
+        [--finder-devices 100000] [--backends sqlite,postgresql]
 
 For each backend: a real `evo-registry serve` process (``--workers`` processes sharing the
-socket) on 127.0.0.1; the load comes from this process's ``--clients`` child processes with
-``--threads`` keep-alive connections each, sending reports prepared (gzip, signed) before the clock
-starts.  PostgreSQL is Debian's, started here in a temporary directory with durable settings
-(fsync on), and pgbench measures its plain insert rate on the same server in the same run.
+socket) on 127.0.0.1; the load comes from this process's ``--clients`` child processes, each an
+asyncio loop with ``--connections`` keep-alive connections (one device at a time per connection,
+each device's reports in order, every report with its own UUID and a real Ed25519 signature the
+registry verifies).  Requests are built (gzip, signed, HTTP bytes) before the clock starts, so
+the load costs the shared 2 cores as little as it can.  Closed loop by default (each connection
+sends when its last answer came: the rate the registry sustains with that many reports in flight);
+``--rate R`` offers R reports/s in all (open loop) and counts each latency from the moment the
+report was due, so a stall shows in p99 instead of slowing the load down.
+
+PostgreSQL is Debian's, started here in a temporary directory with durable settings (fsync on),
+and pgbench measures its plain insert rate on the same server in the same run.
 Then the database is filled to ``--finder-devices`` devices and the finder page is timed.
 Results go to stdout and bench/results/registry-<time>.json.
 """
@@ -17,7 +25,6 @@ from __future__ import annotations
 import argparse
 import base64
 import gzip
-import http.client
 import json
 import multiprocessing
 import os
@@ -125,54 +132,93 @@ def registry(config: Path, workers: int, threads: int) -> Iterator[tuple[int, in
         proc.wait(30)
 
 
-def _client(port: int, per_thread: list[list[Work]], out: Any) -> None:
-    """One load process: a keep-alive connection per thread; each device's reports in order."""
+def _requests(items: Work) -> list[bytes]:
+    """Return each report as the exact bytes of its HTTP request (built before the clock)."""
+    out = []
+    for vpnid, body, sig in items:
+        head = ("POST /v1/reports HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                f"X-Evo-Vpnid: {vpnid}\r\nX-Evo-Signature: {sig}\r\n"
+                "X-Forwarded-For: 192.0.2.10\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n")
+        out.append(head.encode() + body)
+    return out
+
+
+async def _lane(port: int, requests: list[bytes], latencies: list[float],
+                statuses: dict[int, int], schedule: list[float] | None = None) -> None:
+    """One keep-alive connection sending its devices' reports one after the other.
+
+    With a ``schedule`` (open loop), request k is due at schedule[k] (perf_counter time): the
+    lane waits for it if early, and its latency counts from that moment even when the lane is
+    late because the server was slow, so a stall is not hidden (no coordinated omission).
+    """
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for k, request in enumerate(requests):
+        start = time.perf_counter()
+        if schedule is not None:
+            if schedule[k] > start:
+                await asyncio.sleep(schedule[k] - start)
+            start = schedule[k]
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        m = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+        await reader.readexactly(int(m.group(1)) if m else 0)
+        latencies.append(time.perf_counter() - start)
+        status = int(head[9:12])
+        statuses[status] = statuses.get(status, 0) + 1
+    writer.close()
+
+
+def _client(port: int, per_lane: list[list[Work]], start_at: float, rate: float,
+            out: Any) -> None:
+    """One load process: an asyncio loop with one keep-alive connection per lane.
+
+    ``rate`` > 0: open loop, this process sends ``rate`` reports per second in all, evenly
+    spread over its lanes; 0: closed loop, each lane sends as soon as its last answer came.
+    """
+    import asyncio
+
+    requests = [[r for items in devices for r in _requests(items)] for devices in per_lane]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
-    lock = threading.Lock()
 
-    def run(devices: list[Work]) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        mine: list[float] = []
-        codes: dict[int, int] = {}
-        for items in devices:
-            for vpnid, body, sig in items:
-                start = time.perf_counter()
-                conn.request("POST", "/v1/reports", body=body, headers={
-                    "Content-Type": "application/json", "Content-Encoding": "gzip",
-                    "X-Evo-Vpnid": vpnid, "X-Evo-Signature": sig,
-                    "X-Forwarded-For": "192.0.2.10"})
-                resp = conn.getresponse()
-                resp.read()
-                mine.append(time.perf_counter() - start)
-                codes[resp.status] = codes.get(resp.status, 0) + 1
-        conn.close()
-        with lock:
-            latencies.extend(mine)
-            for k, v in codes.items():
-                statuses[k] = statuses.get(k, 0) + v
+    async def main() -> None:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        t0, lanes = time.perf_counter(), len(requests)
+        schedules: list[list[float] | None] = [
+            [t0 + (k * lanes + i) / rate for k in range(len(r))] if rate > 0 else None
+            for i, r in enumerate(requests)]
+        await asyncio.gather(*(_lane(port, r, latencies, statuses, sch)
+                               for r, sch in zip(requests, schedules, strict=True)))
 
-    threads = [threading.Thread(target=run, args=(d,)) for d in per_thread]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    cpu0 = time.process_time()
+    asyncio.run(main())
+    statuses[-1] = int((time.process_time() - cpu0) * 1e6)  # the load's own CPU, microseconds
     out.put((latencies, statuses))
 
 
-def load(port: int, work: list[Work], clients: int, threads: int) -> dict[str, Any]:
-    """Send all the work from ``clients`` processes; return rate and latencies."""
-    slots = clients * threads
+def load(port: int, work: list[Work], clients: int, lanes: int,
+         rate: float = 0.0) -> dict[str, Any]:
+    """Send all the work from ``clients`` processes with ``lanes`` connections each.
+
+    ``rate`` > 0 offers that many reports per second in all (open loop), else closed loop.
+    """
+    slots = clients * lanes
     per_slot: list[list[Work]] = [work[i::slots] for i in range(slots)]
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_client, args=(port, per_slot[c * threads:(c + 1) * threads], out))
+    # The clients build their requests, then all start at the same moment.
+    start_at = time.time() + 1.0 + 0.0005 * len(work)
+    procs = [ctx.Process(target=_client, args=(port, per_slot[c * lanes:(c + 1) * lanes],
+                                               start_at, rate / clients, out))
              for c in range(clients)]
-    start = time.perf_counter()
     for p in procs:
         p.start()
     results = [out.get() for _ in procs]
-    elapsed = time.perf_counter() - start
+    elapsed = time.time() - start_at
     for p in procs:
         p.join()
     latencies = [x for lat, _s in results for x in lat]
@@ -180,8 +226,11 @@ def load(port: int, work: list[Work], clients: int, threads: int) -> dict[str, A
     for _lat, s in results:
         for k, v in s.items():
             statuses[k] = statuses.get(k, 0) + v
-    return {"requests": len(latencies), "seconds": round(elapsed, 2),
+    load_cpu_us = statuses.pop(-1)
+    return {"mode": f"open loop, {rate:g}/s offered" if rate > 0 else "closed loop",
+            "connections": slots, "requests": len(latencies), "seconds": round(elapsed, 2),
             "per_second": round(len(latencies) / elapsed, 1),
+            "load_cpu_ms_per_report": round(load_cpu_us / 1000 / len(latencies), 3),
             "p50_ms": round(_percentile(latencies, 0.50) * 1000, 2),
             "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
             "mean_ms": round(statistics.fmean(latencies) * 1000, 2), "statuses": statuses}
@@ -235,34 +284,36 @@ def fill(db_url: str, total: int, wans: int) -> list[str]:
     return ips
 
 
-def finder_latency(port: int, ips: list[str], requests: int, threads: int) -> dict[str, Any]:
-    """Time GET / from random homes, ``threads`` at once."""
-    latencies: list[float] = []
-    lock = threading.Lock()
+def finder_latency(port: int, ips: list[str], requests: int, lanes: int) -> dict[str, Any]:
+    """Time GET / from random homes over ``lanes`` keep-alive connections (one asyncio loop)."""
+    import asyncio
 
-    def run(n: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        mine = []
-        rnd = random.Random()  # noqa: S311 - not security
-        for _ in range(n):
+    latencies: list[float] = []
+    rnd = random.Random(7)  # noqa: S311 - not security
+    heads = [(f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: {rnd.choice(ips)}"
+              "\r\n\r\n").encode() for _ in range(requests)]
+
+    async def lane(mine: list[bytes]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for head in mine:
             start = time.perf_counter()
-            conn.request("GET", "/", headers={"X-Forwarded-For": rnd.choice(ips)})
-            resp = conn.getresponse()
-            resp.read()
-            assert resp.status == 200
-            mine.append(time.perf_counter() - start)
-        conn.close()
-        with lock:
-            latencies.extend(mine)
+            writer.write(head)
+            answer = await reader.readuntil(b"\r\n\r\n")
+            m = re.search(rb"\r\ncontent-length: *(\d+)", answer, re.IGNORECASE)
+            await reader.readexactly(int(m.group(1)) if m else 0)
+            if not answer.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"finder answered {answer[:40]!r}")
+            latencies.append(time.perf_counter() - start)
+        writer.close()
+
+    async def main() -> None:
+        await asyncio.gather(*(lane(heads[i::lanes]) for i in range(lanes)))
 
     start = time.perf_counter()
-    ts = [threading.Thread(target=run, args=(requests // threads,)) for _ in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    asyncio.run(main())
     elapsed = time.perf_counter() - start
-    return {"requests": len(latencies), "per_second": round(len(latencies) / elapsed, 1),
+    return {"requests": len(latencies), "connections": lanes,
+            "per_second": round(len(latencies) / elapsed, 1),
             "p50_ms": round(_percentile(latencies, 0.5) * 1000, 2),
             "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2)}
 
@@ -273,9 +324,12 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--reports-per-device", type=int, default=5)
     ap.add_argument("--clients", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--connections", type=int, default=16, help="per client process")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="offer this many reports/s in all (open loop); 0: closed loop")
+    ap.add_argument("--finder-connections", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--server-threads", type=int, default=8)
+    ap.add_argument("--server-threads", type=int, default=32)
     ap.add_argument("--finder-devices", type=int, default=100_000)
     ap.add_argument("--finder-requests", type=int, default=4000)
     ap.add_argument("--backends", default="sqlite,postgresql")
@@ -295,8 +349,10 @@ def main() -> int:
                   f"reports in {time.perf_counter() - t0:.1f} s", flush=True)
             with registry(config, args.workers, args.server_threads) as (port, pid):
                 pg_pid = _postmaster(pg)
+                res0 = {"load_average_before": os.getloadavg()}
                 cpu0, pg0 = tree_cpu_seconds(pid), tree_cpu_seconds(pg_pid) if pg_pid else 0.0
-                res: dict[str, Any] = {"reports": load(port, work, args.clients, args.threads)}
+                res: dict[str, Any] = {**res0, "reports": load(port, work, args.clients,
+                                                       args.connections, args.rate)}
                 n = res["reports"]["requests"]
                 res["reports"]["registry_cpu_ms_per_report"] = round(
                     (tree_cpu_seconds(pid) - cpu0) * 1000 / n, 3)
@@ -307,10 +363,11 @@ def main() -> int:
                 print(f"[{backend}] reports: {res['reports']}", flush=True)
                 if pg is not None:
                     res["pgbench_insert"] = pgbench_inserts(pg, db_url,
-                                                            args.clients * args.threads, 10)
+                                                            args.clients * args.connections, 10)
                     print(f"[{backend}] pgbench inserts: {res['pgbench_insert']}", flush=True)
                 ips = fill(db_url, args.finder_devices - args.devices, args.finder_devices // 2)
-                res["finder"] = finder_latency(port, ips, args.finder_requests, 8)
+                res["finder"] = finder_latency(port, ips, args.finder_requests,
+                                               args.finder_connections)
                 res["finder"]["devices"] = args.finder_devices
                 print(f"[{backend}] finder: {res['finder']}", flush=True)
             results[backend] = res

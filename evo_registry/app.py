@@ -1,9 +1,10 @@
-"""The registry's HTTP interface: a plain WSGI application (served by waitress, see ``cli``).
+"""The registry's HTTP interface: a plain WSGI application (served by ``aioserver`` or waitress).
 
 No framework: the API is small, and WSGI keeps each request a plain function of its environ that
 any server can run, in as many processes as wanted.  The process holds no state that others need
-(rate limits, de-duplication and events all live in the database).  The routes are listed once in
-``ROUTES`` and documented in ``openapi.json`` (a test keeps the two equal).
+(rate limits, de-duplication and events all live in the database; its cache of device keys is
+checked again against the locked device row before anything is stored).  The routes are listed
+once in ``ROUTES`` and documented in ``openapi.json`` (a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from evo_registry import enrol, pages, rules, wire
+from evo_registry.batch import GroupCommit
 from evo_registry.config import Settings
-from evo_registry.db import Database, parse_utc, utc_text
+from evo_registry.db import Database, Row, parse_utc, utc_text
 from evo_registry.errors import DatabaseError, HttpError
 from evo_registry.geo import Geo
-from evo_registry.store import Limits, Store
+from evo_registry.store import Limits, Outcome, Pending, Store
 
 LOG = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
             403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
             411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
             429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+_KEY_CACHE = 200_000  # public keys kept per process (~40 MB at most)
 # Pages carry no script and load nothing from elsewhere.
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
@@ -99,6 +102,8 @@ class Registry:
         self.vpn = settings.vpn()
         self.limits = Limits(settings.rate_limit_reports,
                              timedelta(seconds=settings.rate_limit_window_s))
+        self.writer = GroupCommit(self.store, self.limits)
+        self._keys: dict[str, str] = {}  # VPNID -> enrolled public key (see _public_key)
         self.routes: list[tuple[str, re.Pattern[str], Callable[..., Response]]] = [
             ("GET", re.compile(r"^/$"), self.finder),
             ("POST", re.compile(r"^/v1/reports$"), self.post_report),
@@ -115,6 +120,11 @@ class Registry:
             ("GET", re.compile(r"^/healthz$"), self.health),
         ]
 
+    def close(self) -> None:
+        """Stop the writer (after storing what is queued) and close the GEO database."""
+        self.writer.close()
+        self.geo.close()
+
     # ---- WSGI ------------------------------------------------------------------------------
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         """Serve one request."""
@@ -123,16 +133,7 @@ class Registry:
         except HttpError as exc:
             response = json_response(exc.status, {"error": exc.reason}, exc.headers)
         except Exception as exc:
-            if _database_down(exc):
-                # The agent retries 5xx with backoff; Retry-After spares a restarting database.
-                LOG.warning("database unavailable on %s %s: %s", environ.get("REQUEST_METHOD"),
-                            environ.get("PATH_INFO"), exc)
-                response = json_response(503, {"error": "database unavailable, retry later"},
-                                         {"Retry-After": "60"})
-            else:
-                LOG.exception("internal error on %s %s", environ.get("REQUEST_METHOD"),
-                              environ.get("PATH_INFO"))
-                response = json_response(500, {"error": "internal error"})
+            response = self.failure(environ, exc)
         headers = [("Content-Type", response.content_type),
                    ("Content-Length", str(len(response.body)))]
         headers += list((response.headers or {}).items())
@@ -141,6 +142,19 @@ class Registry:
         if str(environ.get("REQUEST_METHOD", "")).upper() == "HEAD":
             return []  # same headers (and Content-Length) as GET, no body
         return [response.body]
+
+    @staticmethod
+    def failure(environ: Environ, exc: BaseException) -> Response:
+        """Return the answer to an unexpected error: 503 when the database is down, else 500."""
+        if _database_down(exc):
+            # The agent retries 5xx with backoff; Retry-After spares a restarting database.
+            LOG.warning("database unavailable on %s %s: %s", environ.get("REQUEST_METHOD"),
+                        environ.get("PATH_INFO"), exc)
+            return json_response(503, {"error": "database unavailable, retry later"},
+                                 {"Retry-After": "60"})
+        LOG.error("internal error on %s %s", environ.get("REQUEST_METHOD"),
+                  environ.get("PATH_INFO"), exc_info=exc)
+        return json_response(500, {"error": "internal error"})
 
     def dispatch(self, environ: Environ) -> Response:
         """Find the handler of a request and run it."""
@@ -182,7 +196,7 @@ class Registry:
         raise HttpError(401, "token not accepted here", {"WWW-Authenticate": "Bearer"})
 
     @staticmethod
-    def _read_body(environ: Environ, limit: int) -> bytes:
+    def read_body(environ: Environ, limit: int) -> bytes:
         length_text = environ.get("CONTENT_LENGTH") or ""
         if length_text:
             if not str(length_text).isdigit():
@@ -201,6 +215,22 @@ class Registry:
             raise HttpError(413, f"body larger than {limit} bytes")
         return bytes(body)
 
+    def public_key(self, vpnid: str) -> str:
+        """Return the enrolled key of a VPNID (cached), or raise 404.
+
+        A cached key may be stale when another process re-enrolled the unit: the writer compares
+        it with the device row it locks, and checks the signature again if they differ.
+        """
+        key = self._keys.get(vpnid)
+        if key is None:
+            key = self.store.public_key(vpnid)
+            if key is None:
+                raise HttpError(404, "unknown vpnid")
+            if len(self._keys) >= _KEY_CACHE:
+                self._keys.clear()  # crude, but bounded and rare (more units than the cache)
+            self._keys[vpnid] = key
+        return key
+
     @staticmethod
     def _vpnid(vpnid: str) -> str:
         if not wire.VPNID.match(vpnid):
@@ -210,6 +240,13 @@ class Registry:
     # ---- POST /v1/reports ------------------------------------------------------------------
     def post_report(self, environ: Environ) -> Response:
         """Take one signed gzip report (docs/protocol.md)."""
+        vpnid, signature = self.report_headers(environ)
+        body = self.read_body(environ, wire.MAX_COMPRESSED)
+        item = self.check_report(environ, vpnid, signature, body, self.public_key(vpnid))
+        return self.report_response(item, self.writer.submit(item))
+
+    def report_headers(self, environ: Environ) -> tuple[str, str]:
+        """Check the headers of a report; return its VPNID and signature."""
         if wire.media_type(environ.get("CONTENT_TYPE")) != "application/json":
             raise HttpError(415, "Content-Type must be application/json")
         if str(environ.get("HTTP_CONTENT_ENCODING", "")).strip().lower() != "gzip":
@@ -222,10 +259,11 @@ class Registry:
         signature = str(environ.get("HTTP_X_EVO_SIGNATURE", "")).strip()
         if not signature:
             raise HttpError(401, "X-Evo-Signature header missing")
-        body = self._read_body(environ, wire.MAX_COMPRESSED)
-        key = self.store.public_key(vpnid)
-        if key is None:
-            raise HttpError(404, "unknown vpnid")
+        return vpnid, signature
+
+    def check_report(self, environ: Environ, vpnid: str, signature: str, body: bytes,
+                     key: str) -> Pending:
+        """Verify, decompress and validate a report; return it ready to be stored."""
         wire.verify_signature(key, signature, body)
         doc = wire.parse_json(wire.gunzip(body))
         reason = wire.schema_errors(doc)
@@ -241,14 +279,25 @@ class Registry:
             # device is seen, its last known WAN IP and location stay as they were.
             wan_ip = None
         location = self.geo.lookup(wan_ip)
-        result = self.store.ingest(doc, vpnid, wan_ip, location, now=self.clock(),
-                                   path=path_value, limits=self.limits)
-        if result.duplicate:
-            return json_response(200, {"status": "duplicate", "report_id": result.report_id})
-        if result.events:
-            LOG.info("report %s of %s raised %s", result.report_id, vpnid,
-                     ", ".join(result.events))
-        return json_response(201, {"status": "accepted", "report_id": result.report_id})
+        return Pending(doc, vpnid, wan_ip, location, self.clock(), path_value, key, signature,
+                       body)
+
+    def report_response(self, item: Pending, outcome: Outcome) -> Response:
+        """Return the answer to a report from what the writer made of it."""
+        if isinstance(outcome, HttpError):
+            if outcome.status == 401:
+                self._keys.pop(item.vpnid, None)  # re-enrolled under another key meanwhile
+            raise outcome
+        if outcome.duplicate:
+            return json_response(200, {"status": "duplicate", "report_id": outcome.report_id})
+        if outcome.events:
+            LOG.info("report %s of %s raised %s", outcome.report_id, item.vpnid,
+                     ", ".join(outcome.events))
+        return json_response(201, {"status": "accepted", "report_id": outcome.report_id})
+
+    def cached_key(self, vpnid: str) -> str | None:
+        """Return the enrolled key of a VPNID if this process knows it already."""
+        return self._keys.get(vpnid)
 
     # ---- POST /v1/enroll -------------------------------------------------------------------
     def enroll(self, environ: Environ) -> Response:
@@ -256,10 +305,11 @@ class Registry:
         self._authorize(environ, "factory")
         if wire.media_type(environ.get("CONTENT_TYPE")) != "application/json":
             raise HttpError(415, "Content-Type must be application/json")
-        body = self._read_body(environ, wire.MAX_EXPANDED)
+        body = self.read_body(environ, wire.MAX_EXPANDED)
         now = self.clock()
         enrolment, override = enrol.parse(wire.parse_json(body), now)
         changed = self.store.enroll(enrolment, now, override)
+        self._keys.pop(enrolment.vpnid, None)
         vpnid = enrolment.vpnid
         return json_response(201 if changed else 200,
                              {"status": "enrolled" if changed else "unchanged", "vpnid": vpnid,
@@ -335,8 +385,18 @@ class Registry:
         visitor = self.wan_ip(environ)
         rows = (self.store.finder(visitor, self.clock(), self.settings.finder_days)
                 if visitor else [])
+        return self.finder_page(rows)
+
+    def finder_page(self, rows: list[Row]) -> Response:
+        """Return the finder page listing ``rows``."""
         html = pages.finder(rows, self.settings.finder_days)
         return Response(200, html.encode(), "text/html; charset=utf-8", dict(_PAGE_HEADERS))
+
+    def remember_key(self, vpnid: str, key: str) -> None:
+        """Cache an enrolled key read elsewhere (aioserver reads it without a thread)."""
+        if len(self._keys) >= _KEY_CACHE:
+            self._keys.clear()
+        self._keys[vpnid] = key
 
     def openapi(self, environ: Environ) -> Response:
         """Serve the OpenAPI document kept in the package."""

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TextIO
 
 from evo_registry import __version__
-from evo_registry.config import Settings, load, parse_listen
+from evo_registry.config import HTTP_SERVERS, Settings, load, parse_listen
 from evo_registry.db import Database
 from evo_registry.errors import RegistryError
 from evo_registry.store import Store
@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:8432)")
             s.add_argument("--workers", type=int, help="processes sharing the socket")
             s.add_argument("--threads", type=int, help="threads per process")
+            s.add_argument("--http-server", choices=HTTP_SERVERS,
+                           help="asyncio (default: reports never wait for a thread) or waitress")
         if name == "prune":
             s.add_argument("--retention-days", type=int)
         if name == "import":
@@ -58,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     s = load(args.config)
-    for key in ("database", "listen", "workers", "threads"):
+    for key in ("database", "listen", "workers", "threads", "http_server"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(s, key, value)
@@ -118,13 +120,18 @@ def _pruner(settings: Settings, stop: threading.Event) -> None:
 
 
 def _serve_socket(settings: Settings, sock: socket.socket) -> None:
-    import waitress
-
     from evo_registry.app import Registry
 
     app = Registry(settings)
     stop = threading.Event()
     threading.Thread(target=_pruner, args=(settings, stop), daemon=True).start()
+    if settings.http_server == "asyncio":
+        from evo_registry import aioserver
+
+        aioserver.run(app, sock, settings.threads)
+        return
+    import waitress
+
     # 1 MiB: the largest body of any route (enrolment); reports stop at 64 KiB in the app.
     waitress.serve(app, sockets=[sock], threads=settings.threads,
                    max_request_body_size=1024 * 1024 + 1, ident="evo-registry",

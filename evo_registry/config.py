@@ -14,8 +14,9 @@ The file (``/etc/evo-registry/registry.toml`` in production, mode 0640: it holds
     finder_days = 30
     rate_limit_reports = 30                                  # per device and window
     rate_limit_window_s = 3600
-    threads = 8
+    threads = 8                                              # for the routes other than reports
     workers = 1                                              # processes sharing the socket
+    http_server = "asyncio"                                  # or "waitress" (the former server)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Debian 12 has 3.11
     import tomli as tomllib
 
+HTTP_SERVERS = ("asyncio", "waitress")
 DEFAULT_DATABASE = "sqlite:///var/lib/evo-registry/registry.db"
 
 
@@ -54,6 +56,7 @@ class Settings:
     rate_limit_window_s: int = 3600
     threads: int = 8
     workers: int = 1
+    http_server: str = "asyncio"
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """Return the trusted proxies as networks."""
@@ -81,6 +84,8 @@ def _check(path: str, data: dict[str, Any]) -> Settings:
         if (isinstance(default, str) or key == "geo_database") and not isinstance(value, str):
             raise ConfigError(f"{path}: key '{key}': a string is needed")
         setattr(s, key, value)
+    if s.http_server not in HTTP_SERVERS:
+        raise ConfigError(f"{path}: key 'http_server': one of {', '.join(HTTP_SERVERS)}")
     for key, check in (("trusted_proxies", s.networks), ("vpn_networks", s.vpn)):
         try:
             check()

@@ -12,6 +12,7 @@ duplicates are refused by unique constraints, not by a check in memory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sqlite3
@@ -133,27 +134,45 @@ class Cursor(Protocol):
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a statement and return the number of rows it changed."""
 
+    def many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per parameter row (pipelined on PostgreSQL: one round trip)."""
+
+    def queries(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Row]]:
+        """Run several statements, in order, and return the rows of each.
+
+        In a pipelined transaction (PostgreSQL) they travel in one round trip.
+        """
+
 
 class _Tx:
     """A transaction on one connection; SQL is written with ``?`` placeholders."""
 
-    def __init__(self, raw: Any, dialect: str) -> None:
+    def __init__(self, raw: Any, dialect: str, pipeline: Any = None) -> None:
         self._raw = raw
         self._pg = dialect == "postgresql"
+        # In pipeline mode (psycopg) results exist only after a sync: every read syncs first,
+        # which sends what was queued and waits for all of it (one round trip).
+        self._pipeline = pipeline
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> Any:
+        cur = self._raw.execute(self._sql(sql), tuple(params))
+        if self._pipeline is not None:
+            self._pipeline.sync()
+        return cur
 
     def _sql(self, sql: str) -> str:
         return sql.replace("%", "%%").replace("?", "%s") if self._pg else sql
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run a statement and return all its rows."""
-        cur = self._raw.execute(self._sql(sql), tuple(params))
+        cur = self._execute(sql, params)
         if cur.description is None:
             return []
         return list(cur.fetchall())
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         """Run a statement and return its first row or None."""
-        cur = self._raw.execute(self._sql(sql), tuple(params))
+        cur = self._execute(sql, params)
         if cur.description is None:
             return None
         row = cur.fetchone()
@@ -161,8 +180,30 @@ class _Tx:
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a statement and return the number of rows it changed."""
-        cur = self._raw.execute(self._sql(sql), tuple(params))
-        return int(cur.rowcount)
+        return int(self._execute(sql, params).rowcount)
+
+    def queries(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Row]]:
+        """Run several statements, in order, and return the rows of each."""
+        if not self._pg:
+            return [self.query(sql, params) for sql, params in statements]
+        # Send them all, then read: in pipeline mode the first fetch sends the lot at once.
+        cursors = [self._raw.cursor() for _ in statements]
+        for cur, (sql, params) in zip(cursors, statements, strict=True):
+            cur.execute(self._sql(sql), tuple(params))
+        if self._pipeline is not None:
+            self._pipeline.sync()
+        out = [list(cur.fetchall()) if cur.description is not None else [] for cur in cursors]
+        for cur in cursors:
+            cur.close()
+        return out
+
+    def many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per parameter row (pipelined on PostgreSQL: one round trip)."""
+        if self._pg:
+            with self._raw.cursor() as cur:
+                cur.executemany(self._sql(sql), [tuple(p) for p in params])
+        else:
+            self._raw.executemany(sql, [tuple(p) for p in params])
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
@@ -274,15 +315,20 @@ class Database:
         return tx.query(sql, params)
 
     @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[Cursor]:
-        """Run a block in one transaction: committed on success, rolled back on any error."""
+    def transaction(self, write: bool = True, pipeline: bool = False) -> Iterator[Cursor]:
+        """Run a block in one transaction: committed on success, rolled back on any error.
+
+        ``pipeline`` (PostgreSQL): statements are sent without waiting for each answer, until a
+        result is read; BEGIN travels with the first statements and COMMIT with the last.
+        """
         conn = self._conn()
         if self.dialect == "postgresql":
             import psycopg
 
             try:
-                with conn.transaction():
-                    yield _Tx(conn, self.dialect)
+                with conn.pipeline() if pipeline else contextlib.nullcontext() as pipe, \
+                        conn.transaction():
+                    yield _Tx(conn, self.dialect, pipe)
             except psycopg.OperationalError:
                 # A broken connection (server restart): drop it so the next request reconnects.
                 if conn.closed or conn.broken:

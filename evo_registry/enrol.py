@@ -60,8 +60,9 @@ def parse(doc: Any, now: datetime) -> tuple[Enrolment, bool]:
         raise HttpError(400, "psu_variant: like \"230V\", \"120V\", \"100V\" or \"100-240V\"")
     made = _parse_rfc3339(doc["manufactured_at"]) if "manufactured_at" in doc else now
     model = doc.get("model")
-    if model is not None and not (isinstance(model, str) and 0 < len(model) <= 64):
-        raise HttpError(400, "model: a string of at most 64 characters")
+    if model is not None and not (isinstance(model, str) and 0 < len(model) <= 64
+                                  and "\x00" not in model):
+        raise HttpError(400, "model: a string of at most 64 characters, without NUL")
     override = doc.get("override", False)
     if not isinstance(override, bool):
         raise HttpError(400, "override: true or false")

@@ -73,16 +73,21 @@ def psu_suits(psu_variant: str, country: str) -> bool | None:
                for v in volts)
 
 
+def no_nul(value: str) -> str:
+    """Return text a PostgreSQL TEXT column takes: NUL (valid JSON, "\\u0000") becomes U+FFFD."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
 def _serial(value: Any) -> str | None:
     if not isinstance(value, str) or is_placeholder(value):
         return None
-    return _SPACES.sub(" ", value).strip().upper() or None
+    return no_nul(_SPACES.sub(" ", value).strip().upper()) or None
 
 
 def _text(value: Any) -> str | None:
     if not isinstance(value, str) or is_placeholder(value):
         return None
-    return _SPACES.sub(" ", value).strip() or None
+    return no_nul(_SPACES.sub(" ", value).strip()) or None
 
 
 def _mac(value: Any) -> str | None:

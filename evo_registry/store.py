@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from evo_registry import rules
+from evo_registry import rules, wire
 from evo_registry.db import Cursor, Database, Row, parse_utc, utc_text
 from evo_registry.errors import HttpError, RateLimited, UnknownDevice
 from evo_registry.geo import Location
@@ -60,12 +60,32 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Pending:
+    """A report whose signature and schema were checked, waiting to be stored."""
+
+    report: Mapping[str, Any]
+    vpnid: str
+    wan_ip: str | None
+    location: Location
+    now: datetime
+    path: str | None
+    # The key the signature was checked with (None: the caller vouches for the report), and
+    # what to check it again with if the device was re-enrolled meanwhile.
+    key: str | None = None
+    signature: str = ""
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
 class Accepted:
     """The outcome of a report: stored (``duplicate`` False) or seen before."""
 
     report_id: str
     duplicate: bool
     events: tuple[str, ...] = ()
+
+
+Outcome = Accepted | HttpError
 
 
 def _json(value: Any) -> str:
@@ -100,14 +120,6 @@ class Store:
         self.db = db
         # The device row, locked for the transaction (the suffix is a constant of the dialect).
         self._lock_device = "SELECT * FROM devices WHERE vpnid = ?" + db.for_update  # noqa: S608
-        # The same, with what a report needs to know in the same round trip: whether its UUID
-        # was stored before (and by whom), and the device's reports in the rate-limit window.
-        self._lock_for_report = (
-            "SELECT d.*, (SELECT r.vpnid FROM reports r WHERE r.report_id = ?) AS dup_vpnid, "  # noqa: S608
-            "(SELECT COUNT(*) FROM reports r WHERE r.vpnid = d.vpnid AND r.received_at > ?) "
-            "AS recent, (SELECT MIN(r.received_at) FROM reports r WHERE r.vpnid = d.vpnid "
-            "AND r.received_at > ?) AS oldest FROM devices d WHERE d.vpnid = ?"
-            + (" FOR UPDATE OF d" if db.for_update else ""))
 
     # ---- enrolment -------------------------------------------------------------------------
     def enroll(self, e: Enrolment, now: datetime, override: bool = False) -> bool:
@@ -147,9 +159,11 @@ class Store:
             self._check_clone(tx, e.vpnid, fp.get("motherboard_serial"), now=stamp, report_id=None)
         return True
 
+    KEY_QUERY = "SELECT public_key FROM devices WHERE vpnid = ?"
+
     def public_key(self, vpnid: str) -> str | None:
         """Return the enrolled public key of a VPNID (base64), or None."""
-        rows = self.db.read("SELECT public_key FROM devices WHERE vpnid = ?", (vpnid,))
+        rows = self.db.read(self.KEY_QUERY, (vpnid,))
         return str(rows[0]["public_key"]) if rows else None
 
     # ---- reports ---------------------------------------------------------------------------
@@ -157,55 +171,161 @@ class Store:
                location: Location, *, now: datetime, path: str | None,
                limits: Limits) -> Accepted:
         """Store a verified report and derive its events; a repeated UUID is a duplicate."""
-        report_id = str(report["report_id"])
-        stamp = utc_text(now)
-        since = utc_text(now - limits.window)
-        with self.db.transaction() as tx:
-            dev = tx.one(self._lock_for_report, (report_id, since, since, vpnid))
-            if dev is None:
-                raise UnknownDevice
-            if dev["dup_vpnid"] is not None:
-                if dev["dup_vpnid"] != vpnid:
-                    raise HttpError(409, "report_id already used by another device")
-                return Accepted(report_id, duplicate=True)
-            if int(dev["recent"]) >= limits.count:
-                oldest = parse_utc(str(dev["oldest"]))
-                raise RateLimited(max(1, int((oldest + limits.window - now).total_seconds()) + 1))
-            inserted = tx.one(
-                "INSERT INTO reports (report_id, vpnid, sequence, report_trigger, collected_at, "
-                "received_at, path, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (report_id) DO NOTHING RETURNING id",
-                (report_id, vpnid, int(report["sequence"]), str(report["trigger"]),
-                 str(report["collected_at"]), stamp, path, _json(report)),
-            )
-            if inserted is None:  # another process stored it between our check and insert
-                return Accepted(report_id, duplicate=True)
-            events = self._derive_events(tx, dev, report, location, now=stamp, report_id=report_id)
-            functional = report.get("functional") or {}
-            fp = rules.fingerprint(report)
-            # Only the latest WAN IP and its location: each report with a known one overwrites
-            # them (an unknown one, from a misconfigured proxy, leaves the last known).
-            wan_sql = (", wan_ip = ?, wan_key = ?, country = ?, city = ?"
-                       if wan_ip is not None else "")
-            wan_params = ((wan_ip, home_key(wan_ip), location.country, location.city)
-                          if wan_ip is not None else ())
-            tx.run(
-                "UPDATE devices SET "  # noqa: S608 - wan_sql is one of two constants
-                "first_seen = COALESCE(first_seen, ?), "
-                "last_seen = CASE WHEN last_seen IS NULL OR last_seen < ? THEN ? "
-                "ELSE last_seen END, "
-                "last_sequence = ?, last_report_id = ?, netbios_name = ?, lan_ip = ?, "
-                "lan_ip_secondary = ?, cur_motherboard_serial = ?" + wan_sql
-                + " WHERE vpnid = ?",
-                (stamp, stamp, stamp, int(report["sequence"]), report_id,
-                 functional.get("netbios_name"), functional.get("lan_ip"),
-                 functional.get("lan_ip_secondary"), fp.get("motherboard_serial"), *wan_params,
-                 vpnid),
-            )
-        return Accepted(report_id, duplicate=False, events=tuple(events))
+        outcome = self.ingest_batch([Pending(report, vpnid, wan_ip, location, now, path)],
+                                    limits)[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def ingest_batch(self, items: Sequence[Pending], limits: Limits) -> list[Outcome]:
+        """Store several verified reports in one transaction; one outcome per item, in order.
+
+        An outcome is ``Accepted`` or the ``HttpError`` of that item alone (unknown device,
+        signature under a key changed meanwhile, UUID of another device, rate limit).  Items are
+        judged in order, as if sent one after the other: a UUID twice in one batch is stored once,
+        and earlier items count towards the rate limit of later ones.  An exception (database
+        down, a bug) means nothing of the batch was stored.
+        """
+        vpnids = sorted({i.vpnid for i in items})
+        marks = ", ".join("?" * len(vpnids))
+        ids = [str(i.report["report_id"]) for i in items]
+        id_marks = ", ".join("?" * len(ids))
+        since = min(i.now for i in items) - limits.window
+        outcomes: list[Outcome | None] = [None] * len(items)
+        # Pipelined on PostgreSQL: BEGIN, the lock and the reads in one round trip, the writes
+        # and COMMIT in another (one more per event raised).
+        with self.db.transaction(pipeline=True) as tx:
+            # Lock the devices' rows, always in the same order (no deadlock between processes
+            # writing overlapping batches).  The reads are a separate statement so that, on
+            # PostgreSQL, they see what another process committed while we waited for a lock.
+            locked, known = tx.queries([
+                ("SELECT vpnid, public_key, sales_region, psu_variant, last_sequence, "  # noqa: S608
+                 "cur_motherboard_serial, " + ", ".join(f"fp_{p}" for p in rules.PARTS)
+                 + f" FROM devices WHERE vpnid IN ({marks}) ORDER BY vpnid" + self.db.for_update,
+                 vpnids),
+                (f"SELECT 'd' AS k, report_id AS a, vpnid AS b FROM reports "  # noqa: S608
+                 f"WHERE report_id IN ({id_marks}) UNION ALL "
+                 f"SELECT 'r' AS k, vpnid AS a, received_at AS b FROM reports "
+                 f"WHERE vpnid IN ({marks}) AND received_at > ?",
+                 (*ids, *vpnids, utc_text(since)))])
+            devs = {str(d["vpnid"]): d for d in locked}
+            seen: dict[str, str] = {}
+            recent: dict[str, list[str]] = {v: [] for v in vpnids}
+            for row in known:
+                if row["k"] == "d":
+                    seen[str(row["a"])] = str(row["b"])
+                else:
+                    recent[str(row["a"])].append(str(row["b"]))
+            todo: list[int] = []
+            for n, item in enumerate(items):
+                outcomes[n] = self._admit(item, devs.get(item.vpnid), seen, recent, limits)
+                if outcomes[n] is None:
+                    seen[ids[n]] = item.vpnid
+                    recent[item.vpnid].append(utc_text(item.now))
+                    todo.append(n)
+            stored: set[str] = set()
+            if todo:
+                rows = [(ids[n], items[n].vpnid, int(items[n].report["sequence"]),
+                         str(items[n].report["trigger"]), str(items[n].report["collected_at"]),
+                         utc_text(items[n].now), items[n].path, _json(items[n].report))
+                        for n in todo]
+                stored = {str(r["report_id"]) for r in tx.query(
+                    "INSERT INTO reports (report_id, vpnid, sequence, report_trigger, "  # noqa: S608
+                    "collected_at, received_at, path, body) VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+                    + " ON CONFLICT (report_id) DO NOTHING RETURNING report_id",
+                    [x for row in rows for x in row])}
+            changes: dict[str, dict[str, Any]] = {}
+            for n in todo:
+                item = items[n]
+                if ids[n] not in stored:
+                    # Another device's report with this UUID, stored by another process between
+                    # our read and our insert: nothing of ours to store.
+                    outcomes[n] = Accepted(ids[n], duplicate=True)
+                    continue
+                dev = devs[item.vpnid]
+                stamp = utc_text(item.now)
+                fp = rules.fingerprint(item.report)  # once: it is most of the writer's time
+                events = self._derive_events(tx, dev, item.report, item.location, now=stamp,
+                                             report_id=ids[n], reported=fp)
+                outcomes[n] = Accepted(ids[n], duplicate=False, events=tuple(events))
+                # The next report of this device in the batch compares with this one.
+                dev["last_sequence"] = int(item.report["sequence"])
+                dev["cur_motherboard_serial"] = fp.get("motherboard_serial")
+                self._fold(changes.setdefault(item.vpnid, {}), item, stamp,
+                           fp.get("motherboard_serial"))
+            self._update_devices(tx, changes)
+        done = [o for o in outcomes if o is not None]
+        if len(done) != len(items):
+            raise AssertionError("an item of the batch got no outcome")
+        return done
+
+    @staticmethod
+    def _admit(item: Pending, dev: Row | None, seen: Mapping[str, str],
+               recent: Mapping[str, list[str]], limits: Limits) -> Outcome | None:
+        """Return why an item is not stored (an error or a duplicate), or None to store it."""
+        if dev is None:
+            return UnknownDevice()
+        if item.key is not None and dev["public_key"] != item.key:
+            # Re-enrolled with another key since the caller checked the signature.
+            try:
+                wire.verify_signature(str(dev["public_key"]), item.signature, item.body)
+            except HttpError as exc:
+                return exc
+        report_id = str(item.report["report_id"])
+        owner = seen.get(report_id)
+        if owner is not None:
+            if owner != item.vpnid:
+                return HttpError(409, "report_id already used by another device")
+            return Accepted(report_id, duplicate=True)
+        since = utc_text(item.now - limits.window)
+        window = [t for t in recent[item.vpnid] if t > since]
+        if len(window) >= limits.count:
+            oldest = parse_utc(min(window))
+            return RateLimited(max(1, int((oldest + limits.window - item.now).total_seconds())
+                                   + 1))
+        return None
+
+    @staticmethod
+    def _fold(change: dict[str, Any], item: Pending, stamp: str, serial: str | None) -> None:
+        """Merge one stored report into what its device row becomes (the last report wins)."""
+        functional = item.report.get("functional") or {}
+        name = functional.get("netbios_name")
+        change["first"] = min(change.get("first", stamp), stamp)
+        change["last"] = max(change.get("last", stamp), stamp)
+        change["values"] = (int(item.report["sequence"]), str(item.report["report_id"]),
+                            rules.no_nul(name) if isinstance(name, str) else name,
+                            functional.get("lan_ip"),
+                            functional.get("lan_ip_secondary"), serial)
+        # Only the latest WAN IP and its location: each report with a known one overwrites
+        # them (an unknown one, from a misconfigured proxy, leaves the last known).
+        if item.wan_ip is not None:
+            change["wan"] = (item.wan_ip, home_key(item.wan_ip), item.location.country,
+                             item.location.city)
+
+    @staticmethod
+    def _update_devices(tx: Cursor, changes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Write the new state of each device that stored reports (one statement per shape)."""
+        sql = ("UPDATE devices SET first_seen = COALESCE(first_seen, ?), "
+               "last_seen = CASE WHEN last_seen IS NULL OR last_seen < ? THEN ? "
+               "ELSE last_seen END, last_sequence = ?, last_report_id = ?, netbios_name = ?, "
+               "lan_ip = ?, lan_ip_secondary = ?, cur_motherboard_serial = ?")
+        with_wan, without = [], []
+        for vpnid, c in sorted(changes.items()):
+            head = (c["first"], c["last"], c["last"], *c["values"])
+            if "wan" in c:
+                with_wan.append((*head, *c["wan"], vpnid))
+            else:
+                without.append((*head, vpnid))
+        if with_wan:
+            tx.many(sql + ", wan_ip = ?, wan_key = ?, country = ?, city = ? WHERE vpnid = ?",
+                    with_wan)
+        if without:
+            tx.many(sql + " WHERE vpnid = ?", without)
 
     def _derive_events(self, tx: Cursor, dev: Row, report: Mapping[str, Any],
-                       location: Location, *, now: str, report_id: str) -> list[str]:
+                       location: Location, *, now: str, report_id: str,
+                       reported: Mapping[str, str | None] | None = None) -> list[str]:
         vpnid = str(dev["vpnid"])
         events: list[str] = []
 
@@ -228,16 +348,19 @@ class Store:
                                   "mains_v": list(rules.mains_voltages()[location.country]),
                                   "psu_variant": dev["psu_variant"]})
 
-        reported = rules.fingerprint(report)
+        if reported is None:
+            reported = rules.fingerprint(report)
         check = rules.compare_fingerprints(_enrolled_fp(dev), reported)
         if check.status in ("changed", "mismatch"):
             kind = FINGERPRINT_MISMATCH if check.status == "mismatch" else FINGERPRINT_CHANGED
             record(kind, {"changed": list(check.changed), "compared": list(check.compared)})
-        # A serial already checked on the previous report needs no new look: a unit enrolled or
-        # reporting later with the same serial raises the event on both at that moment.
+        # A serial already checked needs no new look: the previous report's, or the enrolled
+        # one (checked at enrolment); a unit enrolled or reporting later with the same serial
+        # raises the event on both at that moment.
         serial = reported.get("motherboard_serial")
-        if serial != dev["cur_motherboard_serial"] and self._check_clone(
-                tx, vpnid, serial, now=now, report_id=report_id):
+        checked = (dev["cur_motherboard_serial"], dev["fp_motherboard_serial"])
+        if serial not in checked and self._check_clone(tx, vpnid, serial, now=now,
+                                                       report_id=report_id):
             events.append(CLONE_SUSPECTED)
         return events
 
@@ -261,10 +384,15 @@ class Store:
     # ---- reading ---------------------------------------------------------------------------
     def finder(self, wan_ip: str, now: datetime, days: int = 30, limit: int = 50) -> list[Row]:
         """Return the devices whose latest WAN IP is in the visitor's home, seen within ``days``."""
-        return self.db.read(
-            "SELECT netbios_name, model, last_seen, lan_ip, lan_ip_secondary FROM devices "
-            "WHERE wan_key = ? AND last_seen >= ? ORDER BY last_seen DESC LIMIT ?",
-            (home_key(wan_ip), utc_text(now - timedelta(days=days)), limit))
+        return self.db.read(*self.finder_query(wan_ip, now, days, limit))
+
+    @staticmethod
+    def finder_query(wan_ip: str, now: datetime, days: int = 30,
+                     limit: int = 50) -> tuple[str, tuple[Any, ...]]:
+        """Return the finder's statement and parameters (also run by aioserver without a thread)."""
+        return ("SELECT netbios_name, model, last_seen, lan_ip, lan_ip_secondary FROM devices "
+                "WHERE wan_key = ? AND last_seen >= ? ORDER BY last_seen DESC LIMIT ?",
+                (home_key(wan_ip), utc_text(now - timedelta(days=days)), limit))
 
     def device(self, vpnid: str, history: int = 100) -> tuple[Row, list[Row], list[Row],
                                                                Row | None]:

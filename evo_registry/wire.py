@@ -13,12 +13,15 @@ import functools
 import importlib.resources
 import ipaddress
 import json
+import logging
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from evo_registry.errors import HttpError
+
+LOG = logging.getLogger(__name__)
 
 MAX_COMPRESSED = 64 * 1024
 MAX_EXPANDED = 1024 * 1024
@@ -78,13 +81,28 @@ def validator() -> Any:
                                 format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
+@functools.lru_cache(maxsize=1)
+def quick_check() -> Callable[[Any], bool]:
+    """Return the compiled yes/no check of evo-inventory/1 (jsonschema's own if it cannot be)."""
+    from jsonschema import Draft202012Validator
+
+    from evo_registry.fastschema import Unsupported, compile_schema
+
+    try:
+        return compile_schema(inline_refs(load_schema()), Draft202012Validator.FORMAT_CHECKER)
+    except Unsupported as exc:
+        LOG.warning("schema not compiled (%s): reports are checked by jsonschema alone", exc)
+        is_valid: Callable[[Any], bool] = validator().is_valid
+        return is_valid
+
+
 def schema_errors(doc: Any) -> str | None:
     """Return the reason a document is not evo-inventory/1 (naming the field), or None."""
     from jsonschema.exceptions import best_match
 
-    v = validator()
-    if v.is_valid(doc):  # the common case, without collecting errors
+    if quick_check()(doc):  # the common case: a verdict without collecting errors
         return None
+    v = validator()
     error = best_match(v.iter_errors(doc))
     if error is None:
         return None

@@ -1,6 +1,6 @@
 """Fixtures of the manufacturing tests: the real registry on 127.0.0.1, a station's config.
 
-The registry is evo_registry's WSGI app served by waitress on a free loopback port, over a real
+The registry is evo_registry's app served by its own server on a free loopback port, over a real
 SQLite database in the test's directory (tests/registry/conftest.py's ``Server``).  The agent
 talks to it through its own HTTP client: nothing is mocked.
 """
@@ -60,7 +60,7 @@ def registry(tmp_path: Path) -> Iterator[Server]:
     srv = Server(app)
     yield srv
     srv.close()
-    app.geo.close()
+    app.close()
     db.close()
 
 

@@ -6,17 +6,21 @@
 - The GEO database is a real MaxMind-format file written by ``mmdb_writer``; its networks are
   documentation ranges, which are only data here: no test connects to them.
 - Devices have real Ed25519 keys and send gzip reports signed per docs/protocol.md to the real
-  WSGI app served by waitress on 127.0.0.1 (a free port).
+  registry served by its own asyncio server on 127.0.0.1 (a free port; EVO_REGISTRY_HTTP=waitress
+  for the former waitress server).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import gzip
 import http.client
 import http.server
 import json
+import os
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -30,6 +34,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from evo_registry.aioserver import HttpServer
 from evo_registry.app import Registry
 from evo_registry.config import Settings
 from evo_registry.db import Database
@@ -119,17 +124,33 @@ class Reply:
 
 
 class Server:
-    """The registry served by waitress on 127.0.0.1:<free port>."""
+    """The registry served on 127.0.0.1:<free port> by its own asyncio server (as in production).
 
-    def __init__(self, app: Registry) -> None:
-        from waitress.server import create_server
+    ``EVO_REGISTRY_HTTP=waitress`` runs the same tests against the former waitress server.
+    """
 
+    def __init__(self, app: Registry, kind: str | None = None) -> None:
         self.app = app
-        self._server = create_server(app, host="127.0.0.1", port=0, threads=4,
-                                     clear_untrusted_proxy_headers=False,
-                                     max_request_body_size=2 * 1024 * 1024)
-        self.port = int(self._server.effective_port)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self.kind = kind or os.environ.get("EVO_REGISTRY_HTTP", "asyncio")
+        if self.kind == "waitress":
+            from waitress.server import create_server
+
+            self._server = create_server(app, host="127.0.0.1", port=0, threads=4,
+                                         clear_untrusted_proxy_headers=False,
+                                         max_request_body_size=2 * 1024 * 1024)
+            self.port = int(self._server.effective_port)
+            self._thread = threading.Thread(target=self._server.run, daemon=True)
+        else:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(128)
+            self.port = int(sock.getsockname()[1])
+            self._loop = asyncio.new_event_loop()
+            self._stop = asyncio.Event()
+            http = HttpServer(app, threads=4, idle_s=10)
+            self._thread = threading.Thread(
+                target=self._loop.run_until_complete, args=(http.serve(sock, self._stop),),
+                daemon=True)
         self._thread.start()
 
     def request(self, method: str, path: str, body: bytes | None = None,
@@ -143,6 +164,12 @@ class Server:
             conn.close()
 
     def close(self) -> None:
+        if self.kind != "waitress":
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(15)
+            assert not self._thread.is_alive(), "the server did not stop"
+            self._loop.close()
+            return
         from waitress import wasyncore
 
         # Let running requests finish, then close every socket from inside the server's own
@@ -178,7 +205,7 @@ def server(settings: Settings, clock: Clock) -> Iterator[Server]:
     srv = Server(app)
     yield srv
     srv.close()
-    app.geo.close()
+    app.close()
     db.close()
 
 

@@ -73,12 +73,12 @@ def _post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[i
         conn.close()
 
 
-@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize(("workers", "http"), [(1, "asyncio"), (3, "asyncio"), (2, "waitress")])
 def test_serve_process_takes_reports(tmp_path: Path, db_url: str, geo_db: Path,
-                                     workers: int) -> None:
+                                     workers: int, http: str) -> None:
     cfg = _config(tmp_path, db_url, geo_db)
     with _serving(["serve", "--config", str(cfg), "--listen", "127.0.0.1:0",
-                   "--workers", str(workers)]) as port:
+                   "--workers", str(workers), "--http-server", http]) as port:
         dev = Device("EVO-500001")
         status, body = _post(port, "/v1/enroll", json.dumps(dev.enrolment()).encode(),
                              {"Content-Type": "application/json",
@@ -120,6 +120,9 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["migrate", "--config", str(cfg)]) == 78
     cfg.write_text("threads = 0\n")
     assert main(["migrate", "--config", str(cfg)]) == 78
+    cfg.write_text('http_server = "gunicorn"\n')
+    assert main(["migrate", "--config", str(cfg)]) == 78
+    assert "http_server" in capsys.readouterr().err
 
 
 def test_listen_in_use_is_a_clear_error(tmp_path: Path, geo_db: Path,
