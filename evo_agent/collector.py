@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -89,7 +90,53 @@ def discover() -> dict[str, type[Collector]]:
     return found
 
 
+def plugins_may_exist(path: list[str] | None = None) -> bool:
+    """Return False only when no distribution on ``path`` (sys.path) declares a plugin collector.
+
+    ``importlib.metadata`` costs more than all the built-in collectors together in a QEMU TCG
+    guest (it imports email, zipfile and csv, then reads every distribution's metadata), while
+    the appliance has no plugin.  So the distributions it would find are looked at first, the way
+    it finds them (``*.dist-info`` and ``*.egg-info`` directories of each path entry, and the
+    ``EGG-INFO`` of ``*.egg`` directories): only when an ``entry_points.txt`` names the group, or
+    when something cannot be looked at this way (a zip file on the path, a meta path finder with
+    distributions of its own), does the full scan run.
+    """
+    import sys
+    from importlib.machinery import PathFinder
+
+    if any(hasattr(finder, "find_distributions") and finder is not PathFinder
+           for finder in sys.meta_path):
+        return True
+    group = ENTRY_POINT_GROUP.encode()
+    for entry in sys.path if path is None else path:
+        try:
+            names = os.listdir(entry or ".")
+        except NotADirectoryError:
+            return True  # a zip file: its metadata is inside
+        except OSError:
+            continue
+        for name in names:
+            low = name.lower()
+            if low.endswith((".dist-info", ".egg-info")):
+                meta = os.path.join(entry, name, "entry_points.txt")
+            elif low.endswith(".egg"):
+                if os.path.isfile(os.path.join(entry, name)):
+                    return True
+                meta = os.path.join(entry, name, "EGG-INFO", "entry_points.txt")
+            else:
+                continue
+            try:
+                with open(meta, "rb") as fh:
+                    if group in fh.read():
+                        return True
+            except OSError:
+                continue
+    return False
+
+
 def _entry_point_collectors() -> list[type[Collector]]:
+    if not plugins_may_exist():
+        return []
     from importlib.metadata import entry_points
 
     classes: list[type[Collector]] = []
