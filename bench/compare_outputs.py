@@ -7,10 +7,13 @@ fixture the project has: the appliance capture built by tests/appliance.py (with
 fiber dongle), the trees under tests/data, the corpus' sysfs/procfs trees (node_exporter, procfs,
 ghw), the checkbox udev databases laid out as trees by the tests' own builders (PCI/USB and block
 devices), the alsa-info machines, the lsusb -v captures, every dmidecode text as a capture holding
-only commands/dmidecode.txt, and this machine live; and the CLI's ``inventory --from`` outputs on
-the appliance.  Volatile values (durations, report id, time) are masked.
+only commands/dmidecode.txt, and the CLI's ``inventory --from`` outputs on the appliance; or
+(``live``, run by the python that runs the agent) this machine.  Volatile values (durations, report
+id, time) are masked.
 
     python3 bench/compare_outputs.py dump OUT.json          # in each source tree to compare
+    /usr/bin/python3 bench/compare_outputs.py live OUT.json # this machine only (Debian's python
+                                                            # has psutil and no pytest)
     python3 bench/compare_outputs.py diff OLD.json NEW.json # prints each difference; exit 1 if any
 """
 
@@ -153,11 +156,15 @@ def _cli(argv: list[str]) -> dict[str, Any]:
     return {"status": status, "stdout": text, "stderr": err.getvalue()}
 
 
-def dump(out: Path) -> int:
-    """Write every fixture's outputs to ``out``."""
+def dump(out: Path, *, fixtures: bool = True) -> int:
+    """Write every fixture's outputs (or only this machine's) to ``out``."""
     from evo_agent.hostroot import LiveHost, ReplayHost
 
     results: dict[str, Any] = {}
+    if not fixtures:
+        results["live"] = _run(LiveHost("/"))
+        out.write_text(json.dumps(results, indent=1, sort_keys=True, default=str))
+        return 0
     with tempfile.TemporaryDirectory(prefix="evo-compare-") as tmp:
         for name, root in _fixtures(Path(tmp)):
             results[name] = _run(ReplayHost(root))
@@ -168,7 +175,6 @@ def dump(out: Path) -> int:
                              ["explain", "--json"], ["collectors", "--json"]):
                     results[f"{name} cli {' '.join(argv)}"] = _cli(
                         [*argv, "--from", str(root), "--config", str(config)])
-        results["live"] = _run(LiveHost("/"))
     out.write_text(json.dumps(results, indent=1, sort_keys=True, default=str))
     print(f"{len(results)} fixtures written to {out}")
     return 0
@@ -197,8 +203,8 @@ def diff(old: Path, new: Path) -> int:
 
 
 def main() -> int:
-    if len(sys.argv) == 3 and sys.argv[1] == "dump":
-        return dump(Path(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] in ("dump", "live"):
+        return dump(Path(sys.argv[2]), fixtures=sys.argv[1] == "dump")
     if len(sys.argv) == 4 and sys.argv[1] == "diff":
         return diff(Path(sys.argv[2]), Path(sys.argv[3]))
     print(__doc__, file=sys.stderr)
