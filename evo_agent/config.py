@@ -14,11 +14,11 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evo_agent.errors import ConfigError
+from evo_agent.plain import Plain
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -117,19 +117,25 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Validator | None]]] = {
 }
 
 
-@dataclass
-class Config:
+class Config(Plain):
     """The merged, validated configuration."""
 
-    enabled: bool = True
-    state_dir: Path = Path("/var/lib/evo-agent")
-    collector_timeout: float = 10.0
-    #: collector name -> its options (``enabled`` included).
-    collectors: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: the files read, in order.
-    sources: list[Path] = field(default_factory=list)
-    #: every value, by section then key, for verbs that need the raw sections.
-    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _fields = ("enabled", "state_dir", "collector_timeout", "collectors", "sources", "values")
+
+    def __init__(self, enabled: bool = True,  # noqa: PLR0917 - as the dataclass it replaced
+                 state_dir: Path | None = None, collector_timeout: float = 10.0,
+                 collectors: dict[str, dict[str, Any]] | None = None,
+                 sources: list[Path] | None = None,
+                 values: dict[str, dict[str, Any]] | None = None) -> None:
+        self.enabled = enabled
+        self.state_dir = Path("/var/lib/evo-agent") if state_dir is None else state_dir
+        self.collector_timeout = collector_timeout
+        #: collector name -> its options (``enabled`` included).
+        self.collectors: dict[str, dict[str, Any]] = {} if collectors is None else collectors
+        #: the files read, in order.
+        self.sources: list[Path] = [] if sources is None else sources
+        #: every value, by section then key, for verbs that need the raw sections.
+        self.values: dict[str, dict[str, Any]] = {} if values is None else values
 
 
 def _type_ok(expected: type, value: Any) -> bool:

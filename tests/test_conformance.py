@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evo_agent.collector import Collector, discover, plugins_may_exist
+from evo_agent.collector import Collector, discover, module_names, plugins_may_exist
 from evo_agent.hostroot import ReplayHost
 from tests.conftest import REPO
 
@@ -133,3 +133,24 @@ def test_discovery_without_plugins_does_not_import_importlib_metadata() -> None:
                           text=True, check=True, timeout=60)
     assert proc.stdout.split(" False")[0].strip() == str(sorted(COLLECTORS))
     assert proc.stdout.strip().endswith(" False")
+
+
+def test_module_names_are_those_pkgutil_gives(tmp_path: Path) -> None:
+    import pkgutil
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    for d in (one / "pkg", one / "__pycache__", one / "nopkg", one / "dotted.dir", two):
+        d.mkdir(parents=True)
+    for f in ("a.py", "b.pyc", "c.cpython-311-x86_64-linux-gnu.so", "d.abi3.so", "pkg.py",
+              "pkg/__init__.py", "__init__.py", "notes.txt", "nopkg/x.py", "e.f.py",
+              "__pycache__/a.cpython-311.pyc"):
+        (one / f).write_text("")
+    (two / "a.py").write_text("")
+    (two / "z.py").write_text("")
+    paths = [str(one), str(tmp_path / "missing"), str(two)]
+    expected = [m.name for m in pkgutil.iter_modules(paths)]
+    assert module_names(paths) == expected
+    assert expected == ["a", "b", "c", "d", "pkg", "z"]
+    for package in ("collectors", "evo_agent", "tests"):
+        path = [str(REPO / package)]
+        assert module_names(path) == [m.name for m in pkgutil.iter_modules(path)]
