@@ -27,17 +27,21 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 import stat
-import subprocess
-import tarfile
-import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evo_agent.errors import CaptureError, CommandFailed, CommandUnavailable
+
+if TYPE_CHECKING:
+    import tempfile
+
+# subprocess, tarfile, tempfile and shutil are imported where they are used: on the appliance
+# (a QEMU TCG guest in the tests) every module imported costs, and a replay runs no command,
+# an inventory packs no archive.
 
 #: Largest file a collector may read; sysfs and procfs files are far smaller, and a bound keeps
 #: a corrupt capture or a device node from eating the appliance's memory.
@@ -45,6 +49,27 @@ MAX_READ = 4 * 1024 * 1024
 #: Commands are searched here: the daemon runs with a minimal PATH, and dmidecode lives in sbin.
 COMMAND_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MAX_SYMLINKS = 40
+
+
+def which(command: str, path: str = COMMAND_PATH) -> str | None:
+    """Return the executable a command name stands for, as shutil.which does (without shutil,
+    which imports the zlib, bz2 and lzma modules)."""
+
+    def runnable(candidate: str) -> bool:
+        return (os.path.exists(candidate) and os.access(candidate, os.F_OK | os.X_OK)
+                and not os.path.isdir(candidate))
+
+    if os.path.dirname(command):
+        return command if runnable(command) else None
+    seen = set()
+    for directory in path.split(os.pathsep):
+        if directory in seen:
+            continue
+        seen.add(directory)
+        candidate = os.path.join(directory, command)
+        if runnable(candidate):
+            return candidate
+    return None
 
 
 def command_name(argv: Sequence[str]) -> str:
@@ -261,9 +286,11 @@ class LiveHost(_TreeHost):
     def run(self, argv: Sequence[str], timeout: float) -> bytes:
         if not self.allow_commands:
             raise CommandUnavailable(f"{argv[0]}: commands are not run against root {self.root}")
-        exe = shutil.which(argv[0], path=COMMAND_PATH)
+        exe = which(argv[0])
         if exe is None:
             raise CommandUnavailable(f"{argv[0]}: not installed")
+        import subprocess
+
         try:
             proc = subprocess.run(
                 [exe, *argv[1:]],
@@ -444,6 +471,8 @@ class RecordingHost(Host):
 # -- capture archives ------------------------------------------------------------------------
 def pack_capture(capture_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
     """Pack a capture directory as a .tar.gz readable only by its owner (it holds raw values)."""
+    import tarfile
+
     out = Path(output)
     tmp = out.with_name(f".{out.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -476,6 +505,9 @@ def unpack_capture(archive: str | os.PathLike[str], dest: str | os.PathLike[str]
     absolute names and ``..`` are refused, and no member is written through a link, because a
     capture may come from anywhere (a technician's laptop, an e-mail).
     """
+    import shutil
+    import tarfile
+
     root = Path(dest)
     try:
         tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the with below
@@ -527,6 +559,8 @@ class CaptureSource:
             return ReplayHost(self.path)
         if not self.path.exists():
             raise CaptureError(f"{self.path}: no such capture (give a directory or a .tar.gz)")
+        import tempfile
+
         self._tmp = tempfile.TemporaryDirectory(prefix="evo-capture-")
         try:
             unpack_capture(self.path, self._tmp.name)

@@ -9,10 +9,10 @@ report is then built by the privacy filter alone (``evo_agent.policy``).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -176,6 +176,19 @@ def rfc3339(now: datetime) -> str:
     return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def uuid4() -> str:
+    """Return a random (version 4) UUID as text, as str(uuid.uuid4()) does.
+
+    The uuid module imports platform, whose import costs more than this whole function in a
+    QEMU TCG guest.
+    """
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4 (RFC 4122 4.4)
+    b[8] = (b[8] & 0x3F) | 0x80  # variant RFC 4122
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def build_report(
     inventory: Inventory,
     policy: Policy,
@@ -192,7 +205,7 @@ def build_report(
     report: dict[str, Any] = {
         "schema": SCHEMA_ID,
         "policy_version": policy.version,
-        "report_id": report_id or str(uuid.uuid4()),
+        "report_id": report_id or uuid4(),
         "sequence": sequence,
         "trigger": trigger,
         "collected_at": rfc3339(clock()),

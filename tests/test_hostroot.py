@@ -250,3 +250,18 @@ def test_replayed_commands_stay_inside_the_capture(tmp_path: Path) -> None:
         host.run(["dmidecode"], 5)  # the link resolves inside the capture, where nothing is
     with pytest.raises(CommandFailed, match="unreadable"):
         host.run(["lsusb"], 5)
+
+
+def test_which_finds_what_shutil_which_finds(tmp_path: Path) -> None:
+    import shutil
+
+    from evo_agent.hostroot import COMMAND_PATH, which
+
+    (tmp_path / "tool").write_text("#!/bin/sh\n")
+    (tmp_path / "tool").chmod(0o755)
+    (tmp_path / "plain").write_text("")
+    (tmp_path / "adir").mkdir()
+    path = f"{tmp_path}:{COMMAND_PATH}:{tmp_path}"
+    for command in ("sh", "ls", "dmidecode", "no-such-tool", "tool", "plain", "adir",
+                    str(tmp_path / "tool"), str(tmp_path / "plain"), "/bin/sh", "./tool"):
+        assert which(command, path) == shutil.which(command, path=path), command
