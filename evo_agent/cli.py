@@ -163,8 +163,8 @@ def _run_inventory(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _dump(doc: Any, out: TextIO) -> None:
-    json.dump(doc, out, indent=2, ensure_ascii=False)
-    out.write("\n")
+    # one write: json.dump() writes each token, a system call each on an unbuffered stream
+    out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
 # -- verbs -----------------------------------------------------------------------------------------

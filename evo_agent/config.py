@@ -12,18 +12,13 @@ on an unattended appliance), and every error names the file, the key and what is
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from evo_agent import toml
 from evo_agent.errors import ConfigError
 from evo_agent.plain import Plain
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 (tomli is a dependency there only)
-    import tomli as tomllib
 
 DEFAULT_FILE = Path("/etc/evo-agent/agent.toml")
 DEFAULT_DROPIN_DIR = Path("/etc/evo-agent/agent.d")
@@ -172,14 +167,15 @@ def _check(path: Path | None, key: str, spec: Spec, value: Any) -> Any:
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
-            data: dict[str, Any] = tomllib.load(fh)
-            return data
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+            text = fh.read().decode()
     except UnicodeDecodeError:
         raise ConfigError(path, None, "not valid UTF-8") from None
     except OSError as exc:
         raise ConfigError(path, None, f"cannot be read: {exc.strerror}") from None
+    try:
+        return toml.loads(text)  # the file as shipped (all commented out) without tomllib
+    except ValueError as exc:  # tomllib.TOMLDecodeError
+        raise ConfigError(path, None, f"not valid TOML: {exc}") from None
 
 
 def config_files(

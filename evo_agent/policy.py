@@ -14,19 +14,14 @@ import ipaddress
 import logging
 import os
 import re
-import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from evo_agent import toml
 from evo_agent.errors import PolicyError
 from evo_agent.plain import FrozenPlain, Plain
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 LOG = logging.getLogger(__name__)
 
@@ -309,11 +304,17 @@ def data_text(name: str) -> str:
 
 def load_policy(text: str | None = None) -> Policy:
     """Parse the policy file shipped with the agent (or ``text``, for tests)."""
+    cache = None
     if text is None:
         text = data_text("policy.toml")
+        try:
+            # tomllib's result for the shipped text, used only if made from this very text
+            cache = data_text("policy.json")
+        except PolicyError:
+            cache = None
     try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        doc = toml.loads_cached(text, cache)
+    except ValueError as exc:  # tomllib.TOMLDecodeError
         raise PolicyError(f"policy.toml: not valid TOML: {exc}") from None
     try:
         sections = doc["sections"]
