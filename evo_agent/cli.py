@@ -23,9 +23,39 @@ LOG = logging.getLogger("evo_agent")
 NEVER_SENT = "RAW DATA: collected on this device, never sent. Only 'evo-agent inventory' leaves."
 
 
+def terminal_columns() -> int:
+    """Return shutil.get_terminal_size().columns, without importing shutil (which imports the
+    zlib, bz2 and lzma modules: dear on the appliance, for a number)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    try:
+        lines = int(os.environ["LINES"])
+    except (KeyError, ValueError):
+        lines = 0
+    if columns <= 0 or lines <= 0:  # as shutil: the terminal is asked unless both are set
+        try:
+            size = os.get_terminal_size(sys.__stdout__.fileno())  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            size = os.terminal_size((80, 24))
+        if columns <= 0:
+            columns = size.columns or 80
+    return columns
+
+
 class _Parser(argparse.ArgumentParser):
+    #: the help width of this command line (argparse's default: the terminal's columns - 2),
+    #: found once by _parser(): argparse makes a formatter for every argument it adds
+    width: int | None = None
+
     def error(self, message: str) -> Any:  # argparse exits with 2; we raise for one exit table
         raise UsageError(f"{self.prog}: {message}")
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        if _Parser.width is None:
+            _Parser.width = terminal_columns() - 2
+        return argparse.HelpFormatter(prog=self.prog, width=_Parser.width)
 
 
 #: The verbs of this module; the others come from cli_delivery and cli_manufacture.
@@ -53,6 +83,7 @@ def _verb_of(argv: Sequence[str]) -> str | None:
 
 
 def _parser(verb: str | None = None) -> argparse.ArgumentParser:
+    _Parser.width = None  # the terminal may have changed since the last command line
     common = _Parser(add_help=False)
     common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="read this file instead of /etc/evo-agent/agent.toml and agent.d/")
