@@ -31,17 +31,17 @@ import stat
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evo_agent.errors import CaptureError, CommandFailed, CommandUnavailable
 
 if TYPE_CHECKING:
     import tempfile
+    from pathlib import Path
 
-# subprocess, tarfile, tempfile and shutil are imported where they are used: on the appliance
-# (a QEMU TCG guest in the tests) every module imported costs, and a replay runs no command,
-# an inventory packs no archive.
+# subprocess, tarfile, tempfile, shutil and pathlib are imported where they are used: on the
+# appliance (a QEMU TCG guest in the tests) every module imported costs, and a replay runs no
+# command, an inventory packs no archive.
 
 #: Largest file a collector may read; sysfs and procfs files are far smaller, and a bound keeps
 #: a corrupt capture or a device node from eating the appliance's memory.
@@ -197,8 +197,21 @@ class _TreeHost(Host):
     """A host whose files live under a directory of this machine."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-        self._root = os.fspath(self.root)
+        raw = os.fspath(root)
+        if raw == "/" or (raw and "//" not in raw and "/./" not in raw and raw != "."
+                          and not raw.endswith(("/", "/.")) and not raw.startswith("./")):
+            self._root = raw  # already as pathlib spells it
+        else:
+            from pathlib import Path
+
+            self._root = os.fspath(Path(raw))
+
+    @property
+    def root(self) -> Path:
+        """The directory the host's "/" is."""
+        from pathlib import Path
+
+        return Path(self._root)
 
     def _local(self, parts: Sequence[str]) -> str:
         # plain string joins: pathlib per component was the main cost of a 559-device PCI scan
@@ -399,6 +412,8 @@ class RecordingHost(Host):
 
     def __init__(self, inner: LiveHost, capture_dir: str | os.PathLike[str]) -> None:
         self.inner = inner
+        from pathlib import Path
+
         self.out = Path(capture_dir)
         self._lock = threading.Lock()
         self._closed = False
@@ -526,6 +541,7 @@ class RecordingHost(Host):
 def pack_capture(capture_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
     """Pack a capture directory as a .tar.gz readable only by its owner (it holds raw values)."""
     import tarfile
+    from pathlib import Path
 
     out = Path(output)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -561,6 +577,7 @@ def unpack_capture(archive: str | os.PathLike[str], dest: str | os.PathLike[str]
     """
     import shutil
     import tarfile
+    from pathlib import Path
 
     root = Path(dest)
     try:
@@ -605,6 +622,8 @@ class CaptureSource:
     """Opens ``--from`` (a directory or a .tar.gz) as a ReplayHost; use as a context manager."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        from pathlib import Path
+
         self.path = Path(path)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 

@@ -88,3 +88,17 @@ def test_inventory_modules_do_not_import_tomllib() -> None:
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout.split()
     assert out[0] == "False"
+
+
+def test_inventory_imports_none_of_the_heavy_modules() -> None:
+    # modules the interpreter had before (site may import some of them) do not count
+    code = (f"import sys; before = set(sys.modules); sys.path.insert(0, {str(REPO)!r}); "
+            "from evo_agent.cli import main; "
+            "import io, contextlib; out = io.StringIO(); "
+            "contextlib.redirect_stdout(out).__enter__(); main(['inventory', '--json']); "
+            "sys.stderr.write(' '.join(m for m in ('pathlib', 'tomllib', 'dataclasses', "
+            "'importlib.metadata', 'psutil', 'inspect', 'shutil', 'uuid', 'tarfile', "
+            "'tempfile', 'jsonschema', 'pyroute2', 'requests') if m in set(sys.modules) - before))")
+    proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120)
+    assert proc.stderr.strip() == ""
