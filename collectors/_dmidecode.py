@@ -27,9 +27,12 @@ are nulled later by the privacy filter, not here.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from evo_agent.plain import Plain
+
+TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 # re.ASCII everywhere: "\d" would also match digits of other scripts, which are no SMBIOS number.
 _HANDLE = re.compile(

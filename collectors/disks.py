@@ -16,12 +16,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any
 
 from collectors._udevdb import block_properties, decode_escapes
 from evo_agent.collector import Collector, Raw
 from evo_agent.hostroot import Host
 from evo_agent.plain import FrozenPlain
+
+TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 LOG = logging.getLogger(__name__)
 

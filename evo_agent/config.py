@@ -14,14 +14,18 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
 
 from evo_agent import toml
 from evo_agent.errors import ConfigError
 from evo_agent.plain import Plain
 
+TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
+
+    Validator = Callable[[Any], str | None]
+    Spec = tuple[type, Any, Validator | None]
 
 # pathlib is imported only when a Path is asked for (Config.state_dir, Config.sources, --config,
 # these constants): its import alone cost 14.5M instructions, 6% of ``evo-agent inventory``,
@@ -39,7 +43,6 @@ def __getattr__(name: str) -> Any:
         return Path(_DEFAULT_FILE if name == "DEFAULT_FILE" else _DEFAULT_DROPIN_DIR)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-Validator = Callable[[Any], str | None]
 
 
 def _positive(value: Any) -> str | None:
@@ -182,9 +185,6 @@ def _type_ok(expected: type, value: Any) -> bool:
 _TYPE_NAMES = {
     bool: "true or false", str: "a string", float: "a number", int: "an integer", list: "a list",
 }
-
-
-Spec = tuple[type, Any, Validator | None]
 
 
 def _check(path: str | Path | None, key: str, spec: Spec, value: Any) -> Any:

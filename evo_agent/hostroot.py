@@ -31,10 +31,10 @@ import stat
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
 
 from evo_agent.errors import CaptureError, CommandFailed, CommandUnavailable
 
+TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
 if TYPE_CHECKING:
     import tempfile
     from pathlib import Path

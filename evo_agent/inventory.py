@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import Any
 
 from evo_agent import __version__
 from evo_agent.collector import Collector, Raw
@@ -24,6 +23,10 @@ from evo_agent.errors import EvoError
 from evo_agent.hostroot import Host
 from evo_agent.plain import Plain
 from evo_agent.policy import Policy, apply
+
+TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 LOG = logging.getLogger(__name__)
 

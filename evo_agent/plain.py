@@ -6,11 +6,19 @@ import and about 2.6M per class; the ten classes on the path of ``evo-agent inve
 than all the collectors' reading of sysfs, and a QEMU TCG guest runs about 160M instructions a
 second.  So those classes spell their ``__init__`` out and inherit the rest from here: a repr and an
 equality over ``_fields``, as a dataclass has (and, frozen, a hash and no assignment).
+
+Likewise, the modules on that path import ``typing`` only for the type checker
+(``TYPE_CHECKING = False`` then ``if TYPE_CHECKING: from typing import ...``, which mypy reads as
+true): with ``from __future__ import annotations`` nothing of it is needed at run time, and its
+import cost 9.5M instructions.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
+
 
 
 class Plain:

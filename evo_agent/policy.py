@@ -17,11 +17,14 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from evo_agent import toml
 from evo_agent.errors import PolicyError
 from evo_agent.plain import FrozenPlain, Plain
+
+TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 LOG = logging.getLogger(__name__)
 
