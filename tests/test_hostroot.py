@@ -315,3 +315,21 @@ def test_live_root_answers_as_the_component_walk(tmp_path: Path) -> None:
         assert answer(fast.listdir, path) == answer(walk.listdir, path), path
         checked += 1
     assert checked > 30
+
+
+def test_a_link_after_files_under_the_same_name_is_still_refused(tmp_path: Path) -> None:
+    # directories are checked once each: a link member must not sneak in after them
+    (tmp_path / "victim").mkdir()
+    link = tarfile.TarInfo("sys/a")
+    link.type = tarfile.SYMTYPE
+    link.linkname = str(tmp_path / "victim")
+    deep = tarfile.TarInfo("sys/b/c/d/e")
+    archive = _tar_with(tmp_path, (tarfile.TarInfo("sys/b/c/one"), b"1"), (deep, b"2"),
+                        (link, None), (tarfile.TarInfo("sys/a/pwned"), b"x"))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(CaptureError, match="goes through a link"):
+        unpack_capture(archive, dest)
+    assert not (tmp_path / "victim" / "pwned").exists()
+    assert (dest / "sys/b/c/one").read_bytes() == b"1"
+    assert (dest / "sys/b/c/d/e").read_bytes() == b"2"
