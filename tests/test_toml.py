@@ -98,7 +98,8 @@ def test_inventory_imports_none_of_the_heavy_modules() -> None:
             "contextlib.redirect_stdout(out).__enter__(); main(['inventory', '--json']); "
             "sys.stderr.write(' '.join(m for m in ('pathlib', 'tomllib', 'dataclasses', "
             "'importlib.metadata', 'psutil', 'inspect', 'shutil', 'uuid', 'tarfile', "
-            "'tempfile', 'typing', 'jsonschema', 'pyroute2', 'requests') if m in set(sys.modules) - before))")
+            "'tempfile', 'typing', 'jsonschema', 'pyroute2', 'requests') "
+            "if m in set(sys.modules) - before))")
     proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                           check=True, timeout=120)
     assert proc.stderr.strip() == ""
