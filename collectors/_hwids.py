@@ -32,6 +32,8 @@ USB_IDS_PATHS = ("/usr/share/misc/usb.ids", "/usr/share/hwdata/usb.ids",
 #: Bound on the size read; pci.ids grows by about 50 kB a year.
 MAX_IDS_FILE = 16 * 1024 * 1024
 _HEX = re.compile(r"^(?:0x)?([0-9a-fA-F]+)$")
+#: A line break followed by a line that is neither a device line (tab) nor a comment.
+_BLOCK_END = re.compile(rb"\n(?![\t#])")
 
 
 def hex_id(value: str | None, width: int = 4) -> str | None:
@@ -100,14 +102,11 @@ class IdsFile:
                     line_end = len(data)
                 name = _name(data[pos + 7:line_end])
                 # The block is the run of lines that start with a tab or '#' (comments
-                # appear inside blocks); it ends at the next line that starts otherwise.
-                block_end = line_end
-                while block_end < self._vendor_end:
-                    nxt = data[block_end + 1:block_end + 2]
-                    if nxt not in (b"\t", b"#"):
-                        break
-                    following = data.find(b"\n", block_end + 1)
-                    block_end = following if following >= 0 else len(data)
+                # appear inside blocks); it ends at the next line that starts otherwise, or
+                # where the vendor list ends.  One regex search, not a step per line: Intel's
+                # block in pci.ids is 8,000 lines.
+                m = _BLOCK_END.search(data, line_end)
+                block_end = min(m.start() if m else len(data), max(line_end, self._vendor_end))
                 found = (name, line_end, block_end)
         self._vendors[vid] = found
         return found

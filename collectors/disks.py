@@ -16,12 +16,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
-from typing import Any
 
 from collectors._udevdb import block_properties, decode_escapes
 from evo_agent.collector import Collector, Raw
 from evo_agent.hostroot import Host
+from evo_agent.plain import FrozenPlain
+
+TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 LOG = logging.getLogger(__name__)
 
@@ -49,10 +52,11 @@ _DISC_FORMAT = re.compile(r"ID_CDROM_(?:CD|CD_R|CD_RW|DVD(?:_[A-Z_]+)?|BD(?:_[A-
                           r"|HDDVD(?:_[A-Z_]+)?)")
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(FrozenPlain):
     """One line of /proc/self/mountinfo (proc(5))."""
 
+    _fields = ("mount_id", "parent_id", "major", "minor", "root", "mountpoint", "fstype",
+               "source", "super_options")
     mount_id: int
     parent_id: int
     major: int
@@ -62,6 +66,13 @@ class Mount:
     fstype: str
     source: str
     super_options: str
+
+    def __init__(self, mount_id: int, parent_id: int, major: int,  # noqa: PLR0917
+                 minor: int, root: str, mountpoint: str, fstype: str, source: str,
+                 super_options: str) -> None:
+        self._set(mount_id=mount_id, parent_id=parent_id, major=major, minor=minor, root=root,
+                  mountpoint=mountpoint, fstype=fstype, source=source,
+                  super_options=super_options)
 
 
 def _unescape_octal(value: str) -> str:

@@ -11,25 +11,82 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
-from typing import Any, TextIO
 
 from evo_agent import __version__
 from evo_agent.errors import EXIT_CODES, EvoError, OutputError, UsageError
+
+TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 LOG = logging.getLogger("evo_agent")
 
 NEVER_SENT = "RAW DATA: collected on this device, never sent. Only 'evo-agent inventory' leaves."
 
 
+def terminal_columns() -> int:
+    """Return shutil.get_terminal_size().columns, without importing shutil (which imports the
+    zlib, bz2 and lzma modules: dear on the appliance, for a number)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    try:
+        lines = int(os.environ["LINES"])
+    except (KeyError, ValueError):
+        lines = 0
+    if columns <= 0 or lines <= 0:  # as shutil: the terminal is asked unless both are set
+        try:
+            size = os.get_terminal_size(sys.__stdout__.fileno())  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            size = os.terminal_size((80, 24))
+        if columns <= 0:
+            columns = size.columns or 80
+    return columns
+
+
 class _Parser(argparse.ArgumentParser):
+    #: the help width of this command line (argparse's default: the terminal's columns - 2),
+    #: found once by _parser(): argparse makes a formatter for every argument it adds
+    width: int | None = None
+
     def error(self, message: str) -> Any:  # argparse exits with 2; we raise for one exit table
         raise UsageError(f"{self.prog}: {message}")
 
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        if _Parser.width is None:
+            _Parser.width = terminal_columns() - 2
+        return argparse.HelpFormatter(prog=self.prog, width=_Parser.width)
 
-def _parser() -> argparse.ArgumentParser:
+
+#: The verbs of this module; the others come from cli_delivery and cli_manufacture.
+INVENTORY_VERBS = ("inventory", "explain", "capture", "collectors")
+
+
+def _verb_of(argv: Sequence[str]) -> str | None:
+    """Return the verb of a command line when it plainly is one of INVENTORY_VERBS, else None.
+
+    Plainly: only --config FILE and -v come before it.  Then the parser is built for that verb
+    alone: building every verb's parser (and importing the delivery and manufacturing verbs'
+    modules for it) cost a tenth of ``evo-agent inventory --json`` in a QEMU TCG guest.  Any
+    other command line (help, --version, an abbreviated option, a typo) gets the whole parser,
+    so its messages list every verb as before.
+    """
+    args = iter(argv)
+    for arg in args:
+        if arg == "--config":
+            next(args, None)
+        elif arg.startswith("--config=") or arg in ("-v", "--verbose"):
+            continue
+        else:
+            return arg if arg in INVENTORY_VERBS else None
+    return None
+
+
+def _parser(verb: str | None = None) -> argparse.ArgumentParser:
+    _Parser.width = None  # the terminal may have changed since the last command line
     common = _Parser(add_help=False)
     common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="read this file instead of /etc/evo-agent/agent.toml and agent.d/")
@@ -45,38 +102,42 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"evo-agent {__version__}")
     sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
 
-    inv = sub.add_parser("inventory", parents=[common, source],
-                         help="print the report exactly as it would be sent")
-    inv.add_argument("--json", action="store_true", help="the JSON document alone on stdout")
-    inv.add_argument("--raw", action="store_true",
-                     help="everything collected before filtering (never sent)")
-    inv.add_argument("--trigger", choices=("boot", "daily", "manual", "manufacturing"),
-                     default="manual", help=argparse.SUPPRESS)
+    if verb in (None, "inventory"):
+        inv = sub.add_parser("inventory", parents=[common, source],
+                             help="print the report exactly as it would be sent")
+        inv.add_argument("--json", action="store_true", help="the JSON document alone on stdout")
+        inv.add_argument("--raw", action="store_true",
+                         help="everything collected before filtering (never sent)")
+        inv.add_argument("--trigger", choices=("boot", "daily", "manual", "manufacturing"),
+                         default="manual", help=argparse.SUPPRESS)
+    if verb in (None, "explain"):
+        exp = sub.add_parser("explain", parents=[common, source],
+                             help="each field with its value, its policy line and its purposes")
+        exp.add_argument("--json", action="store_true", help="as JSON")
+    if verb in (None, "capture"):
+        cap = sub.add_parser("capture", parents=[common],
+                             help="record everything the collectors read into a .tar.gz "
+                                  "(stays here)")
+        cap.add_argument("-o", "--output", required=True, metavar="FILE.tar.gz")
+    if verb in (None, "collectors"):
+        col = sub.add_parser("collectors", parents=[common, source],
+                             help="each collector's status and time")
+        col.add_argument("--json", action="store_true", help="as JSON")
+    if verb is None:
+        from evo_agent.cli_delivery import add_verbs  # daemon, status, send, diff, sent, doctor
 
-    exp = sub.add_parser("explain", parents=[common, source],
-                         help="each field with its value, its policy line and its purposes")
-    exp.add_argument("--json", action="store_true", help="as JSON")
+        add_verbs(sub, common)
+        from evo_agent.cli_manufacture import add_verbs as add_manufacture
 
-    cap = sub.add_parser("capture", parents=[common],
-                         help="record everything the collectors read into a .tar.gz (stays here)")
-    cap.add_argument("-o", "--output", required=True, metavar="FILE.tar.gz")
-
-    col = sub.add_parser("collectors", parents=[common, source],
-                         help="each collector's status and time")
-    col.add_argument("--json", action="store_true", help="as JSON")
-    from evo_agent.cli_delivery import add_verbs  # daemon, status, send, diff, sent, doctor
-
-    add_verbs(sub, common)
-    from evo_agent.cli_manufacture import add_verbs as add_manufacture
-
-    add_manufacture(sub, common)
+        add_manufacture(sub, common)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     try:
-        args = _parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = _parser(_verb_of(argv)).parse_args(argv)
         _setup_logging(getattr(args, "verbose", False))
         if args.verb is None:
             raise UsageError("evo-agent: a verb is needed (inventory, explain, capture, "
@@ -136,8 +197,8 @@ def _run_inventory(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _dump(doc: Any, out: TextIO) -> None:
-    json.dump(doc, out, indent=2, ensure_ascii=False)
-    out.write("\n")
+    # one write: json.dump() writes each token, a system call each on an unbuffered stream
+    out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
 # -- verbs -----------------------------------------------------------------------------------------
@@ -198,6 +259,8 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO) -> int:
     target = os.path.abspath(args.output)
     if not os.path.isdir(os.path.dirname(target)):
         raise OutputError(f"{args.output}: its directory does not exist")
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="evo-capture-") as tmp:
         os.chmod(tmp, 0o700)
         host = RecordingHost(LiveHost("/"), tmp)

@@ -27,17 +27,21 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 import stat
-import subprocess
-import tarfile
-import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 from evo_agent.errors import CaptureError, CommandFailed, CommandUnavailable
+
+TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
+if TYPE_CHECKING:
+    import tempfile
+    from pathlib import Path
+
+# subprocess, tarfile, tempfile, shutil and pathlib are imported where they are used: on the
+# appliance (a QEMU TCG guest in the tests) every module imported costs, and a replay runs no
+# command, an inventory packs no archive.
 
 #: Largest file a collector may read; sysfs and procfs files are far smaller, and a bound keeps
 #: a corrupt capture or a device node from eating the appliance's memory.
@@ -45,6 +49,27 @@ MAX_READ = 4 * 1024 * 1024
 #: Commands are searched here: the daemon runs with a minimal PATH, and dmidecode lives in sbin.
 COMMAND_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MAX_SYMLINKS = 40
+
+
+def which(command: str, path: str = COMMAND_PATH) -> str | None:
+    """Return the executable a command name stands for, as shutil.which does (without shutil,
+    which imports the zlib, bz2 and lzma modules)."""
+
+    def runnable(candidate: str) -> bool:
+        return (os.path.exists(candidate) and os.access(candidate, os.F_OK | os.X_OK)
+                and not os.path.isdir(candidate))
+
+    if os.path.dirname(command):
+        return command if runnable(command) else None
+    seen = set()
+    for directory in path.split(os.pathsep):
+        if directory in seen:
+            continue
+        seen.add(directory)
+        candidate = os.path.join(directory, command)
+        if runnable(candidate):
+            return candidate
+    return None
 
 
 def command_name(argv: Sequence[str]) -> str:
@@ -172,8 +197,21 @@ class _TreeHost(Host):
     """A host whose files live under a directory of this machine."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-        self._root = os.fspath(self.root)
+        raw = os.fspath(root)
+        if raw == "/" or (raw and "//" not in raw and "/./" not in raw and raw != "."
+                          and not raw.endswith(("/", "/.")) and not raw.startswith("./")):
+            self._root = raw  # already as pathlib spells it
+        else:
+            from pathlib import Path
+
+            self._root = os.fspath(Path(raw))
+
+    @property
+    def root(self) -> Path:
+        """The directory the host's "/" is."""
+        from pathlib import Path
+
+        return Path(self._root)
 
     def _local(self, parts: Sequence[str]) -> str:
         # plain string joins: pathlib per component was the main cost of a 559-device PCI scan
@@ -218,10 +256,15 @@ class _TreeHost(Host):
         except OSError:
             return None
 
+    def _opening(self, path: str) -> tuple[str, int]:
+        """Return the local path to open for a host path, and the flags that go with it."""
+        # O_NOFOLLOW: the path is resolved already, inside the root
+        return self._local(self._resolve(path)), getattr(os, "O_NOFOLLOW", 0)
+
     def read_bytes(self, path: str, max_bytes: int = MAX_READ) -> bytes:
-        local = self._local(self._resolve(path))
+        local, flags = self._opening(path)
         # O_NONBLOCK: a FIFO or device node in a hostile capture must not hang the agent.
-        fd = os.open(local, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(local, os.O_RDONLY | os.O_NONBLOCK | flags)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode) and not self._allow_special(path):
                 raise OSError(errno.EINVAL, "not a regular file", path)
@@ -241,7 +284,7 @@ class _TreeHost(Host):
         return False
 
     def listdir(self, path: str) -> list[str]:
-        return sorted(os.listdir(self._local(self._resolve(path))))
+        return sorted(os.listdir(self._opening(path)[0]))
 
 
 class LiveHost(_TreeHost):
@@ -252,18 +295,69 @@ class LiveHost(_TreeHost):
         super().__init__(root)
         # Commands of this machine describe this machine only: never mix them into another root.
         self.allow_commands = (str(root) == "/") if allow_commands is None else allow_commands
+        self._slash = str(root) == "/"
+
+    # On "/" itself, the kernel resolves paths: walking them here one component at a time (as
+    # a root elsewhere needs, to stay inside it) made 1,950 lstat calls and most of the
+    # collectors' Python work in a run.  Only plain absolute paths take that way: the walk
+    # drops ".." before it resolves links, the kernel after.
+    def _kernel_resolves(self, path: str) -> bool:
+        return self._slash and path.startswith("/") and "/." not in path and "//" not in path
+
+    def _opening(self, path: str) -> tuple[str, int]:
+        if self._kernel_resolves(path):
+            return path, 0
+        return super()._opening(path)
+
+    def readlink(self, path: str) -> str | None:
+        if not self._kernel_resolves(path):
+            return super().readlink(path)
+        try:
+            return os.readlink(path.rstrip("/") or "/")
+        except OSError as exc:
+            # a loop above the link: the walk raises it
+            return super().readlink(path) if exc.errno == errno.ELOOP else None
+
+    def kind(self, path: str) -> str | None:
+        if not self._kernel_resolves(path):
+            return super().kind(path)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            # a link loop: realpath() stops at the looping link, which then "exists"
+            return super().kind(path) if exc.errno == errno.ELOOP else None
+        if stat.S_ISDIR(mode):
+            return "dir"
+        return "file" if stat.S_ISREG(mode) else "other"
 
     def realpath(self, path: str) -> str:
-        if str(self.root) == "/":
-            return os.path.realpath(path)
-        return super().realpath(path)
+        if not self._slash:
+            return super().realpath(path)
+        if self._kernel_resolves(path) and hasattr(os, "O_PATH"):
+            # What the kernel opened, by name (O_PATH opens without reading or side effects);
+            # a missing component keeps its unresolved tail, as os.path.realpath does.
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                return os.path.realpath(path)
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                target = ""
+            finally:
+                os.close(fd)
+            if target.startswith("/") and not target.endswith(" (deleted)"):
+                return target
+        return os.path.realpath(path)
 
     def run(self, argv: Sequence[str], timeout: float) -> bytes:
         if not self.allow_commands:
             raise CommandUnavailable(f"{argv[0]}: commands are not run against root {self.root}")
-        exe = shutil.which(argv[0], path=COMMAND_PATH)
+        exe = which(argv[0])
         if exe is None:
             raise CommandUnavailable(f"{argv[0]}: not installed")
+        import subprocess
+
         try:
             proc = subprocess.run(
                 [exe, *argv[1:]],
@@ -318,6 +412,8 @@ class RecordingHost(Host):
 
     def __init__(self, inner: LiveHost, capture_dir: str | os.PathLike[str]) -> None:
         self.inner = inner
+        from pathlib import Path
+
         self.out = Path(capture_dir)
         self._lock = threading.Lock()
         self._closed = False
@@ -444,6 +540,9 @@ class RecordingHost(Host):
 # -- capture archives ------------------------------------------------------------------------
 def pack_capture(capture_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
     """Pack a capture directory as a .tar.gz readable only by its owner (it holds raw values)."""
+    import tarfile
+    from pathlib import Path
+
     out = Path(output)
     tmp = out.with_name(f".{out.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -476,6 +575,10 @@ def unpack_capture(archive: str | os.PathLike[str], dest: str | os.PathLike[str]
     absolute names and ``..`` are refused, and no member is written through a link, because a
     capture may come from anywhere (a technician's laptop, an e-mail).
     """
+    import shutil
+    import tarfile
+    from pathlib import Path
+
     root = Path(dest)
     try:
         tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the with below
@@ -486,16 +589,23 @@ def unpack_capture(archive: str | os.PathLike[str], dest: str | os.PathLike[str]
             members = tar.getmembers()
         except (OSError, tarfile.TarError, EOFError) as exc:
             raise CaptureError(f"{archive}: damaged capture archive ({exc})") from None
+        # directories made (or found real) here: a link can never take their place later, so
+        # each is checked and made once, not once per member below it (1,531 mkdir calls for a
+        # capture of this sandbox)
+        made: set[tuple[str, ...]] = set()
         for member in members:
             parts = [p for p in member.name.split("/") if p not in ("", ".")]
             if not parts or member.name.startswith("/") or ".." in parts:
                 raise CaptureError(f"{archive}: unsafe member name {member.name!r}")
             parent = root
-            for part in parts[:-1]:
+            for depth, part in enumerate(parts[:-1], 1):
                 parent = parent / part
+                if tuple(parts[:depth]) in made:
+                    continue
                 if parent.is_symlink():
                     raise CaptureError(f"{archive}: member {member.name!r} goes through a link")
                 parent.mkdir(exist_ok=True)
+                made.add(tuple(parts[:depth]))
             target = parent / parts[-1]
             if os.path.lexists(target) and not target.is_dir():
                 raise CaptureError(f"{archive}: member {member.name!r} appears twice")
@@ -519,6 +629,8 @@ class CaptureSource:
     """Opens ``--from`` (a directory or a .tar.gz) as a ReplayHost; use as a context manager."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        from pathlib import Path
+
         self.path = Path(path)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -527,6 +639,8 @@ class CaptureSource:
             return ReplayHost(self.path)
         if not self.path.exists():
             raise CaptureError(f"{self.path}: no such capture (give a directory or a .tar.gz)")
+        import tempfile
+
         self._tmp = tempfile.TemporaryDirectory(prefix="evo-capture-")
         try:
             unpack_capture(self.path, self._tmp.name)

@@ -6,6 +6,7 @@ import io
 import os
 import stat
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,85 @@ def test_replayed_commands_stay_inside_the_capture(tmp_path: Path) -> None:
         host.run(["dmidecode"], 5)  # the link resolves inside the capture, where nothing is
     with pytest.raises(CommandFailed, match="unreadable"):
         host.run(["lsusb"], 5)
+
+
+def test_which_finds_what_shutil_which_finds(tmp_path: Path) -> None:
+    import shutil
+
+    from evo_agent.hostroot import COMMAND_PATH, which
+
+    (tmp_path / "tool").write_text("#!/bin/sh\n")
+    (tmp_path / "tool").chmod(0o755)
+    (tmp_path / "plain").write_text("")
+    (tmp_path / "adir").mkdir()
+    path = f"{tmp_path}:{COMMAND_PATH}:{tmp_path}"
+    for command in ("sh", "ls", "dmidecode", "no-such-tool", "tool", "plain", "adir",
+                    str(tmp_path / "tool"), str(tmp_path / "plain"), "/bin/sh", "./tool"):
+        assert which(command, path) == shutil.which(command, path=path), command
+
+
+def _live_paths(tmp: Path) -> list[str]:
+    """Paths of this machine worth resolving: sysfs devices through their links, and oddities."""
+    paths = ["/", "/sys", "/proc/self/mountinfo", "/proc/cpuinfo", "/etc/hostname",
+             "/sys/class/net/no-such-if/address", "/proc/self/fd", "/sys/class/net/lo/.",
+             "/sys/class/net/lo/../lo/address", "//sys//class/net", "/sys/class/net/"]
+    for top in ("/sys/class/net", "/sys/class/sound", "/sys/block", "/sys/bus/pci/devices",
+                "/sys/bus/usb/devices", "/sys/class/dmi/id", "/sys/dev/block"):
+        for name in sorted(os.listdir(top))[:12] if os.path.isdir(top) else []:
+            base = f"{top}/{name}"
+            paths += [base, f"{base}/", f"{base}/uevent", f"{base}/device",
+                      f"{base}/device/driver", f"{base}/subsystem", f"{base}/device/subsystem",
+                      f"{base}/address", f"{base}/dev", f"{base}/no-such-attr/x"]
+    (tmp / "dir").mkdir()
+    (tmp / "dir/file").write_text("x\n")
+    links = {"dangling": "nowhere", "loop1": "loop2", "loop2": "loop1", "todir": "dir",
+             "chain": "todir/file", "abs": str(tmp / "dir"), "up": "../" + tmp.name + "/dir"}
+    for link, target in links.items():
+        (tmp / link).symlink_to(target)
+    for name in [*links, "dir", "dir/file", "dir/file/below", "chain/x", "todir/file",
+                 "todir/../dir/file", "abs/file", "up/file", "loop1/x"]:
+        paths += [f"{tmp}/{name}"]
+    return paths
+
+
+def test_live_root_answers_as_the_component_walk(tmp_path: Path) -> None:
+    # On "/" the kernel resolves paths; every answer must be the one the walk gave
+    from evo_agent.hostroot import LiveHost
+
+    fast = LiveHost("/")
+    walk = LiveHost("/")
+    walk._slash = False  # the component walk inside the root, as before
+
+    def answer(call: Callable[[str], object], path: str) -> object:
+        try:
+            return call(path)
+        except OSError as exc:
+            return type(exc).__name__, exc.errno
+
+    checked = 0
+    for path in _live_paths(tmp_path):
+        assert fast.realpath(path) == os.path.realpath(path), path
+        assert fast.kind(path) == walk.lstat_kind(os.path.realpath(path)), path
+        assert answer(fast.readlink, path) == answer(walk.readlink, path), path
+        assert answer(fast.read_bytes, path) == answer(walk.read_bytes, path), path
+        assert answer(fast.listdir, path) == answer(walk.listdir, path), path
+        checked += 1
+    assert checked > 30
+
+
+def test_a_link_after_files_under_the_same_name_is_still_refused(tmp_path: Path) -> None:
+    # directories are checked once each: a link member must not sneak in after them
+    (tmp_path / "victim").mkdir()
+    link = tarfile.TarInfo("sys/a")
+    link.type = tarfile.SYMTYPE
+    link.linkname = str(tmp_path / "victim")
+    deep = tarfile.TarInfo("sys/b/c/d/e")
+    archive = _tar_with(tmp_path, (tarfile.TarInfo("sys/b/c/one"), b"1"), (deep, b"2"),
+                        (link, None), (tarfile.TarInfo("sys/a/pwned"), b"x"))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(CaptureError, match="goes through a link"):
+        unpack_capture(archive, dest)
+    assert not (tmp_path / "victim" / "pwned").exists()
+    assert (dest / "sys/b/c/one").read_bytes() == b"1"
+    assert (dest / "sys/b/c/d/e").read_bytes() == b"2"

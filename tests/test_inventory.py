@@ -103,3 +103,77 @@ def test_error_codes_are_snake_case_class_names() -> None:
     assert error_code(UnicodeDecodeError("utf-8", b"", 0, 1, "x")) == "unicode_decode_error"
     assert error_code(OSError()) == "os_error"
     assert error_code(TimeoutError()) == "timeout_error"
+
+
+class _Probe(Collector):
+    """Records which thread ran it and how many collectors ran at the same time."""
+
+    description = "records its thread"
+    fields: ClassVar[dict[str, str]] = {"x": "x"}
+    lock = threading.Lock()
+    running = 0
+    most = 0
+    threads: ClassVar[list[str]] = []
+    started: ClassVar[dict[str, float]] = {}
+
+    def collect(self, host: Host) -> Raw:
+        with _Probe.lock:
+            _Probe.running += 1
+            _Probe.most = max(_Probe.most, _Probe.running)
+            _Probe.threads.append(threading.current_thread().name)
+            _Probe.started[self.name] = time.monotonic()
+        time.sleep(0.02)
+        with _Probe.lock:
+            _Probe.running -= 1
+        return {"x": self.name}
+
+
+def _probe(name: str) -> Collector:
+    cls: type[Collector] = type(name.capitalize(), (_Probe,), {"name": name})
+    return cls()
+
+
+def test_collectors_run_one_after_the_other_in_one_worker(tmp_path: Path) -> None:
+    # threads side by side hand the GIL over at every read (thousands of context switches)
+    _Probe.threads.clear()
+    _Probe.most = 0
+    inv = collect([_probe(n) for n in ("alsa", "disks", "dmi", "pci", "usb")],
+                  ReplayHost(tmp_path), deadline=30)
+    assert {o.status for o in inv.outcomes.values()} == {"ok"}
+    assert _Probe.most == 1
+    assert len(_Probe.threads) == 5 and len(set(_Probe.threads)) == 1
+    assert _Probe.threads[0] != threading.main_thread().name
+
+
+def test_a_hung_collector_does_not_hold_up_the_ones_queued_after_it(tmp_path: Path) -> None:
+    class HangsFirst(Hangs):
+        name = "alsa"
+
+    Hangs.release.clear()
+    start = time.monotonic()
+    try:
+        inv = collect([HangsFirst(), _probe("disks"), Raises(), _probe("usb")],
+                      ReplayHost(tmp_path), deadline=2.0)
+    finally:
+        Hangs.release.set()
+    elapsed = time.monotonic() - start
+    status = {name: (o.status, o.error_code) for name, o in inv.outcomes.items()}
+    assert status == {"alsa": ("error", "timeout"), "disks": ("ok", None),
+                      "pci": ("error", "value_error"), "usb": ("ok", None)}
+    assert 2.0 <= elapsed < 4
+    # the others went on after the hand-off time (a quarter of the deadline), in a new worker
+    assert 0.5 <= _Probe.started["disks"] - start < 1.5
+    assert _Probe.started["usb"] - start < 1.5
+
+
+def test_report_ids_are_random_version_4_uuids() -> None:
+    import uuid
+
+    from evo_agent.inventory import uuid4
+
+    ids = [uuid4() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        value = uuid.UUID(text)
+        assert str(value) == text
+        assert value.version == 4 and value.variant == uuid.RFC_4122

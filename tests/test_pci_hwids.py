@@ -11,8 +11,10 @@ way: entries lspci printed as the generic "Device" (unknown to its list) and ven
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -235,3 +237,54 @@ def test_every_entry_of_the_installed_file_is_found() -> None:
     ids = IdsFile(LiveHost("/"), PCI_IDS_PATHS)
     for (vid, did), name in first.items():
         assert (ids.vendor(vid) if did is None else ids.device(vid, did)) == name, (vid, did)
+
+
+def _block_end_line_by_line(data: bytes, line_end: int, vendor_end: int) -> int:
+    """The vendor block's end as the first version found it, one line at a time."""
+    block_end = line_end
+    while block_end < vendor_end:
+        if data[block_end + 1:block_end + 2] not in (b"\t", b"#"):
+            break
+        following = data.find(b"\n", block_end + 1)
+        block_end = following if following >= 0 else len(data)
+    return block_end
+
+
+def _blocks(content: bytes, tmp_path: Path) -> dict[str, tuple[str | None, int, int] | None]:
+    (tmp_path / "ids").write_bytes(content)
+    ids = IdsFile(LiveHost("/"), (str(tmp_path / "ids"),))
+    vids = sorted({m.decode() for m in re.findall(rb"^([0-9a-f]{4})  ", content, re.M)})
+    return {vid: ids._vendor(vid) for vid in vids}
+
+
+@pytest.mark.parametrize("path", ["/usr/share/misc/pci.ids", "/usr/share/misc/usb.ids",
+                                  str(DATA / "pci.ids.excerpt"),
+                                  str(DATA.parent / "usb" / "usb.ids.excerpt")])
+def test_vendor_blocks_end_where_a_line_by_line_scan_ends_them(path: str, tmp_path: Path) -> None:
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} is not here")
+    content = Path(path).read_bytes()
+    data = b"\n" + content
+    vendor_end = data.find(b"\nC ")
+    vendor_end = vendor_end if vendor_end >= 0 else len(data)
+    found = _blocks(content, tmp_path)
+    assert len(found) >= 5
+    for entry in found.values():
+        assert entry is not None
+        _name, line_end, block_end = entry
+        assert block_end == _block_end_line_by_line(data, line_end, vendor_end)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["1234  Vendor", "\t0001  Dev", "\t\t1 2  Sub", "# c", "",
+                                 "C 01  Class", "abcd  Other", "\t", "#"]), max_size=12),
+       st.booleans())
+def test_vendor_blocks_on_generated_files(lines: list[str], newline_at_end: bool) -> None:
+    content = ("\n".join(lines) + ("\n" if newline_at_end else "")).encode()
+    data = b"\n" + content
+    vendor_end = data.find(b"\nC ")
+    vendor_end = vendor_end if vendor_end >= 0 else len(data)
+    with tempfile.TemporaryDirectory() as tmp:
+        for entry in _blocks(content, Path(tmp)).values():
+            if entry is not None:
+                assert entry[2] == _block_end_line_by_line(data, entry[1], vendor_end)
