@@ -296,6 +296,7 @@ class Appliance:
     boot_serial: str = "S4BENS0N912345X"
     rip_model: str = "HL-DT-ST BD-RE BH16NS40"
     rip_serial: str = "KLJB2M91234"
+    rip_drive: bool = True  # False: a unit built without its rip drive (manufacturing FAIL)
     usb_stick_serial: str = "CANARY-USBSTICK-5e61"
     lan_mac: str = "00:1b:21:e4:32:01"    # e1000e, the onboard NIC (an Intel OUI)
     fiber_mac: str = "00:e0:4c:68:43:02"  # usb-net on the xHCI, the fiber dongle (Realtek OUI)
@@ -622,7 +623,8 @@ def qemu_argv(hw: Appliance, image: Image, out_dir: Path,
         # Boot drive and rip drive on the q35's own AHCI controller (00:1f.2).
         "-drive", f"if=none,id=boot,file={image.disk},format=raw,cache=unsafe",
         "-device", f"ide-hd,bus=ide.0,drive=boot,model={hw.boot_model},serial={hw.boot_serial}",
-        "-device", f"ide-cd,bus=ide.1,model={hw.rip_model},serial={hw.rip_serial}",
+        *(["-device", f"ide-cd,bus=ide.1,model={hw.rip_model},serial={hw.rip_serial}"]
+          if hw.rip_drive else []),
         # The onboard NIC.
         "-netdev", "tap,id=lan,ifname=tap-lan,script=no,downscript=no",
         "-device", f"e1000e,netdev=lan,mac={hw.lan_mac},addr=0x02",
@@ -644,6 +646,23 @@ def qemu_argv(hw: Appliance, image: Image, out_dir: Path,
     ]
 
 
+#: A boot that shows no console progress for this long before the system is up has hung.
+#: Measured (TCG, 2 shared cores, 9 boots of the appliance): the longest pause between two console
+#: lines before the login prompt was 7 s of guest time (udev loading drivers), and a whole boot to
+#: the prompt took 30-45 s; the one hang seen (a clean-clone run of .ci/run, session 1) stopped
+#: after "Loading compiled-in X.509 certificates" at 4 s and printed nothing for 600 s.  120 s is
+#: many times the longest real pause, even on a machine several times as loaded.
+STALL_S = 120.0
+#: How often a hung boot is killed and started again before the boot counts as failed.
+BOOT_RETRIES = 2
+#: The system is up (the stall watch ends): the serial getty's prompt, or the test's probe.
+#: After that the guest may rightly be silent for minutes (the probe runs the agent).
+UP = re.compile(r" login: |evo-vm-probe: started|evo-agent-manufacture\b")
+#: A boot that ended in one of these failed for real: it is reported, never retried.
+FATAL = re.compile(r"Kernel panic|You are in emergency mode|Give root password for maintenance"
+                   r"|Gave up waiting for root|\(initramfs\) ")
+
+
 @dataclass
 class Boot:
     """One boot of the appliance: what came back and how long it took."""
@@ -652,51 +671,124 @@ class Boot:
     console: str
     wall_s: float
     returncode: int | None
+    #: Boots killed as hung before this one (each: attempt, seconds, the last console line).
+    hangs: list[dict[str, Any]] = field(default_factory=list)
+    #: Why the boot failed for real (a FATAL match on the console, or the overall timeout).
+    failure: str | None = None
+
+
+def last_line(text: str) -> str:
+    """The console's last non-empty line (for the log of a hang)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1][-200:] if lines else ""
+
+
+def _read_console(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+
+def _run_qemu(argv: list[str], out_dir: Path, deadline: float, stall_s: float,
+              cut_power_when: Callable[[], bool] | None) -> tuple[int | None, str | None,
+                                                                   float | None]:
+    """Run QEMU once; return (status, failure, stalled seconds if it was killed as hung)."""
+    console = out_dir / "console.log"
+    with (out_dir / "qemu.log").open("w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        size, progress, up = -1, time.monotonic(), False
+        while True:
+            try:
+                return proc.wait(0.5), None, None
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if cut_power_when is not None and cut_power_when():
+                LOG.info("power cut: killing QEMU")
+                proc.kill()
+                return proc.wait(), None, None
+            if now > deadline:
+                LOG.error("QEMU still running at the boot's deadline: killing it")
+                proc.kill()
+                proc.wait()
+                return None, "timeout", None
+            new_size = console.stat().st_size if console.exists() else 0
+            if new_size != size:
+                size, progress = new_size, now
+                text = _read_console(console)
+                fatal = FATAL.search(text)
+                if fatal:
+                    # A real failure: give QEMU a moment to finish (panic=-1 reboots, and
+                    # -no-reboot ends it), then stop it; never retried.
+                    LOG.error("boot failed: %r on the console", fatal.group(0))
+                    try:
+                        rc: int | None = proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        rc = proc.wait()
+                    return rc, f"console: {fatal.group(0)}", None
+                up = up or bool(UP.search(text))
+            elif not up and now - progress > stall_s:
+                proc.kill()
+                proc.wait()
+                return None, None, now - progress
 
 
 def boot(hw: Appliance, image: Image, out_dir: Path, ns: str, *, timeout: float = 600,
          cmdline_extra: str = "evo.manufacture=1",
-         cut_power_when: Callable[[], bool] | None = None) -> Boot:
+         cut_power_when: Callable[[], bool] | None = None,
+         stall_s: float = STALL_S, retries: int = BOOT_RETRIES,
+         qemu_extra: Sequence[str] = ()) -> Boot:
     """Boot the image under QEMU in the namespace; wait for the probe's results or the timeout.
 
     The disk image persists between calls: a second call is a reboot of the same unit.
     ``cut_power_when`` is polled while the VM runs; when it returns True, QEMU is killed
     (SIGKILL: the guest gets no chance to flush anything, as when the plug is pulled).
+
+    Hang watch: until the system is up (:data:`UP` on the console), a boot whose console shows
+    nothing new for ``stall_s`` seconds is a hang (seen once under TCG in the kernel's early
+    boot); QEMU is killed (a power cut: the disk is the same) and the boot started again, at most
+    ``retries`` times, each logged and returned in ``Boot.hangs`` (with the hung console kept as
+    console-hang-N.log).  Anything else (QEMU exits, a kernel panic, emergency mode, the overall
+    ``timeout``) is returned as it is: a real failure is never retried.
     """
     results = out_dir / "results.jsonl"
-    for stale in (results, out_dir / "console.log"):
-        if stale.exists():
-            stale.unlink()
-    argv = ["ip", "netns", "exec", ns, *qemu_argv(hw, image, out_dir, cmdline_extra)]
+    argv = ["ip", "netns", "exec", ns,
+            *qemu_argv(hw, image, out_dir, cmdline_extra), *qemu_extra]
     (out_dir / "qemu-argv.json").write_text(json.dumps(argv, indent=1), encoding="utf-8")
-    LOG.info("booting: %s", " ".join(argv))
+    hangs: list[dict[str, Any]] = []
     t0 = time.monotonic()
-    with (out_dir / "qemu.log").open("w") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        rc: int | None = None
-        deadline = time.monotonic() + timeout
-        while rc is None:
-            try:
-                rc = proc.wait(0.2)
-            except subprocess.TimeoutExpired:
-                if cut_power_when is not None and cut_power_when():
-                    LOG.info("power cut: killing QEMU")
-                    proc.kill()
-                    rc = proc.wait()
-                elif time.monotonic() > deadline:
-                    LOG.error("QEMU still running after %s s: killing it", timeout)
-                    proc.kill()
-                    proc.wait()
-                    break
+    deadline = t0 + timeout + retries * stall_s
+    while True:
+        for stale in (results, out_dir / "console.log"):
+            if stale.exists():
+                stale.unlink()
+        LOG.info("booting (attempt %s): %s", len(hangs) + 1, " ".join(argv))
+        started = time.monotonic()
+        rc, failure, stalled = _run_qemu(argv, out_dir, min(deadline, started + timeout),
+                                         stall_s, cut_power_when)
+        console = _read_console(out_dir / "console.log")
+        if stalled is None:
+            break
+        hang = {"attempt": len(hangs) + 1, "after_s": round(time.monotonic() - started, 1),
+                "silent_s": round(stalled, 1), "last_line": last_line(console)}
+        hangs.append(hang)
+        (out_dir / f"console-hang-{len(hangs)}.log").write_text(console, encoding="utf-8")
+        with (out_dir / "hangs.jsonl").open("a") as fh:
+            fh.write(json.dumps(hang) + "\n")
+        if len(hangs) > retries:
+            LOG.error("boot hung %s times (no console output for %.0f s before the system was "
+                      "up; last line %r): giving up", len(hangs), stalled, hang["last_line"])
+            failure = f"hung {len(hangs)} times"
+            break
+        LOG.warning("BOOT HANG: no console output for %.0f s before the system was up (last "
+                    "line %r): QEMU killed, booting again (retry %s of %s)", stalled,
+                    hang["last_line"], len(hangs), retries)
     wall = time.monotonic() - t0
     doc = None
     if results.exists():
         for line in results.read_text(encoding="utf-8", errors="replace").splitlines():
             if line.strip().startswith("{"):
                 doc = json.loads(line)
-    console = (out_dir / "console.log").read_text(encoding="utf-8", errors="replace") \
-        if (out_dir / "console.log").exists() else ""
-    return Boot(doc, console, wall, rc)
+    return Boot(doc, console, wall, rc, hangs, failure)
 
 
 def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
@@ -741,12 +833,14 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
     shutil.rmtree(work)
     timings["image_s"] = time.monotonic() - t1
     reboot: dict[str, Any] = {}
+    hangs: dict[str, list[dict[str, Any]]] = {}
     with contextlib.ExitStack() as stack:
         ns = stack.enter_context(netns(hw))
         stack.enter_context(echo_server(ns, port))
         if d is not None:
             stack.enter_context(registry(ns, hw, d))
         result = boot(hw, image, out_dir, ns, timeout=timeout)
+        hangs["boot1"] = result.hangs
         timings["boot_s"] = result.wall_s
         if d is not None:
             # Boot 1 was the factory's (evo.manufacture=1); boot 2 is the owner's, same disk.
@@ -755,6 +849,7 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
             second = boot(hw, image, out_dir, ns, timeout=timeout,
                           cmdline_extra="evo.probe=delivery")
             timings["reboot_s"] = second.wall_s
+            hangs["boot2"] = second.hangs
             reboot.update({"guest": second.results, "qemu_returncode": second.returncode,
                            "console_tail": second.console[-20000:],
                            "after_boot2": {"records": d.records, "stored": d.stored()}})
@@ -769,12 +864,14 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
             cut = boot(hw, image, out_dir, ns, timeout=timeout, cmdline_extra="evo.probe=delivery",
                        cut_power_when=in_flight)
             timings["power_cut_boot_s"] = cut.wall_s
+            hangs["power_cut_boot"] = cut.hangs
             (d.out / "mode").write_text("ok\n")
             reboot["power_cut"] = {"qemu_returncode": cut.returncode, "guest": cut.results,
                                    "records_before": seen, "after_cut": d.records}
             after = boot(hw, image, out_dir, ns, timeout=timeout,
                          cmdline_extra="evo.probe=delivery")
             timings["after_cut_boot_s"] = after.wall_s
+            hangs["after_cut_boot"] = after.hangs
             # The held request is answered (into the void) CUT_HOLD_S after it came.
             deadline = time.monotonic() + CUT_HOLD_S + 30
             while (time.monotonic() < deadline

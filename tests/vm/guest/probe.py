@@ -116,6 +116,8 @@ def read(path: str) -> str | None:
 def main() -> None:
     """Run every step, send the results, power off."""
     port = sys.argv[1]
+    # On the console (StandardOutput=journal+console): the host's hang watch ends here.
+    print("evo-vm-probe: started", flush=True)
     cfg = json.loads(read(CONFIG_FILE) or "{}")
     # The reboot in the delivery check only needs the delivery steps (evo.probe=delivery).
     full = "evo.probe=delivery" not in (read("/proc/cmdline") or "").split()
