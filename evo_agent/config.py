@@ -27,6 +27,11 @@ else:  # pragma: no cover - Python 3.10 (tomli is a dependency there only)
 
 DEFAULT_FILE = Path("/etc/evo-agent/agent.toml")
 DEFAULT_DROPIN_DIR = Path("/etc/evo-agent/agent.d")
+#: Where manufacturing writes the unit's VPNID: a directory of its own, owned by the agent's user,
+#: because the manufacturing unit runs with ProtectSystem=strict and may write only there
+#: (ReadWritePaths=); /etc/evo-agent itself stays root's.  Older units had /etc/evo-agent/vpnid;
+#: the package moves it here on upgrade (debian/postinst).
+DEFAULT_VPNID_FILE = "/etc/evo-agent/identity/vpnid"
 
 Validator = Callable[[Any], str | None]
 

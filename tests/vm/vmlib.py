@@ -34,7 +34,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +349,8 @@ class Image:
 
 
 PROBE_PORT = "org.evo.results"
+#: The VPNID of the second unit, the one built without its rip drive.
+NOCD_VPNID = "EVO432-0331-NOCD"
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -388,11 +390,17 @@ def install_deb(root: Path, deb: Path) -> subprocess.CompletedProcess[str]:
         (root / "usr/sbin/policy-rc.d").unlink()
 
 
-def configure_appliance(root: Path, hw: Appliance, probe_cfg: dict[str, Any]) -> None:
-    """Write the appliance's own configuration and the test's probe into the tree."""
+def configure_appliance(root: Path, hw: Appliance, probe_cfg: dict[str, Any], *,
+                        write_vpnid: bool = True) -> None:
+    """Write the appliance's own configuration and the test's probe into the tree.
+
+    ``write_vpnid``: as if the unit had been manufactured already (the benchmark); without it,
+    the VPNID comes from the factory boot (evo-agent-manufacture.service).
+    """
     _write(root / "etc/hostname", hw.hostname + "\n")
     _write(root / "etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {hw.hostname}\n")
-    _write(root / "etc/evo-agent/vpnid", hw.vpnid + "\n")
+    if write_vpnid:
+        _write(root / "etc/evo-agent/identity/vpnid", hw.vpnid + "\n")
     # The appliance serves music over Samba: its NetBIOS name is what the LAN sees.
     _write(root / "etc/samba/smb.conf",
            f"[global]\n   workgroup = WORKGROUP\n   netbios name = {hw.netbios_name}\n"
@@ -421,7 +429,7 @@ def configure_appliance(root: Path, hw: Appliance, probe_cfg: dict[str, Any]) ->
     _write(root / "etc/machine-id", "")
 
 
-def make_image(root: Path, out_dir: Path, size: str = "3G") -> Image:
+def make_image(root: Path, out_dir: Path, size: str = "3G", disk_name: str = "disk.img") -> Image:
     """Turn the tree into an ext4 image with mkfs.ext4 -d (no mount); keep kernel and initrd."""
     t0 = time.monotonic()
     root_uuid = str(uuid.uuid4())
@@ -433,7 +441,7 @@ def make_image(root: Path, out_dir: Path, size: str = "3G") -> Image:
     kernel, initrd = out_dir / "vmlinuz", out_dir / "initrd.img"
     shutil.copy2(kernels[-1], kernel)
     shutil.copy2(initrds[-1], initrd)
-    disk = out_dir / "disk.img"
+    disk = out_dir / disk_name
     if disk.exists():
         disk.unlink()
     run(["mkfs.ext4", "-q", "-F", "-L", "evo-root", "-U", root_uuid, "-d", root, disk, size])
@@ -494,61 +502,75 @@ def echo_server(ns: str, port: int) -> Iterator[subprocess.Popen[str]]:
             proc.stdout.close()
 
 
-# -- delivery (issue 3): the registry in the namespace ---------------------------------------------
+# -- the registry (issues 3, 4, 6): evo-registry in the namespace ---------------------------------
+#: The TLS proxy in front of the registry, on the LAN gateway (what the VM is told to use).
 REGISTRY_PORT = 8443
-#: How long the registry holds the request during which the power is cut.
+#: ``evo-registry serve`` itself, on the namespace's own loopback (out of the VM's reach).
+REGISTRY_UPSTREAM = "127.0.0.1:8432"
+#: How long the proxy holds the request during which the power is cut.
 CUT_HOLD_S = 30
+FACTORY_TOKEN = "evo-vm-factory-token-3b91c2"  # noqa: S105 - the test registry's own token
+SUPPORT_TOKEN = "evo-vm-support-token-71d0ae"  # noqa: S105 - the test registry's own token
 
 
 def delivery_available(repo: Path = REPO) -> bool:
-    """True when the tree has the daemon and the delivery tests' registry (issue 3)."""
-    return all((repo / f).is_file() for f in ("evo_agent/daemon.py", "tests/delivery/server.py",
-                                              "tests/delivery/pki.py"))
+    """True when the tree has the daemon (issue 3), the registry (issue 4) and manufacturing."""
+    return all((repo / f).is_file() for f in ("evo_agent/daemon.py", "evo_registry/cli.py",
+                                              "evo_agent/manufacture.py", "tests/delivery/pki.py"))
 
 
 @dataclass
-class Delivery:
-    """The registry's TLS files and the device key enrolled with it (made at 'manufacturing')."""
+class Registry:
+    """The registry run by the test: its directory, TLS files and the namespace it lives in."""
 
     out: Path
     ca: Path
     cert: Path
     key: Path
-    device_key_pem: bytes
-    public_b64: str
+    ns: str = ""
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        """What the registry answered so far (tests/vm/registry_netns.py writes it)."""
+        """What went through the TLS proxy so far (tests/vm/registry_netns.py writes it)."""
         path = self.out / "requests.jsonl"
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def stored(self) -> dict[str, dict[str, Any]]:
-        """The reports the registry stored, by report UUID."""
-        return {p.stem: json.loads(p.read_text()) for p in self.out.glob("*-*-*-*-*.json")}
+    def get(self, path: str, token: str = SUPPORT_TOKEN) -> dict[str, Any]:
+        """GET from the registry's API (inside the namespace); {"status", "doc"}."""
+        proc = run(["ip", "netns", "exec", self.ns, sys.executable, HERE / "registry_netns.py",
+                    "get", f"http://{REGISTRY_UPSTREAM}{path}", token], capture=True, timeout=60)
+        doc: dict[str, Any] = json.loads(proc.stdout)
+        return doc
+
+    def device(self, vpnid: str) -> dict[str, Any]:
+        """GET /v1/devices/{vpnid} with the support token."""
+        return self.get(f"/v1/devices/{vpnid}")
+
+    def snapshot(self, vpnid: str) -> dict[str, Any]:
+        """The device as the registry's API shows it, and the proxy's records, now."""
+        return {"device": self.device(vpnid), "records": self.records}
 
 
-def make_delivery(out_dir: Path, hw: Appliance) -> Delivery:
-    """A test CA with a certificate for the LAN gateway, and the device's Ed25519 key."""
-    import base64
+def make_registry(out_dir: Path, hw: Appliance) -> Registry:
+    """A test CA with a certificate for the LAN gateway, and the registry's settings."""
     import importlib
 
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    pki = importlib.import_module("tests.delivery.pki").make_pki(out_dir / "pki", "evo-vm",
-                                                                  host=hw.lan_gw)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    public = base64.b64encode(key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
     out = out_dir / "registry"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    return Delivery(out, Path(pki.ca_pem), Path(pki.cert_pem), Path(pki.key_pem), pem, public)
+    pki = importlib.import_module("tests.delivery.pki").make_pki(out_dir / "pki", "evo-vm",
+                                                                  host=hw.lan_gw)
+    (out / "registry.toml").write_text(
+        "# Written by the appliance test (tests/vm/vmlib.py).\n"
+        f'database = "sqlite:///{out}/registry.db"\n'
+        f'listen = "{REGISTRY_UPSTREAM}"\n'
+        "# The test's TLS proxy (registry_netns.py) forwards from the namespace's loopback.\n"
+        'trusted_proxies = ["127.0.0.1/32"]\n'
+        f'factory_tokens = ["{FACTORY_TOKEN}"]\nsupport_tokens = ["{SUPPORT_TOKEN}"]\n'
+        "threads = 4\n", encoding="utf-8")
+    return Registry(out, Path(pki.ca_pem), Path(pki.cert_pem), Path(pki.key_pem))
 
 
 def _ids(root: Path, user: str, group: str) -> tuple[int, int]:
@@ -559,44 +581,66 @@ def _ids(root: Path, user: str, group: str) -> tuple[int, int]:
     return uid, gid
 
 
-def provision_delivery(root: Path, hw: Appliance, d: Delivery) -> None:
-    """What manufacturing leaves on a unit: the registry's URL and CA, and the enrolled key."""
-    _write(root / "etc/evo-agent/ca.pem", d.ca.read_text())
-    _write(root / "etc/evo-agent/agent.d/90-appliance-test.toml",
-           "# Written by the appliance test: the registry in the test's network namespace.\n"
+def provision_line(root: Path, hw: Appliance, reg: Registry) -> None:
+    """What the manufacturing line's image holds: the registry's URL and CA, the bill of
+    materials, the sales region and PSU, and the factory token (readable by the agent only)."""
+    _write(root / "etc/evo-agent/ca.pem", reg.ca.read_text())
+    _write(root / "etc/evo-agent/agent.d/50-line.toml",
+           "# Written by the appliance test: the line's settings and the registry in the test's\n"
+           "# network namespace.\n"
            f'[delivery]\nhttps_url = "https://{hw.lan_gw}:{REGISTRY_PORT}"\n'
-           'ca_bundle = "/etc/evo-agent/ca.pem"\n')
+           'ca_bundle = "/etc/evo-agent/ca.pem"\n'
+           "[manufacture]\n"
+           f'registry_url = "https://{hw.lan_gw}:{REGISTRY_PORT}"\n'
+           'factory_token_file = "/etc/evo-agent/factory.token"\n'
+           'sales_region = ["BE", "NL", "LU"]\npsu_variant = "230V"\nmodel = "432 EVO Aeon"\n'
+           'expected_audio = "HDA Intel"\n'
+           f"min_ram_bytes = {hw.ram_mib * 1024 * 1024}\n")
     uid, gid = _ids(root, "evo-agent", "evo-support")
-    state = root / "var/lib/evo-agent"
-    state.mkdir(mode=0o750, exist_ok=True)
-    os.chown(state, uid, gid)
-    key = state / "device.key"
-    key.write_bytes(d.device_key_pem)
-    key.chmod(0o600)
-    os.chown(key, uid, gid)
+    token = root / "etc/evo-agent/factory.token"
+    _write(token, FACTORY_TOKEN + "\n", 0o640)
+    os.chown(token, 0, gid)
+    del uid
 
 
 @contextlib.contextmanager
-def registry(ns: str, hw: Appliance, d: Delivery) -> Iterator[subprocess.Popen[bytes]]:
-    """Run the registry on the LAN gateway address inside the namespace."""
-    log = (d.out / "server.log").open("wb")
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, str(HERE / "registry_netns.py"),
-         "--host", hw.lan_gw, "--port", str(REGISTRY_PORT), "--cert", str(d.cert),
-         "--key", str(d.key), "--enroll", hw.vpnid, d.public_b64, "--out", str(d.out)],
-        stdout=log, stderr=subprocess.STDOUT)
+def registry(ns: str, hw: Appliance, reg: Registry) -> Iterator[Registry]:
+    """Run ``evo-registry serve`` and its TLS proxy inside the namespace."""
+    reg.ns = ns
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = [(reg.out / "registry.log").open("wb"), (reg.out / "proxy.log").open("wb")]
+    serve = Path(sys.executable).with_name("evo-registry")
+    cmd = [str(serve)] if serve.exists() else [
+        sys.executable, "-c", "import sys; from evo_registry.cli import main; sys.exit(main())"]
     try:
-        deadline = time.monotonic() + 30
-        while not (d.out / "ready").exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
+        procs.append(subprocess.Popen(
+            ["ip", "netns", "exec", ns, *cmd, "serve", "--config", str(reg.out / "registry.toml")],
+            stdout=logs[0], stderr=subprocess.STDOUT))
+        procs.append(subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, str(HERE / "registry_netns.py"), "proxy",
+             "--listen", f"{hw.lan_gw}:{REGISTRY_PORT}",
+             "--cert", str(reg.cert), "--key", str(reg.key), "--upstream", REGISTRY_UPSTREAM,
+             "--out", str(reg.out)], stdout=logs[1], stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 60
+        while True:
+            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
                 raise RuntimeError("the registry did not start: "
-                                   + (d.out / "server.log").read_text(errors="replace"))
-            time.sleep(0.1)
-        yield proc
+                                   + (reg.out / "registry.log").read_text(errors="replace")
+                                   + (reg.out / "proxy.log").read_text(errors="replace"))
+            if (reg.out / "proxy-ready").exists():
+                try:
+                    if reg.get("/healthz")["status"] == 200:
+                        break
+                except (RuntimeError, ValueError):
+                    pass
+            time.sleep(0.5)
+        yield reg
     finally:
-        proc.kill()
-        proc.wait()
-        log.close()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        for log in logs:
+            log.close()
 
 
 # -- QEMU ---------------------------------------------------------------------------------------
@@ -767,6 +811,9 @@ def boot(hw: Appliance, image: Image, out_dir: Path, ns: str, *, timeout: float 
                                          stall_s, cut_power_when)
         console = _read_console(out_dir / "console.log")
         if stalled is None:
+            fatal = FATAL.search(console)
+            if failure is None and fatal:  # QEMU ended before the watch saw it (panic=-1)
+                failure = f"console: {fatal.group(0)}"
             break
         hang = {"attempt": len(hangs) + 1, "after_s": round(time.monotonic() - started, 1),
                 "silent_s": round(stalled, 1), "last_line": last_line(console)}
@@ -791,12 +838,22 @@ def boot(hw: Appliance, image: Image, out_dir: Path, ns: str, *, timeout: float 
     return Boot(doc, console, wall, rc, hangs, failure)
 
 
+def _mark_console(out_dir: Path, name: str) -> None:
+    if (out_dir / "console.log").exists():
+        shutil.copy2(out_dir / "console.log", out_dir / f"console-{name}.log")
+
+
 def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
                   extra_packages: Sequence[str] = (), bench_runs: int = 0,
                   timeout: float = 600) -> dict[str, Any]:
-    """Everything, once: .deb, system, image, boot; return the evidence (also saved as JSON).
+    """Everything, once: .deb, system, image, boots; return the evidence (also saved as JSON).
 
-    With ``bench_runs``, the system also has ``extra_packages`` and the probe runs
+    With the registry (:func:`delivery_available`), the unit lives its life in order: boot 1 is
+    the factory's (``evo.manufacture=1 evo.vpnid=...``: the manufacturing unit checks, enrols and
+    prints its verdict; the daemon stays off), boot 2 the owner's first (the boot report; the
+    probe's full checks), boot 3 a reboot, boot 4 a power cut while a report is in flight,
+    boot 5 the next boot; then a second unit built without its rip drive is booted at the factory
+    (FAIL).  With ``bench_runs``, the system also has ``extra_packages`` and the probe runs
     bench/inventory_bench.py in the guest (the installed agent against lshw, inxi, ...).
     """
     hw = hw or Appliance()
@@ -817,10 +874,11 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
     configure_appliance(work, hw, {"guest_ips": [hw.lan_ip, hw.fiber_ip],
                                    "peers": [hw.lan_gw, hw.fiber_peer], "echo_port": port,
                                    "runs": 3, "bench_runs": bench_runs,
-                                   "delivery_wait_s": 420 if delivering else 0})
-    d = make_delivery(out_dir, hw) if delivering else None
-    if d is not None:
-        provision_delivery(work, hw, d)
+                                   "delivery_wait_s": 420 if delivering else 0},
+                        write_vpnid=not delivering)
+    reg = make_registry(out_dir, hw) if delivering else None
+    if reg is not None:
+        provision_line(work, hw, reg)
     if bench_runs:
         # The benchmark runs the installed code: its REPO (parents[1]) is /usr/local/lib/evo-vm,
         # where the package's directories are linked.
@@ -830,65 +888,79 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
         for name in ("evo_agent", "collectors", "config"):
             _symlink(lib / name, f"/usr/share/evo-agent/{name}")
     image = make_image(work, out_dir)
+    nocd = replace(hw, rip_drive=False, vpnid=NOCD_VPNID)
+    nocd_image = make_image(work, out_dir, disk_name="disk-nocd.img") if delivering else None
     shutil.rmtree(work)
     timings["image_s"] = time.monotonic() - t1
-    reboot: dict[str, Any] = {}
+    life: dict[str, Any] = {}
     hangs: dict[str, list[dict[str, Any]]] = {}
+
+    def one(name: str, unit: Appliance, img: Image, cmdline: str,
+            cut: Callable[[], bool] | None = None) -> Boot:
+        b = boot(unit, img, out_dir, ns, timeout=timeout, cmdline_extra=cmdline,
+                 cut_power_when=cut)
+        timings[f"{name}_boot_s"] = b.wall_s
+        hangs[name] = b.hangs
+        _mark_console(out_dir, name)
+        return b
+
     with contextlib.ExitStack() as stack:
         ns = stack.enter_context(netns(hw))
         stack.enter_context(echo_server(ns, port))
-        if d is not None:
-            stack.enter_context(registry(ns, hw, d))
-        result = boot(hw, image, out_dir, ns, timeout=timeout)
-        hangs["boot1"] = result.hangs
-        timings["boot_s"] = result.wall_s
-        if d is not None:
-            # Boot 1 was the factory's (evo.manufacture=1); boot 2 is the owner's, same disk.
-            reboot["after_boot1"] = {"records": d.records, "stored": d.stored()}
-            shutil.copy2(out_dir / "console.log", out_dir / "console-boot1.log")
-            second = boot(hw, image, out_dir, ns, timeout=timeout,
-                          cmdline_extra="evo.probe=delivery")
-            timings["reboot_s"] = second.wall_s
-            hangs["boot2"] = second.hangs
-            reboot.update({"guest": second.results, "qemu_returncode": second.returncode,
-                           "console_tail": second.console[-20000:],
-                           "after_boot2": {"records": d.records, "stored": d.stored()}})
-            # Boot 3: the registry holds the next request; the power is cut while it is in
-            # flight.  Boot 4: the registry answers again; the report must arrive exactly once.
-            seen = len(d.records)
-            (d.out / "mode").write_text(f"slow {CUT_HOLD_S}\n")
+        if reg is None:
+            result = one("main", hw, image, "")
+        else:
+            stack.enter_context(registry(ns, hw, reg))
+            factory = one("factory", hw, image,
+                          f"evo.manufacture=1 evo.vpnid={hw.vpnid} evo.probe=factory")
+            life["factory"] = {"guest": factory.results, "qemu_returncode": factory.returncode,
+                               "console": factory.console, "failure": factory.failure,
+                               **reg.snapshot(hw.vpnid)}
+            # The owner's first boot: the full probe, and the boot report.
+            result = one("main", hw, image, "")
+            life["first"] = reg.snapshot(hw.vpnid)
+            second = one("reboot", hw, image, "evo.probe=delivery")
+            life["reboot"] = {"guest": second.results, "qemu_returncode": second.returncode,
+                              "console_tail": second.console[-20000:], **reg.snapshot(hw.vpnid)}
+            # Boot 4: the proxy holds the next request; the power is cut while it is in flight.
+            # Boot 5: the proxy forwards again; the report must be stored exactly once.
+            seen = len(reg.records)
+            (reg.out / "mode").write_text(f"slow {CUT_HOLD_S}\n")
 
             def in_flight() -> bool:
-                return any(r["event"] == "request" for r in d.records[seen:])
+                return any(r["event"] == "request" and r["path"] == "/v1/reports"
+                           for r in reg.records[seen:])
 
-            cut = boot(hw, image, out_dir, ns, timeout=timeout, cmdline_extra="evo.probe=delivery",
-                       cut_power_when=in_flight)
-            timings["power_cut_boot_s"] = cut.wall_s
-            hangs["power_cut_boot"] = cut.hangs
-            (d.out / "mode").write_text("ok\n")
-            reboot["power_cut"] = {"qemu_returncode": cut.returncode, "guest": cut.results,
-                                   "records_before": seen, "after_cut": d.records}
-            after = boot(hw, image, out_dir, ns, timeout=timeout,
-                         cmdline_extra="evo.probe=delivery")
-            timings["after_cut_boot_s"] = after.wall_s
-            hangs["after_cut_boot"] = after.hangs
-            # The held request is answered (into the void) CUT_HOLD_S after it came.
+            cut = one("power_cut", hw, image, "evo.probe=delivery", in_flight)
+            (reg.out / "mode").write_text("ok\n")
+            life["power_cut"] = {"qemu_returncode": cut.returncode, "guest": cut.results,
+                                 "records_before": seen, "after_cut": reg.records}
+            after = one("after_cut", hw, image, "evo.probe=delivery")
+            # The held request reaches the registry CUT_HOLD_S after it came (its answer goes
+            # nowhere: the VM that sent it is gone).
             deadline = time.monotonic() + CUT_HOLD_S + 30
             while (time.monotonic() < deadline
                    and not any(r["event"] == "answer" and r.get("mode") == "slow"
-                               for r in d.records[seen:])):
+                               for r in reg.records[seen:])):
                 time.sleep(1)
-            reboot["after_cut_boot"] = {"guest": after.results,
-                                        "qemu_returncode": after.returncode,
-                                        "console_tail": after.console[-20000:],
-                                        "records": d.records, "stored": d.stored()}
+            life["after_cut"] = {"guest": after.results, "qemu_returncode": after.returncode,
+                                 "console_tail": after.console[-20000:],
+                                 **reg.snapshot(hw.vpnid)}
+            # A unit built without its rip drive, at the factory.
+            assert nocd_image is not None
+            bad = one("nocd", nocd, nocd_image,
+                      f"evo.manufacture=1 evo.vpnid={nocd.vpnid} evo.probe=factory")
+            life["nocd"] = {"guest": bad.results, "qemu_returncode": bad.returncode,
+                            "console": bad.console, "failure": bad.failure,
+                            **reg.snapshot(nocd.vpnid)}
+            nocd_image.disk.unlink()
     timings["total_s"] = time.monotonic() - t0
     image.disk.unlink()
     evidence = {"deb": {"path": str(deb.path), "version": deb.version, "lintian": deb.lintian,
                         "lintian_status": deb.lintian_status, "dpkg_i": installed.stdout},
-                "timings": timings, "qemu_returncode": result.returncode,
+                "timings": timings, "hangs": hangs, "qemu_returncode": result.returncode,
                 "guest": result.results, "console_tail": result.console[-20000:],
-                "delivery": reboot if d is not None else None}
+                "failure": result.failure, "delivery": life if reg is not None else None}
     (out_dir / "evidence.json").write_text(json.dumps(evidence, indent=1), encoding="utf-8")
     return evidence
 

@@ -119,9 +119,13 @@ def main() -> None:
     # On the console (StandardOutput=journal+console): the host's hang watch ends here.
     print("evo-vm-probe: started", flush=True)
     cfg = json.loads(read(CONFIG_FILE) or "{}")
-    # The reboot in the delivery check only needs the delivery steps (evo.probe=delivery).
-    full = "evo.probe=delivery" not in (read("/proc/cmdline") or "").split()
+    # The reboots in the delivery check only need the delivery steps (evo.probe=delivery); the
+    # factory's boots (evo.probe=factory) only the units' state: nothing is sent then.
+    words = (read("/proc/cmdline") or "").split()
+    mode = next((w.split("=", 1)[1] for w in words if w.startswith("evo.probe=")), "full")
+    full = mode == "full"
     RESULTS["full"] = full
+    RESULTS["mode"] = mode
     RESULTS["started_monotonic"] = time.monotonic()
 
     @step("system_running")
@@ -159,7 +163,7 @@ def main() -> None:
         result["reach"] = reach
         return result
 
-    if cfg.get("delivery_wait_s"):
+    if cfg.get("delivery_wait_s") and mode != "factory":
         @step("delivery")
         def _() -> Any:
             # The daemon sends the boot report once the network is up: wait (bounded) until
