@@ -506,7 +506,7 @@ def echo_server(ns: str, port: int) -> Iterator[subprocess.Popen[str]]:
 #: The TLS proxy in front of the registry, on the LAN gateway (what the VM is told to use).
 REGISTRY_PORT = 8443
 #: ``evo-registry serve`` itself, on the namespace's own loopback (out of the VM's reach).
-REGISTRY_UPSTREAM = "127.0.0.1:8432"
+REGISTRY_UPSTREAM = "127.0.0.1:8480"  # (the echo listener has 8432)
 #: How long the proxy holds the request during which the power is cut.
 CUT_HOLD_S = 30
 FACTORY_TOKEN = "evo-vm-factory-token-3b91c2"  # noqa: S105 - the test registry's own token
