@@ -424,3 +424,64 @@ def test_power_cut_in_flight_delivered_exactly_once(life: dict[str, Any]) -> Non
     assert {r["report_trigger"] for r in dev["reports"]} == {"boot"}
     sequences = [r["sequence"] for r in dev["reports"]]
     assert len(set(sequences)) == len(sequences)
+
+
+def timespan_s(text: str) -> float:
+    """Seconds of a systemd time span as systemd-analyze prints it ("1min 2.345s", "870ms")."""
+    units = {"h": 3600.0, "min": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+    parts = re.findall(r"([0-9.]+)(h|min|ms|us|s)", text)
+    assert parts, text
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def boot_times(analyze: str) -> dict[str, float]:
+    """The userspace time, the whole start-up, and the default target's time, in seconds."""
+    m = re.search(r"\+ (.+?) \(userspace\) = (.+?)\s*$", analyze, re.MULTILINE)
+    t = re.search(r"\S+\.target reached after (.+?) in userspace", analyze)
+    assert m and t, analyze
+    return {"userspace_s": timespan_s(m.group(1)), "total_s": timespan_s(m.group(2)),
+            "target_s": timespan_s(t.group(1))}
+
+
+def test_timespan_parser() -> None:
+    assert timespan_s("1min 2.345s") == pytest.approx(62.345)
+    assert timespan_s("870ms") == pytest.approx(0.87)
+    assert boot_times("Startup finished in 3.1s (kernel) + 1min 0.5s (userspace) = 1min 3.6s \n"
+                      "graphical.target reached after 59.9s in userspace") == \
+        pytest.approx({"userspace_s": 60.5, "total_s": 63.6, "target_s": 59.9})
+
+
+@needs_daemon
+def test_time_the_agent_adds_to_boot(life: dict[str, Any], out_dir: Path) -> None:
+    """Boots of the same unit with the agent's units enabled and masked (systemd.mask=),
+    interleaved: the difference of the medians is the time the agent adds to boot."""
+    runs = life["boot_time"]
+    assert runs, "no boot-time runs"
+    rows: dict[str, list[dict[str, float]]] = {"enabled": [], "masked": []}
+    for r in runs:
+        assert r["guest"] is not None, r
+        units = r["guest"]["units"]
+        daemon = units["evo-agent.service"]["show"]
+        if r["state"] == "masked":
+            assert daemon["UnitFileState"].startswith("masked"), daemon
+            assert daemon["ActiveState"] == "inactive"
+        else:
+            assert daemon["UnitFileState"] == "enabled", daemon
+            assert daemon["ActiveState"] == "active", daemon
+        rows[r["state"]].append(boot_times(r["guest"]["boot"]["analyze"]["stdout"]))
+
+    def median(state: str, key: str) -> float:
+        values = sorted(row[key] for row in rows[state])
+        n = len(values)
+        return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+    figures = {key: {"enabled_median": median("enabled", key),
+                     "masked_median": median("masked", key),
+                     "added": median("enabled", key) - median("masked", key)}
+               for key in ("target_s", "userspace_s", "total_s")}
+    figures["runs"] = rows  # type: ignore[assignment]
+    (out_dir / "vm-boot-time.json").write_text(json.dumps(figures, indent=1))
+    print("\nboot time, agent enabled vs masked:", json.dumps(figures, indent=1))
+    # Off the critical path (test_service_enabled_unprivileged_idle), the agent can only slow
+    # the boot by competing for the CPU; a loose bound, against TCG's noise on a shared machine.
+    assert figures["target_s"]["added"] < 20, figures

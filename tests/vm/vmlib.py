@@ -349,6 +349,8 @@ class Image:
 
 
 PROBE_PORT = "org.evo.results"
+#: Kernel command line that takes the agent out of a boot (systemd-debug-generator).
+BOOT_TIME_MASK = "systemd.mask=evo-agent.service systemd.mask=evo-agent-manufacture.service"
 #: The VPNID of the second unit, the one built without its rip drive.
 NOCD_VPNID = "EVO432-0331-NOCD"
 
@@ -845,7 +847,7 @@ def _mark_console(out_dir: Path, name: str) -> None:
 
 def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
                   extra_packages: Sequence[str] = (), bench_runs: int = 0,
-                  timeout: float = 600) -> dict[str, Any]:
+                  timeout: float = 600, boot_time_runs: int = 2) -> dict[str, Any]:
     """Everything, once: .deb, system, image, boots; return the evidence (also saved as JSON).
 
     With the registry (:func:`delivery_available`), the unit lives its life in order: boot 1 is
@@ -853,7 +855,9 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
     prints its verdict; the daemon stays off), boot 2 the owner's first (the boot report; the
     probe's full checks), boot 3 a reboot, boot 4 a power cut while a report is in flight,
     boot 5 the next boot; then a second unit built without its rip drive is booted at the factory
-    (FAIL).  With ``bench_runs``, the system also has ``extra_packages`` and the probe runs
+    (FAIL); last, ``boot_time_runs`` boots of the first unit with the agent's units enabled and as
+    many with them masked, for the time the agent adds to boot.
+    With ``bench_runs``, the system also has ``extra_packages`` and the probe runs
     bench/inventory_bench.py in the guest (the installed agent against lshw, inxi, ...).
     """
     hw = hw or Appliance()
@@ -954,6 +958,16 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
                             "console": bad.console, "failure": bad.failure,
                             **reg.snapshot(nocd.vpnid)}
             nocd_image.disk.unlink()
+            # The time the agent adds to boot: the same unit, booted with both units enabled and
+            # with both masked (systemd.mask= on the kernel command line), interleaved so that
+            # a drift of this machine's load hits both alike.
+            life["boot_time"] = []
+            for i in range(boot_time_runs):
+                for state, extra in (("enabled", ""), ("masked", BOOT_TIME_MASK)):
+                    b = one(f"boot_time_{state}_{i + 1}", hw, image,
+                            f"evo.probe=boottime {extra}".strip())
+                    life["boot_time"].append({"state": state, "guest": b.results,
+                                              "qemu_returncode": b.returncode})
     timings["total_s"] = time.monotonic() - t0
     image.disk.unlink()
     evidence = {"deb": {"path": str(deb.path), "version": deb.version, "lintian": deb.lintian,

@@ -163,7 +163,7 @@ def main() -> None:
         result["reach"] = reach
         return result
 
-    if cfg.get("delivery_wait_s") and mode != "factory":
+    if cfg.get("delivery_wait_s") and mode in ("full", "delivery"):
         @step("delivery")
         def _() -> Any:
             # The daemon sends the boot report once the network is up: wait (bounded) until
