@@ -206,7 +206,7 @@ def main() -> None:
                        "ActiveState,SubState,Result,ExecMainStatus,NRestarts,ConditionResult,"
                        "UnitFileState,User,Group,MemoryMax,Nice,CPUSchedulingPolicy,IOSchedulingClass,"
                        "MainPID,ExecMainStartTimestampMonotonic,ActiveEnterTimestampMonotonic,"
-                       "MemoryCurrent"])[1]
+                       "MemoryCurrent,CPUUsageNSec"])[1]
             out[unit] = {
                 "show": dict(line.split("=", 1) for line in show.splitlines() if "=" in line),
                 "journal": sh(["journalctl", "-b", "-u", unit, "-o", "cat", "--no-pager"])[1],
