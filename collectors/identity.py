@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from evo_agent.collector import Collector, Raw
+from evo_agent.config import DEFAULT_VPNID_FILE
 from evo_agent.hostroot import Host
 
 #: Samba's include chains are short; a bound keeps a loop of includes from spinning.
@@ -20,7 +21,7 @@ class Identity(Collector):
         "hostname": "the kernel host name, read only when smb.conf names no NetBIOS name "
                     "(never sent; the NetBIOS name is derived from it)",
     }
-    options = {"vpnid_file": (str, "/etc/evo-agent/vpnid"),
+    options = {"vpnid_file": (str, DEFAULT_VPNID_FILE),
                "smb_conf": (str, "/etc/samba/smb.conf")}
 
     def collect(self, host: Host) -> Raw:

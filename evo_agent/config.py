@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 _DEFAULT_FILE = "/etc/evo-agent/agent.toml"
 _DEFAULT_DROPIN_DIR = "/etc/evo-agent/agent.d"
 _DEFAULT_STATE_DIR = "/var/lib/evo-agent"
+#: Where manufacturing writes the unit's VPNID: a directory of its own, owned by the agent's user,
+#: because the manufacturing unit runs with ProtectSystem=strict and may write only there
+#: (ReadWritePaths=); /etc/evo-agent itself stays root's.  Older units had /etc/evo-agent/vpnid;
+#: the package moves it here on upgrade (debian/postinst).
+DEFAULT_VPNID_FILE = "/etc/evo-agent/identity/vpnid"
 
 
 def __getattr__(name: str) -> Any:
@@ -42,7 +47,6 @@ def __getattr__(name: str) -> Any:
 
         return Path(_DEFAULT_FILE if name == "DEFAULT_FILE" else _DEFAULT_DROPIN_DIR)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 
 def _positive(value: Any) -> str | None:

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evo_agent.config import Config
+from evo_agent.config import DEFAULT_VPNID_FILE, Config
 from evo_agent.errors import DeliveryError, EvoError, StateError
 from evo_agent.outbox import Entry, Outbox, ensure_dir, prune, writer_lock
 from evo_agent.schedule import Now, after_failure, after_success, load_state, read_clock, save_state
@@ -72,7 +72,7 @@ class CycleResult:
 def vpnid_of(cfg: Config) -> str:
     """Return this device's VPNID as the identity collector would read it ('' when unset)."""
     opts = cfg.collectors.get("identity", {})
-    path = str(opts.get("vpnid_file", "/etc/evo-agent/vpnid"))
+    path = str(opts.get("vpnid_file", DEFAULT_VPNID_FILE))
     try:
         return _host(cfg).read_attr(path) or ""
     except ValueError:
@@ -113,7 +113,7 @@ def _send(cfg: Config, entry: Entry, via: str, key: Any, *, clock: Callable[[], 
     delivery = cfg.values["delivery"]
     vpnid = entry.report.get("functional", {}).get("vpnid")
     if not vpnid:
-        result.error = "the report has no VPNID (is /etc/evo-agent/vpnid provisioned?)"
+        result.error = "the report has no VPNID (is the VPNID file provisioned?)"
         return False
     body = transport.gzip_body(entry.body)
     headers = {"X-Evo-Vpnid": str(vpnid), "X-Evo-Signature": signing.sign(key, body)}

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from evo_agent.config import Config
+from evo_agent.config import DEFAULT_VPNID_FILE, Config
 from evo_agent.errors import (
     AlreadyEnrolled,
     ConfigError,
@@ -314,7 +314,7 @@ def valid_vpnid(text: str, where: str = "--vpnid") -> str:
 
 def vpnid_file(cfg: Config) -> Path:
     """Return where the identity collector reads the VPNID, under the configured host root."""
-    path = str(cfg.collectors.get("identity", {}).get("vpnid_file", "/etc/evo-agent/vpnid"))
+    path = str(cfg.collectors.get("identity", {}).get("vpnid_file", DEFAULT_VPNID_FILE))
     root = str(cfg.values["agent"].get("host_root", "/"))
     return Path(root) / path.lstrip("/")
 

@@ -30,14 +30,16 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 
-# The appliance test (tests/vm): the .deb built and booted in a Debian 12 VM under QEMU, with
-# EVO_VM=1 (root: debootstrap, chroot, network namespaces). Not in the default run yet: one boot
-# in three of a clean-clone run here hung in the guest kernel's early boot under TCG ("Loading
-# compiled-in X.509 certificates", then nothing for 600 s), which would fail CI at random; the
-# boot needs a hang detector and a retry first (issue 5).
-if [ "${EVO_VM:-0}" = 1 ] && [ "$(id -u)" = 0 ]; then
+# The appliance test (tests/vm): the .deb built and booted in a Debian 12 VM under QEMU. It needs
+# root (debootstrap, chroot, network namespaces), so it runs by default when this script runs as
+# root (as in CI); EVO_VM=0 leaves it out. A boot that hangs under TCG (seen once: the guest
+# kernel's early boot stopped printing) is killed and booted again by tests/vm/vmlib.py; a real
+# failure still fails. Without root the VM tests are skipped (not counted as strict-run skips).
+if [ "$(id -u)" = 0 ] && [ "${EVO_VM:-1}" = 1 ]; then
   bash tests/vm/install-deps.sh
   export EVO_VM=1
+elif [ "${EVO_VM:-}" != 1 ]; then
+  export EVO_VM=0
 fi
 
 # Debian's Python with Debian's libraries (what the appliance runs), plus the test tools from PyPI.

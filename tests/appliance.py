@@ -670,7 +670,7 @@ def build_appliance(root: Path, *, dongle: bool = True) -> Expected:
     t.file("/proc/sys/kernel/hostname", c["hostname"] + "\n")
     t.file("/etc/hostname", c["hostname"] + "\n")
     t.file("/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{c['hostname']}\n")
-    t.file("/etc/evo-agent/vpnid", VPNID + "\n")
+    t.file("/etc/evo-agent/identity/vpnid", VPNID + "\n")
     t.file("/etc/samba/smb.conf", f"""\
 #
 # Sample configuration file for the Samba suite for Debian GNU/Linux.

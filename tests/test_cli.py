@@ -31,8 +31,8 @@ def config(tmp_path: Path) -> Path:
 @pytest.fixture
 def capture(tmp_path: Path) -> Path:
     root = tmp_path / "capture"
-    (root / "etc/evo-agent").mkdir(parents=True)
-    (root / "etc/evo-agent/vpnid").write_text("EVO-000777\n")
+    (root / "etc/evo-agent/identity").mkdir(parents=True)
+    (root / "etc/evo-agent/identity/vpnid").write_text("EVO-000777\n")
     (root / "proc/sys/kernel").mkdir(parents=True)
     (root / "proc/sys/kernel/hostname").write_text("living-room-evo\n")
     return root

@@ -49,10 +49,10 @@ def test_collector_on_garbage_files_does_not_crash(name: str, tmp_path: Path) ->
     dirs = ["sys/class/dmi/id", "sys/bus/pci/devices/0000:00:00.0", "sys/bus/usb/devices/1-1",
             "proc/asound/card0", "sys/class/sound/card0", "sys/class/net/eth0", "sys/block/sda",
             "sys/dev/block", "run/udev/data", "proc/self", "proc/net", "proc/sys/kernel",
-            "etc/samba", "etc/evo-agent", "commands", "usr/share/misc", "usr/share/hwdata"]
+            "etc/samba", "etc/evo-agent/identity", "commands", "usr/share/misc", "usr/share/hwdata"]
     files = ["proc/asound/cards", "proc/cpuinfo", "proc/meminfo", "proc/self/mountinfo",
              "proc/net/route", "proc/net/fib_trie", "proc/net/if_inet6", "etc/samba/smb.conf",
-             "etc/evo-agent/vpnid", "etc/hostname", "proc/sys/kernel/hostname",
+             "etc/evo-agent/identity/vpnid", "etc/hostname", "proc/sys/kernel/hostname",
              "commands/dmidecode.txt", "commands/netlink-addresses.txt", "usr/share/misc/pci.ids",
              "usr/share/misc/usb.ids", "usr/share/hwdata/pci.ids", "usr/share/hwdata/usb.ids",
              "run/udev/data/b8:0", "run/udev/data/+pci:0000:00:00.0", "run/udev/data/c189:1"]

@@ -21,7 +21,7 @@ def test_netbios_name_from_smb_conf_and_no_host_name_read(tmp_path: Path) -> Non
         "/etc/samba/smb.conf": "[global]\n  workgroup = HOME\n  NetBIOS   Name = evo-living\n"
                                "[homes]\n  netbios name = not-this\n  path = /home/%U\n",
         "/proc/sys/kernel/hostname": "johnsmith-pc\n",
-        "/etc/evo-agent/vpnid": "EVO-000123\n",
+        "/etc/evo-agent/identity/vpnid": "EVO-000123\n",
     })
     assert Identity().collect(host) == {"vpnid": "EVO-000123", "netbios_name": "EVO-LIVING",
                                         "hostname": None}

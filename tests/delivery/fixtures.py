@@ -9,8 +9,8 @@ VPNID = "EVO-TEST-0042"
 
 def write_host_root(root: Path, vpnid: str = VPNID) -> Path:
     """A minimal capture tree: what the identity collector reads."""
-    (root / "etc" / "evo-agent").mkdir(parents=True, exist_ok=True)
-    (root / "etc" / "evo-agent" / "vpnid").write_text(vpnid + "\n")
+    (root / "etc" / "evo-agent" / "identity").mkdir(parents=True, exist_ok=True)
+    (root / "etc" / "evo-agent" / "identity" / "vpnid").write_text(vpnid + "\n")
     (root / "proc" / "sys" / "kernel").mkdir(parents=True, exist_ok=True)
     (root / "proc" / "sys" / "kernel" / "hostname").write_text("evo-living-room\n")
     return root

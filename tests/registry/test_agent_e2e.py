@@ -75,8 +75,8 @@ def _front(upstream: int, wan: str) -> Iterator[int]:
 
 def _agent(tmp_path: Path, url: str) -> Path:
     root = tmp_path / "host"
-    (root / "etc" / "evo-agent").mkdir(parents=True)
-    (root / "etc" / "evo-agent" / "vpnid").write_text(VPNID + "\n")
+    (root / "etc" / "evo-agent" / "identity").mkdir(parents=True)
+    (root / "etc" / "evo-agent" / "identity" / "vpnid").write_text(VPNID + "\n")
     (root / "proc" / "sys" / "kernel").mkdir(parents=True)
     (root / "proc" / "sys" / "kernel" / "hostname").write_text("evo-living-room\n")
     state = tmp_path / "state"

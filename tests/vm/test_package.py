@@ -3,6 +3,7 @@ behave as a Debian administrator expects (in a chroot of the appliance's Debian 
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -71,6 +72,12 @@ def test_install_upgrade_remove_purge(tmp_path: Path) -> None:
         wants = root / "etc/systemd/system/multi-user.target.wants"
         assert (wants / "evo-agent.service").is_symlink()
         assert (wants / "evo-agent-manufacture.service").is_symlink()
+        # The VPNID's directory belongs to the agent's user: the sandboxed manufacturing unit
+        # writes the VPNID there (ReadWritePaths=), and nowhere else in /etc.
+        ident = root / "etc/evo-agent/identity"
+        assert vmlib.chroot(root, "stat", "-c", "%U:%G %a", "/etc/evo-agent/identity").stdout \
+            == "evo-agent:evo-support 755\n"
+        assert not list(ident.iterdir())
         conffiles = vmlib.chroot(root, "dpkg-query", "-W", "-f", "${Conffiles}",
                                  "evo-agent").stdout
         assert "/etc/evo-agent/agent.toml" in conffiles
@@ -91,8 +98,11 @@ def test_install_upgrade_remove_purge(tmp_path: Path) -> None:
         state = root / "var/lib/evo-agent/outbox/report.json"
         state.parent.mkdir(parents=True)
         state.write_text("{}")
-        vpnid = root / "etc/evo-agent/vpnid"
-        vpnid.write_text("EVO432-0042\n")
+        # A unit manufactured by an older version kept its VPNID in /etc/evo-agent/vpnid: the
+        # upgrade moves it where the agent now reads it.
+        legacy = root / "etc/evo-agent/vpnid"
+        legacy.write_text("EVO432-0042\n")
+        vpnid = ident / "vpnid"
 
         out = vmlib.install_deb(root, deb2.path)
         assert "agent.toml" not in out.stdout + out.stderr  # no conffile prompt: kept silently
@@ -101,7 +111,10 @@ def test_install_upgrade_remove_purge(tmp_path: Path) -> None:
         assert vmlib.chroot(root, "dpkg-query", "-W", "-f", "${Version}",
                             "evo-agent").stdout == deb2.version
         assert conf.read_text() == local
-        assert dropin.is_file() and state.is_file() and vpnid.is_file()
+        assert dropin.is_file() and state.is_file()
+        assert vpnid.read_text() == "EVO432-0042\n" and not legacy.exists()
+        assert json.loads(vmlib.chroot(root, "evo-agent", "inventory",
+                                       "--json").stdout)["functional"]["vpnid"] == "EVO432-0042"
         # The configuration with the local change is valid for the installed agent.
         assert vmlib.chroot(root, "evo-agent", "collectors", "--json").returncode == 0
 

@@ -34,7 +34,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +296,7 @@ class Appliance:
     boot_serial: str = "S4BENS0N912345X"
     rip_model: str = "HL-DT-ST BD-RE BH16NS40"
     rip_serial: str = "KLJB2M91234"
+    rip_drive: bool = True  # False: a unit built without its rip drive (manufacturing FAIL)
     usb_stick_serial: str = "CANARY-USBSTICK-5e61"
     lan_mac: str = "00:1b:21:e4:32:01"    # e1000e, the onboard NIC (an Intel OUI)
     fiber_mac: str = "00:e0:4c:68:43:02"  # usb-net on the xHCI, the fiber dongle (Realtek OUI)
@@ -348,6 +349,10 @@ class Image:
 
 
 PROBE_PORT = "org.evo.results"
+#: Kernel command line that takes the agent out of a boot (systemd-debug-generator).
+BOOT_TIME_MASK = "systemd.mask=evo-agent.service systemd.mask=evo-agent-manufacture.service"
+#: The VPNID of the second unit, the one built without its rip drive.
+NOCD_VPNID = "EVO432-0331-NOCD"
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -387,11 +392,17 @@ def install_deb(root: Path, deb: Path) -> subprocess.CompletedProcess[str]:
         (root / "usr/sbin/policy-rc.d").unlink()
 
 
-def configure_appliance(root: Path, hw: Appliance, probe_cfg: dict[str, Any]) -> None:
-    """Write the appliance's own configuration and the test's probe into the tree."""
+def configure_appliance(root: Path, hw: Appliance, probe_cfg: dict[str, Any], *,
+                        write_vpnid: bool = True) -> None:
+    """Write the appliance's own configuration and the test's probe into the tree.
+
+    ``write_vpnid``: as if the unit had been manufactured already (the benchmark); without it,
+    the VPNID comes from the factory boot (evo-agent-manufacture.service).
+    """
     _write(root / "etc/hostname", hw.hostname + "\n")
     _write(root / "etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {hw.hostname}\n")
-    _write(root / "etc/evo-agent/vpnid", hw.vpnid + "\n")
+    if write_vpnid:
+        _write(root / "etc/evo-agent/identity/vpnid", hw.vpnid + "\n")
     # The appliance serves music over Samba: its NetBIOS name is what the LAN sees.
     _write(root / "etc/samba/smb.conf",
            f"[global]\n   workgroup = WORKGROUP\n   netbios name = {hw.netbios_name}\n"
@@ -420,7 +431,7 @@ def configure_appliance(root: Path, hw: Appliance, probe_cfg: dict[str, Any]) ->
     _write(root / "etc/machine-id", "")
 
 
-def make_image(root: Path, out_dir: Path, size: str = "3G") -> Image:
+def make_image(root: Path, out_dir: Path, size: str = "3G", disk_name: str = "disk.img") -> Image:
     """Turn the tree into an ext4 image with mkfs.ext4 -d (no mount); keep kernel and initrd."""
     t0 = time.monotonic()
     root_uuid = str(uuid.uuid4())
@@ -432,7 +443,7 @@ def make_image(root: Path, out_dir: Path, size: str = "3G") -> Image:
     kernel, initrd = out_dir / "vmlinuz", out_dir / "initrd.img"
     shutil.copy2(kernels[-1], kernel)
     shutil.copy2(initrds[-1], initrd)
-    disk = out_dir / "disk.img"
+    disk = out_dir / disk_name
     if disk.exists():
         disk.unlink()
     run(["mkfs.ext4", "-q", "-F", "-L", "evo-root", "-U", root_uuid, "-d", root, disk, size])
@@ -493,61 +504,75 @@ def echo_server(ns: str, port: int) -> Iterator[subprocess.Popen[str]]:
             proc.stdout.close()
 
 
-# -- delivery (issue 3): the registry in the namespace ---------------------------------------------
+# -- the registry (issues 3, 4, 6): evo-registry in the namespace ---------------------------------
+#: The TLS proxy in front of the registry, on the LAN gateway (what the VM is told to use).
 REGISTRY_PORT = 8443
-#: How long the registry holds the request during which the power is cut.
+#: ``evo-registry serve`` itself, on the namespace's own loopback (out of the VM's reach).
+REGISTRY_UPSTREAM = "127.0.0.1:8480"  # (the echo listener has 8432)
+#: How long the proxy holds the request during which the power is cut.
 CUT_HOLD_S = 30
+FACTORY_TOKEN = "evo-vm-factory-token-3b91c2"  # noqa: S105 - the test registry's own token
+SUPPORT_TOKEN = "evo-vm-support-token-71d0ae"  # noqa: S105 - the test registry's own token
 
 
 def delivery_available(repo: Path = REPO) -> bool:
-    """True when the tree has the daemon and the delivery tests' registry (issue 3)."""
-    return all((repo / f).is_file() for f in ("evo_agent/daemon.py", "tests/delivery/server.py",
-                                              "tests/delivery/pki.py"))
+    """True when the tree has the daemon (issue 3), the registry (issue 4) and manufacturing."""
+    return all((repo / f).is_file() for f in ("evo_agent/daemon.py", "evo_registry/cli.py",
+                                              "evo_agent/manufacture.py", "tests/delivery/pki.py"))
 
 
 @dataclass
-class Delivery:
-    """The registry's TLS files and the device key enrolled with it (made at 'manufacturing')."""
+class Registry:
+    """The registry run by the test: its directory, TLS files and the namespace it lives in."""
 
     out: Path
     ca: Path
     cert: Path
     key: Path
-    device_key_pem: bytes
-    public_b64: str
+    ns: str = ""
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        """What the registry answered so far (tests/vm/registry_netns.py writes it)."""
+        """What went through the TLS proxy so far (tests/vm/registry_netns.py writes it)."""
         path = self.out / "requests.jsonl"
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def stored(self) -> dict[str, dict[str, Any]]:
-        """The reports the registry stored, by report UUID."""
-        return {p.stem: json.loads(p.read_text()) for p in self.out.glob("*-*-*-*-*.json")}
+    def get(self, path: str, token: str = SUPPORT_TOKEN) -> dict[str, Any]:
+        """GET from the registry's API (inside the namespace); {"status", "doc"}."""
+        proc = run(["ip", "netns", "exec", self.ns, sys.executable, HERE / "registry_netns.py",
+                    "get", f"http://{REGISTRY_UPSTREAM}{path}", token], capture=True, timeout=60)
+        doc: dict[str, Any] = json.loads(proc.stdout)
+        return doc
+
+    def device(self, vpnid: str) -> dict[str, Any]:
+        """GET /v1/devices/{vpnid} with the support token."""
+        return self.get(f"/v1/devices/{vpnid}")
+
+    def snapshot(self, vpnid: str) -> dict[str, Any]:
+        """The device as the registry's API shows it, and the proxy's records, now."""
+        return {"device": self.device(vpnid), "records": self.records}
 
 
-def make_delivery(out_dir: Path, hw: Appliance) -> Delivery:
-    """A test CA with a certificate for the LAN gateway, and the device's Ed25519 key."""
-    import base64
+def make_registry(out_dir: Path, hw: Appliance) -> Registry:
+    """A test CA with a certificate for the LAN gateway, and the registry's settings."""
     import importlib
 
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    pki = importlib.import_module("tests.delivery.pki").make_pki(out_dir / "pki", "evo-vm",
-                                                                  host=hw.lan_gw)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    public = base64.b64encode(key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
     out = out_dir / "registry"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    return Delivery(out, Path(pki.ca_pem), Path(pki.cert_pem), Path(pki.key_pem), pem, public)
+    pki = importlib.import_module("tests.delivery.pki").make_pki(out_dir / "pki", "evo-vm",
+                                                                  host=hw.lan_gw)
+    (out / "registry.toml").write_text(
+        "# Written by the appliance test (tests/vm/vmlib.py).\n"
+        f'database = "sqlite:///{out}/registry.db"\n'
+        f'listen = "{REGISTRY_UPSTREAM}"\n'
+        "# The test's TLS proxy (registry_netns.py) forwards from the namespace's loopback.\n"
+        'trusted_proxies = ["127.0.0.1/32"]\n'
+        f'factory_tokens = ["{FACTORY_TOKEN}"]\nsupport_tokens = ["{SUPPORT_TOKEN}"]\n'
+        "threads = 4\n", encoding="utf-8")
+    return Registry(out, Path(pki.ca_pem), Path(pki.cert_pem), Path(pki.key_pem))
 
 
 def _ids(root: Path, user: str, group: str) -> tuple[int, int]:
@@ -558,44 +583,66 @@ def _ids(root: Path, user: str, group: str) -> tuple[int, int]:
     return uid, gid
 
 
-def provision_delivery(root: Path, hw: Appliance, d: Delivery) -> None:
-    """What manufacturing leaves on a unit: the registry's URL and CA, and the enrolled key."""
-    _write(root / "etc/evo-agent/ca.pem", d.ca.read_text())
-    _write(root / "etc/evo-agent/agent.d/90-appliance-test.toml",
-           "# Written by the appliance test: the registry in the test's network namespace.\n"
+def provision_line(root: Path, hw: Appliance, reg: Registry) -> None:
+    """What the manufacturing line's image holds: the registry's URL and CA, the bill of
+    materials, the sales region and PSU, and the factory token (readable by the agent only)."""
+    _write(root / "etc/evo-agent/ca.pem", reg.ca.read_text())
+    _write(root / "etc/evo-agent/agent.d/50-line.toml",
+           "# Written by the appliance test: the line's settings and the registry in the test's\n"
+           "# network namespace.\n"
            f'[delivery]\nhttps_url = "https://{hw.lan_gw}:{REGISTRY_PORT}"\n'
-           'ca_bundle = "/etc/evo-agent/ca.pem"\n')
+           'ca_bundle = "/etc/evo-agent/ca.pem"\n'
+           "[manufacture]\n"
+           f'registry_url = "https://{hw.lan_gw}:{REGISTRY_PORT}"\n'
+           'factory_token_file = "/etc/evo-agent/factory.token"\n'
+           'sales_region = ["BE", "NL", "LU"]\npsu_variant = "230V"\nmodel = "432 EVO Aeon"\n'
+           'expected_audio = "HDA Intel"\n'
+           f"min_ram_bytes = {hw.ram_mib * 1024 * 1024}\n")
     uid, gid = _ids(root, "evo-agent", "evo-support")
-    state = root / "var/lib/evo-agent"
-    state.mkdir(mode=0o750, exist_ok=True)
-    os.chown(state, uid, gid)
-    key = state / "device.key"
-    key.write_bytes(d.device_key_pem)
-    key.chmod(0o600)
-    os.chown(key, uid, gid)
+    token = root / "etc/evo-agent/factory.token"
+    _write(token, FACTORY_TOKEN + "\n", 0o640)
+    os.chown(token, 0, gid)
+    del uid
 
 
 @contextlib.contextmanager
-def registry(ns: str, hw: Appliance, d: Delivery) -> Iterator[subprocess.Popen[bytes]]:
-    """Run the registry on the LAN gateway address inside the namespace."""
-    log = (d.out / "server.log").open("wb")
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, str(HERE / "registry_netns.py"),
-         "--host", hw.lan_gw, "--port", str(REGISTRY_PORT), "--cert", str(d.cert),
-         "--key", str(d.key), "--enroll", hw.vpnid, d.public_b64, "--out", str(d.out)],
-        stdout=log, stderr=subprocess.STDOUT)
+def registry(ns: str, hw: Appliance, reg: Registry) -> Iterator[Registry]:
+    """Run ``evo-registry serve`` and its TLS proxy inside the namespace."""
+    reg.ns = ns
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = [(reg.out / "registry.log").open("wb"), (reg.out / "proxy.log").open("wb")]
+    serve = Path(sys.executable).with_name("evo-registry")
+    cmd = [str(serve)] if serve.exists() else [
+        sys.executable, "-c", "import sys; from evo_registry.cli import main; sys.exit(main())"]
     try:
-        deadline = time.monotonic() + 30
-        while not (d.out / "ready").exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
+        procs.append(subprocess.Popen(
+            ["ip", "netns", "exec", ns, *cmd, "serve", "--config", str(reg.out / "registry.toml")],
+            stdout=logs[0], stderr=subprocess.STDOUT))
+        procs.append(subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, str(HERE / "registry_netns.py"), "proxy",
+             "--listen", f"{hw.lan_gw}:{REGISTRY_PORT}",
+             "--cert", str(reg.cert), "--key", str(reg.key), "--upstream", REGISTRY_UPSTREAM,
+             "--out", str(reg.out)], stdout=logs[1], stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 60
+        while True:
+            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
                 raise RuntimeError("the registry did not start: "
-                                   + (d.out / "server.log").read_text(errors="replace"))
-            time.sleep(0.1)
-        yield proc
+                                   + (reg.out / "registry.log").read_text(errors="replace")
+                                   + (reg.out / "proxy.log").read_text(errors="replace"))
+            if (reg.out / "proxy-ready").exists():
+                try:
+                    if reg.get("/healthz")["status"] == 200:
+                        break
+                except (RuntimeError, ValueError):
+                    pass
+            time.sleep(0.5)
+        yield reg
     finally:
-        proc.kill()
-        proc.wait()
-        log.close()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        for log in logs:
+            log.close()
 
 
 # -- QEMU ---------------------------------------------------------------------------------------
@@ -622,7 +669,8 @@ def qemu_argv(hw: Appliance, image: Image, out_dir: Path,
         # Boot drive and rip drive on the q35's own AHCI controller (00:1f.2).
         "-drive", f"if=none,id=boot,file={image.disk},format=raw,cache=unsafe",
         "-device", f"ide-hd,bus=ide.0,drive=boot,model={hw.boot_model},serial={hw.boot_serial}",
-        "-device", f"ide-cd,bus=ide.1,model={hw.rip_model},serial={hw.rip_serial}",
+        *(["-device", f"ide-cd,bus=ide.1,model={hw.rip_model},serial={hw.rip_serial}"]
+          if hw.rip_drive else []),
         # The onboard NIC.
         "-netdev", "tap,id=lan,ifname=tap-lan,script=no,downscript=no",
         "-device", f"e1000e,netdev=lan,mac={hw.lan_mac},addr=0x02",
@@ -644,6 +692,23 @@ def qemu_argv(hw: Appliance, image: Image, out_dir: Path,
     ]
 
 
+#: A boot that shows no console progress for this long before the system is up has hung.
+#: Measured (TCG, 2 shared cores, 9 boots of the appliance): the longest pause between two console
+#: lines before the login prompt was 7 s of guest time (udev loading drivers), and a whole boot to
+#: the prompt took 30-45 s; the one hang seen (a clean-clone run of .ci/run, session 1) stopped
+#: after "Loading compiled-in X.509 certificates" at 4 s and printed nothing for 600 s.  120 s is
+#: many times the longest real pause, even on a machine several times as loaded.
+STALL_S = 120.0
+#: How often a hung boot is killed and started again before the boot counts as failed.
+BOOT_RETRIES = 2
+#: The system is up (the stall watch ends): the serial getty's prompt, or the test's probe.
+#: After that the guest may rightly be silent for minutes (the probe runs the agent).
+UP = re.compile(r" login: |evo-vm-probe: started|evo-agent-manufacture\b")
+#: A boot that ended in one of these failed for real: it is reported, never retried.
+FATAL = re.compile(r"Kernel panic|You are in emergency mode|Give root password for maintenance"
+                   r"|Gave up waiting for root|\(initramfs\) ")
+
+
 @dataclass
 class Boot:
     """One boot of the appliance: what came back and how long it took."""
@@ -652,58 +717,146 @@ class Boot:
     console: str
     wall_s: float
     returncode: int | None
+    #: Boots killed as hung before this one (each: attempt, seconds, the last console line).
+    hangs: list[dict[str, Any]] = field(default_factory=list)
+    #: Why the boot failed for real (a FATAL match on the console, or the overall timeout).
+    failure: str | None = None
+
+
+def last_line(text: str) -> str:
+    """The console's last non-empty line (for the log of a hang)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1][-200:] if lines else ""
+
+
+def _read_console(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+
+def _run_qemu(argv: list[str], out_dir: Path, deadline: float, stall_s: float,
+              cut_power_when: Callable[[], bool] | None) -> tuple[int | None, str | None,
+                                                                   float | None]:
+    """Run QEMU once; return (status, failure, stalled seconds if it was killed as hung)."""
+    console = out_dir / "console.log"
+    with (out_dir / "qemu.log").open("w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        size, progress, up = -1, time.monotonic(), False
+        while True:
+            try:
+                return proc.wait(0.5), None, None
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if cut_power_when is not None and cut_power_when():
+                LOG.info("power cut: killing QEMU")
+                proc.kill()
+                return proc.wait(), None, None
+            if now > deadline:
+                LOG.error("QEMU still running at the boot's deadline: killing it")
+                proc.kill()
+                proc.wait()
+                return None, "timeout", None
+            new_size = console.stat().st_size if console.exists() else 0
+            if new_size != size:
+                size, progress = new_size, now
+                text = _read_console(console)
+                fatal = FATAL.search(text)
+                if fatal:
+                    # A real failure: give QEMU a moment to finish (panic=-1 reboots, and
+                    # -no-reboot ends it), then stop it; never retried.
+                    LOG.error("boot failed: %r on the console", fatal.group(0))
+                    try:
+                        rc: int | None = proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        rc = proc.wait()
+                    return rc, f"console: {fatal.group(0)}", None
+                up = up or bool(UP.search(text))
+            elif not up and now - progress > stall_s:
+                proc.kill()
+                proc.wait()
+                return None, None, now - progress
 
 
 def boot(hw: Appliance, image: Image, out_dir: Path, ns: str, *, timeout: float = 600,
          cmdline_extra: str = "evo.manufacture=1",
-         cut_power_when: Callable[[], bool] | None = None) -> Boot:
+         cut_power_when: Callable[[], bool] | None = None,
+         stall_s: float = STALL_S, retries: int = BOOT_RETRIES,
+         qemu_extra: Sequence[str] = ()) -> Boot:
     """Boot the image under QEMU in the namespace; wait for the probe's results or the timeout.
 
     The disk image persists between calls: a second call is a reboot of the same unit.
     ``cut_power_when`` is polled while the VM runs; when it returns True, QEMU is killed
     (SIGKILL: the guest gets no chance to flush anything, as when the plug is pulled).
+
+    Hang watch: until the system is up (:data:`UP` on the console), a boot whose console shows
+    nothing new for ``stall_s`` seconds is a hang (seen once under TCG in the kernel's early
+    boot); QEMU is killed (a power cut: the disk is the same) and the boot started again, at most
+    ``retries`` times, each logged and returned in ``Boot.hangs`` (with the hung console kept as
+    console-hang-N.log).  Anything else (QEMU exits, a kernel panic, emergency mode, the overall
+    ``timeout``) is returned as it is: a real failure is never retried.
     """
     results = out_dir / "results.jsonl"
-    for stale in (results, out_dir / "console.log"):
-        if stale.exists():
-            stale.unlink()
-    argv = ["ip", "netns", "exec", ns, *qemu_argv(hw, image, out_dir, cmdline_extra)]
+    argv = ["ip", "netns", "exec", ns,
+            *qemu_argv(hw, image, out_dir, cmdline_extra), *qemu_extra]
     (out_dir / "qemu-argv.json").write_text(json.dumps(argv, indent=1), encoding="utf-8")
-    LOG.info("booting: %s", " ".join(argv))
+    hangs: list[dict[str, Any]] = []
     t0 = time.monotonic()
-    with (out_dir / "qemu.log").open("w") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        rc: int | None = None
-        deadline = time.monotonic() + timeout
-        while rc is None:
-            try:
-                rc = proc.wait(0.2)
-            except subprocess.TimeoutExpired:
-                if cut_power_when is not None and cut_power_when():
-                    LOG.info("power cut: killing QEMU")
-                    proc.kill()
-                    rc = proc.wait()
-                elif time.monotonic() > deadline:
-                    LOG.error("QEMU still running after %s s: killing it", timeout)
-                    proc.kill()
-                    proc.wait()
-                    break
+    deadline = t0 + timeout + retries * stall_s
+    while True:
+        for stale in (results, out_dir / "console.log"):
+            if stale.exists():
+                stale.unlink()
+        LOG.info("booting (attempt %s): %s", len(hangs) + 1, " ".join(argv))
+        started = time.monotonic()
+        rc, failure, stalled = _run_qemu(argv, out_dir, min(deadline, started + timeout),
+                                         stall_s, cut_power_when)
+        console = _read_console(out_dir / "console.log")
+        if stalled is None:
+            fatal = FATAL.search(console)
+            if failure is None and fatal:  # QEMU ended before the watch saw it (panic=-1)
+                failure = f"console: {fatal.group(0)}"
+            break
+        hang = {"attempt": len(hangs) + 1, "after_s": round(time.monotonic() - started, 1),
+                "silent_s": round(stalled, 1), "last_line": last_line(console)}
+        hangs.append(hang)
+        (out_dir / f"console-hang-{len(hangs)}.log").write_text(console, encoding="utf-8")
+        with (out_dir / "hangs.jsonl").open("a") as fh:
+            fh.write(json.dumps(hang) + "\n")
+        if len(hangs) > retries:
+            LOG.error("boot hung %s times (no console output for %.0f s before the system was "
+                      "up; last line %r): giving up", len(hangs), stalled, hang["last_line"])
+            failure = f"hung {len(hangs)} times"
+            break
+        LOG.warning("BOOT HANG: no console output for %.0f s before the system was up (last "
+                    "line %r): QEMU killed, booting again (retry %s of %s)", stalled,
+                    hang["last_line"], len(hangs), retries)
     wall = time.monotonic() - t0
     doc = None
     if results.exists():
         for line in results.read_text(encoding="utf-8", errors="replace").splitlines():
             if line.strip().startswith("{"):
                 doc = json.loads(line)
-    console = (out_dir / "console.log").read_text(encoding="utf-8", errors="replace") \
-        if (out_dir / "console.log").exists() else ""
-    return Boot(doc, console, wall, rc)
+    return Boot(doc, console, wall, rc, hangs, failure)
+
+
+def _mark_console(out_dir: Path, name: str) -> None:
+    if (out_dir / "console.log").exists():
+        shutil.copy2(out_dir / "console.log", out_dir / f"console-{name}.log")
 
 
 def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
                   extra_packages: Sequence[str] = (), bench_runs: int = 0,
-                  timeout: float = 600) -> dict[str, Any]:
-    """Everything, once: .deb, system, image, boot; return the evidence (also saved as JSON).
+                  timeout: float = 600, boot_time_runs: int = 2) -> dict[str, Any]:
+    """Everything, once: .deb, system, image, boots; return the evidence (also saved as JSON).
 
+    With the registry (:func:`delivery_available`), the unit lives its life in order: boot 1 is
+    the factory's (``evo.manufacture=1 evo.vpnid=...``: the manufacturing unit checks, enrols and
+    prints its verdict; the daemon stays off), boot 2 the owner's first (the boot report; the
+    probe's full checks), boot 3 a reboot, boot 4 a power cut while a report is in flight,
+    boot 5 the next boot; then a second unit built without its rip drive is booted at the factory
+    (FAIL); last, ``boot_time_runs`` boots of the first unit with the agent's units enabled and as
+    many with them masked, for the time the agent adds to boot.
     With ``bench_runs``, the system also has ``extra_packages`` and the probe runs
     bench/inventory_bench.py in the guest (the installed agent against lshw, inxi, ...).
     """
@@ -725,10 +878,11 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
     configure_appliance(work, hw, {"guest_ips": [hw.lan_ip, hw.fiber_ip],
                                    "peers": [hw.lan_gw, hw.fiber_peer], "echo_port": port,
                                    "runs": 3, "bench_runs": bench_runs,
-                                   "delivery_wait_s": 420 if delivering else 0})
-    d = make_delivery(out_dir, hw) if delivering else None
-    if d is not None:
-        provision_delivery(work, hw, d)
+                                   "delivery_wait_s": 420 if delivering else 0},
+                        write_vpnid=not delivering)
+    reg = make_registry(out_dir, hw) if delivering else None
+    if reg is not None:
+        provision_line(work, hw, reg)
     if bench_runs:
         # The benchmark runs the installed code: its REPO (parents[1]) is /usr/local/lib/evo-vm,
         # where the package's directories are linked.
@@ -738,60 +892,89 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
         for name in ("evo_agent", "collectors", "config"):
             _symlink(lib / name, f"/usr/share/evo-agent/{name}")
     image = make_image(work, out_dir)
+    nocd = replace(hw, rip_drive=False, vpnid=NOCD_VPNID)
+    nocd_image = make_image(work, out_dir, disk_name="disk-nocd.img") if delivering else None
     shutil.rmtree(work)
     timings["image_s"] = time.monotonic() - t1
-    reboot: dict[str, Any] = {}
+    life: dict[str, Any] = {}
+    hangs: dict[str, list[dict[str, Any]]] = {}
+
+    def one(name: str, unit: Appliance, img: Image, cmdline: str,
+            cut: Callable[[], bool] | None = None) -> Boot:
+        b = boot(unit, img, out_dir, ns, timeout=timeout, cmdline_extra=cmdline,
+                 cut_power_when=cut)
+        timings[f"{name}_boot_s"] = b.wall_s
+        hangs[name] = b.hangs
+        _mark_console(out_dir, name)
+        return b
+
     with contextlib.ExitStack() as stack:
         ns = stack.enter_context(netns(hw))
         stack.enter_context(echo_server(ns, port))
-        if d is not None:
-            stack.enter_context(registry(ns, hw, d))
-        result = boot(hw, image, out_dir, ns, timeout=timeout)
-        timings["boot_s"] = result.wall_s
-        if d is not None:
-            # Boot 1 was the factory's (evo.manufacture=1); boot 2 is the owner's, same disk.
-            reboot["after_boot1"] = {"records": d.records, "stored": d.stored()}
-            shutil.copy2(out_dir / "console.log", out_dir / "console-boot1.log")
-            second = boot(hw, image, out_dir, ns, timeout=timeout,
-                          cmdline_extra="evo.probe=delivery")
-            timings["reboot_s"] = second.wall_s
-            reboot.update({"guest": second.results, "qemu_returncode": second.returncode,
-                           "console_tail": second.console[-20000:],
-                           "after_boot2": {"records": d.records, "stored": d.stored()}})
-            # Boot 3: the registry holds the next request; the power is cut while it is in
-            # flight.  Boot 4: the registry answers again; the report must arrive exactly once.
-            seen = len(d.records)
-            (d.out / "mode").write_text(f"slow {CUT_HOLD_S}\n")
+        if reg is None:
+            result = one("main", hw, image, "")
+        else:
+            stack.enter_context(registry(ns, hw, reg))
+            factory = one("factory", hw, image,
+                          f"evo.manufacture=1 evo.vpnid={hw.vpnid} evo.probe=factory")
+            life["factory"] = {"guest": factory.results, "qemu_returncode": factory.returncode,
+                               "console": factory.console, "failure": factory.failure,
+                               **reg.snapshot(hw.vpnid)}
+            # The owner's first boot: the full probe, and the boot report.
+            result = one("main", hw, image, "")
+            life["first"] = reg.snapshot(hw.vpnid)
+            second = one("reboot", hw, image, "evo.probe=delivery")
+            life["reboot"] = {"guest": second.results, "qemu_returncode": second.returncode,
+                              "console_tail": second.console[-20000:], **reg.snapshot(hw.vpnid)}
+            # Boot 4: the proxy holds the next request; the power is cut while it is in flight.
+            # Boot 5: the proxy forwards again; the report must be stored exactly once.
+            seen = len(reg.records)
+            (reg.out / "mode").write_text(f"slow {CUT_HOLD_S}\n")
 
             def in_flight() -> bool:
-                return any(r["event"] == "request" for r in d.records[seen:])
+                return any(r["event"] == "request" and r["path"] == "/v1/reports"
+                           for r in reg.records[seen:])
 
-            cut = boot(hw, image, out_dir, ns, timeout=timeout, cmdline_extra="evo.probe=delivery",
-                       cut_power_when=in_flight)
-            timings["power_cut_boot_s"] = cut.wall_s
-            (d.out / "mode").write_text("ok\n")
-            reboot["power_cut"] = {"qemu_returncode": cut.returncode, "guest": cut.results,
-                                   "records_before": seen, "after_cut": d.records}
-            after = boot(hw, image, out_dir, ns, timeout=timeout,
-                         cmdline_extra="evo.probe=delivery")
-            timings["after_cut_boot_s"] = after.wall_s
-            # The held request is answered (into the void) CUT_HOLD_S after it came.
+            cut = one("power_cut", hw, image, "evo.probe=delivery", in_flight)
+            (reg.out / "mode").write_text("ok\n")
+            life["power_cut"] = {"qemu_returncode": cut.returncode, "guest": cut.results,
+                                 "records_before": seen, "after_cut": reg.records}
+            after = one("after_cut", hw, image, "evo.probe=delivery")
+            # The held request reaches the registry CUT_HOLD_S after it came (its answer goes
+            # nowhere: the VM that sent it is gone).
             deadline = time.monotonic() + CUT_HOLD_S + 30
             while (time.monotonic() < deadline
                    and not any(r["event"] == "answer" and r.get("mode") == "slow"
-                               for r in d.records[seen:])):
+                               for r in reg.records[seen:])):
                 time.sleep(1)
-            reboot["after_cut_boot"] = {"guest": after.results,
-                                        "qemu_returncode": after.returncode,
-                                        "console_tail": after.console[-20000:],
-                                        "records": d.records, "stored": d.stored()}
+            life["after_cut"] = {"guest": after.results, "qemu_returncode": after.returncode,
+                                 "console_tail": after.console[-20000:],
+                                 **reg.snapshot(hw.vpnid)}
+            # A unit built without its rip drive, at the factory.
+            assert nocd_image is not None
+            bad = one("nocd", nocd, nocd_image,
+                      f"evo.manufacture=1 evo.vpnid={nocd.vpnid} evo.probe=factory")
+            life["nocd"] = {"guest": bad.results, "qemu_returncode": bad.returncode,
+                            "console": bad.console, "failure": bad.failure,
+                            **reg.snapshot(nocd.vpnid)}
+            nocd_image.disk.unlink()
+            # The time the agent adds to boot: the same unit, booted with both units enabled and
+            # with both masked (systemd.mask= on the kernel command line), interleaved so that
+            # a drift of this machine's load hits both alike.
+            life["boot_time"] = []
+            for i in range(boot_time_runs):
+                for state, extra in (("enabled", ""), ("masked", BOOT_TIME_MASK)):
+                    b = one(f"boot_time_{state}_{i + 1}", hw, image,
+                            f"evo.probe=boottime {extra}".strip())
+                    life["boot_time"].append({"state": state, "guest": b.results,
+                                              "qemu_returncode": b.returncode})
     timings["total_s"] = time.monotonic() - t0
     image.disk.unlink()
     evidence = {"deb": {"path": str(deb.path), "version": deb.version, "lintian": deb.lintian,
                         "lintian_status": deb.lintian_status, "dpkg_i": installed.stdout},
-                "timings": timings, "qemu_returncode": result.returncode,
+                "timings": timings, "hangs": hangs, "qemu_returncode": result.returncode,
                 "guest": result.results, "console_tail": result.console[-20000:],
-                "delivery": reboot if d is not None else None}
+                "failure": result.failure, "delivery": life if reg is not None else None}
     (out_dir / "evidence.json").write_text(json.dumps(evidence, indent=1), encoding="utf-8")
     return evidence
 

@@ -116,10 +116,16 @@ def read(path: str) -> str | None:
 def main() -> None:
     """Run every step, send the results, power off."""
     port = sys.argv[1]
+    # On the console (StandardOutput=journal+console): the host's hang watch ends here.
+    print("evo-vm-probe: started", flush=True)
     cfg = json.loads(read(CONFIG_FILE) or "{}")
-    # The reboot in the delivery check only needs the delivery steps (evo.probe=delivery).
-    full = "evo.probe=delivery" not in (read("/proc/cmdline") or "").split()
+    # The reboots in the delivery check only need the delivery steps (evo.probe=delivery); the
+    # factory's boots (evo.probe=factory) only the units' state: nothing is sent then.
+    words = (read("/proc/cmdline") or "").split()
+    mode = next((w.split("=", 1)[1] for w in words if w.startswith("evo.probe=")), "full")
+    full = mode == "full"
     RESULTS["full"] = full
+    RESULTS["mode"] = mode
     RESULTS["started_monotonic"] = time.monotonic()
 
     @step("system_running")
@@ -157,7 +163,7 @@ def main() -> None:
         result["reach"] = reach
         return result
 
-    if cfg.get("delivery_wait_s"):
+    if cfg.get("delivery_wait_s") and mode in ("full", "delivery"):
         @step("delivery")
         def _() -> Any:
             # The daemon sends the boot report once the network is up: wait (bounded) until
@@ -200,7 +206,7 @@ def main() -> None:
                        "ActiveState,SubState,Result,ExecMainStatus,NRestarts,ConditionResult,"
                        "UnitFileState,User,Group,MemoryMax,Nice,CPUSchedulingPolicy,IOSchedulingClass,"
                        "MainPID,ExecMainStartTimestampMonotonic,ActiveEnterTimestampMonotonic,"
-                       "MemoryCurrent"])[1]
+                       "MemoryCurrent,CPUUsageNSec"])[1]
             out[unit] = {
                 "show": dict(line.split("=", 1) for line in show.splitlines() if "=" in line),
                 "journal": sh(["journalctl", "-b", "-u", unit, "-o", "cat", "--no-pager"])[1],
