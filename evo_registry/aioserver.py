@@ -32,8 +32,9 @@ from typing import Any
 from urllib.parse import unquote
 
 from evo_registry.app import Environ, Registry, Response, json_response
+from evo_registry.batch import AsyncGroupCommit
 from evo_registry.db import Row
-from evo_registry.errors import DatabaseError, HttpError
+from evo_registry.errors import HttpError
 
 LOG = logging.getLogger(__name__)
 
@@ -126,6 +127,10 @@ class HttpServer:
         self._async_reads = app.db.dialect == "postgresql"
         self._aconn: Any = None
         self._aconn_lock = asyncio.Lock()
+        # PostgreSQL: reports are stored by a writer task of this loop, on its own asyncio
+        # connection (no thread hand-over between parse and COMMIT); SQLite keeps the app's
+        # thread writer (its writes are blocking calls).
+        self.writer = AsyncGroupCommit(app.store, app.limits) if self._async_reads else None
 
     async def serve(self, sock: socket.socket, stop: asyncio.Event) -> None:
         """Accept connections until ``stop`` is set, then finish the requests under way."""
@@ -225,7 +230,10 @@ class HttpServer:
                 app.read_body(environ, 64 * 1024)  # raises the same 413 as under WSGI
             key = await self._key(vpnid)
             item = app.check_report(environ, vpnid, signature, body, key)
-            outcome = await app.writer.submit_async(item)
+            if self.writer is not None:
+                outcome = await self.writer.submit(item)
+            else:
+                outcome = await app.writer.submit_async(item)
             return app.report_response(item, outcome)
         except HttpError as exc:
             return json_response(exc.status, {"error": exc.reason}, exc.headers)
@@ -238,16 +246,10 @@ class HttpServer:
         if not self._async_reads:
             return await asyncio.get_running_loop().run_in_executor(self.pool, blocking)
         import psycopg
-        from psycopg.rows import dict_row
 
         async with self._aconn_lock:  # one connect, even when many requests start together
             if self._aconn is None or self._aconn.closed:
-                try:
-                    self._aconn = await psycopg.AsyncConnection.connect(
-                        self.app.db.url, autocommit=True, row_factory=dict_row)
-                except psycopg.OperationalError as exc:
-                    raise DatabaseError(f"cannot connect to {self.app.db.describe()}: "
-                                        f"{exc}") from exc
+                self._aconn = await self.app.db.connect_async()
             conn = self._aconn
         try:
             cur = await conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
@@ -291,7 +293,9 @@ class HttpServer:
         return key
 
     async def close(self) -> None:
-        """Close this loop's database connection."""
+        """Store the reports queued, then close this loop's database connections."""
+        if self.writer is not None:
+            await self.writer.close()
         if self._aconn is not None:
             await self._aconn.close()
             self._aconn = None
