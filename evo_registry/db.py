@@ -161,7 +161,7 @@ class _Tx:
         return cur
 
     def _sql(self, sql: str) -> str:
-        return sql.replace("%", "%%").replace("?", "%s") if self._pg else sql
+        return _pg_sql(sql) if self._pg else sql
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run a statement and return all its rows."""
@@ -240,7 +240,12 @@ def drive(tx: Cursor, steps: Steps[T]) -> T:
 
 
 def _pg_sql(sql: str) -> str:
-    return sql.replace("%", "%%").replace("?", "%s")
+    """Return a statement with psycopg's placeholders: ``?`` -> %s, ``?b`` -> %b (binary).
+
+    Binary for the arrays of a batch: psycopg's text format escapes every quote of every report
+    body with a regular expression (0.1 ms per report, measured); the binary one copies them.
+    """
+    return sql.replace("%", "%%").replace("?b", "%b").replace("?", "%s")
 
 
 class AsyncTx:
