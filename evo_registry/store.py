@@ -301,9 +301,9 @@ class Store:
                      "UNION ALL SELECT 'r' AS k, vpnid AS a, received_at AS b FROM reports "
                      "WHERE {vpnids} AND received_at > ?")
         if self._arrays:
-            return [(lock_sql + "vpnid = ANY(?) ORDER BY vpnid" + self.db.for_update,
+            return [(lock_sql + "vpnid = ANY(?b) ORDER BY vpnid" + self.db.for_update,
                      (list(vpnids),)),
-                    (known_sql.format(ids="report_id = ANY(?)", vpnids="vpnid = ANY(?)"),
+                    (known_sql.format(ids="report_id = ANY(?b)", vpnids="vpnid = ANY(?b)"),
                      (list(ids), list(vpnids), utc_text(since)))]
         marks = ", ".join("?" * len(vpnids))
         id_marks = ", ".join("?" * len(ids))
