@@ -12,6 +12,10 @@ report is written at once, and batches grow only when requests arrive faster tha
 When a batch fails, nobody is acknowledged.  A database that is down fails every waiter (the app
 answers 503); any other error is retried one item per transaction, so one report that trips a bug
 fails alone.  A deadlock or serialization failure (PostgreSQL) retries the batch.
+
+Two writers with these rules: ``GroupCommit``, a thread (SQLite, whose calls block, and the
+waitress server's request threads), and ``AsyncGroupCommit``, a task of the asyncio server's
+loop on PostgreSQL, so that a report never changes thread between its parse and its answer.
 """
 
 from __future__ import annotations
