@@ -6,12 +6,12 @@ loop, four thread hand-overs fighting for the GIL (~0.7 ms of CPU per report mea
 bench's load, against ~0.45 ms for checking and storing it).  Here a report is read, verified and
 validated in the loop itself (~0.3 ms of CPU, nothing that blocks; on PostgreSQL a device key not
 yet cached is read over the loop's own asyncio connection, as is the finder's one query), then
-stored by group commit.  On PostgreSQL the writer is a task of this same loop on its own asyncio
-connection (``batch.AsyncGroupCommit``): parse, COMMIT and answer without any thread hand-over
-(the hand-overs to a writer thread cost ~0.25 ms of CPU per report under load).  On SQLite,
-whose calls block, the process's writer thread takes the batch (``GroupCommit.submit_async``)
-and wakes the loop once per batch.  Every other route is the plain WSGI application run in a
-small thread pool: those do blocking database reads and are rare.
+stored by group commit: the process's writer thread takes the batch (``GroupCommit.submit_async``)
+and wakes the loop once per batch.  With ``report_writer = "loop"`` on PostgreSQL the writer is
+a task of this same loop on its own asyncio connection (``batch.AsyncGroupCommit``): parse,
+COMMIT and answer without any thread hand-over; it measured slower under the bench (see
+bench/registry_results.md), hence not the default.  Every other route is the plain WSGI
+application run in a small thread pool: those do blocking database reads and are rare.
 
 The server is deliberately small: HTTP/1.1 with keep-alive and Content-Length bodies (the agent,
 browsers, schemathesis and curl all send those); chunked request bodies are refused with 411,
@@ -131,10 +131,13 @@ class HttpServer:
         self._async_reads = app.db.dialect == "postgresql"
         self._aconn: Any = None
         self._aconn_lock = asyncio.Lock()
-        # PostgreSQL: reports are stored by a writer task of this loop, on its own asyncio
-        # connection (no thread hand-over between parse and COMMIT); SQLite keeps the app's
-        # thread writer (its writes are blocking calls).
-        self.writer = AsyncGroupCommit(app.store, app.limits) if self._async_reads else None
+        # report_writer = "loop" (PostgreSQL): reports are stored by a writer task of this loop
+        # on its own asyncio connection, with no thread hand-over between parse and COMMIT.
+        # Measured slower than the writer thread under the bench (each command of psycopg's
+        # async pipeline waits for a turn of the loop, behind the requests being parsed), so
+        # the thread stays the default; SQLite always uses the thread (its calls block).
+        loop_writer = self._async_reads and app.settings.report_writer == "loop"
+        self.writer = AsyncGroupCommit(app.store, app.limits) if loop_writer else None
 
     async def serve(self, sock: socket.socket, stop: asyncio.Event) -> None:
         """Accept connections until ``stop`` is set, then finish the requests under way."""

@@ -188,7 +188,7 @@ def test_reports_over_http_use_the_loop_writer_and_survive_a_cut(pg_server: PgSe
                                                                  geo_db: Path) -> None:
     settings = Settings(database=pg_server.create_database(), geo_database=str(geo_db),
                         trusted_proxies=["127.0.0.1/32"], factory_tokens=[FACTORY],
-                        support_tokens=[SUPPORT])
+                        support_tokens=[SUPPORT], report_writer="loop")
     db = Database(settings.database)
     db.migrate()
     app = Registry(settings, db=db, geo=Geo(settings.geo_database))
@@ -219,6 +219,25 @@ def test_reports_over_http_use_the_loop_writer_and_survive_a_cut(pg_server: PgSe
         assert record["wan_ip"] == HOME_A
         assert record["reports"][0]["report_id"] == doc["report_id"]  # newest first
         assert len(record["reports"]) == 2
+    finally:
+        srv.close()
+        app.close()
+        db.close()
+
+
+def test_the_writer_thread_is_the_default(pg_server: PgServer, geo_db: Path) -> None:
+    settings = Settings(database=pg_server.create_database(), geo_database=str(geo_db),
+                        trusted_proxies=["127.0.0.1/32"], factory_tokens=[FACTORY])
+    db = Database(settings.database)
+    db.migrate()
+    app = Registry(settings, db=db, geo=Geo(settings.geo_database))
+    srv = Server(app, kind="asyncio")
+    try:
+        dev = Device("EVO-210051")
+        assert enroll(srv, dev).status == 201
+        assert send(srv, dev).status == 201
+        assert srv.http is not None and srv.http.writer is None
+        assert app.writer.items == 1
     finally:
         srv.close()
         app.close()
