@@ -6,9 +6,12 @@ loop, four thread hand-overs fighting for the GIL (~0.7 ms of CPU per report mea
 bench's load, against ~0.45 ms for checking and storing it).  Here a report is read, verified and
 validated in the loop itself (~0.3 ms of CPU, nothing that blocks; on PostgreSQL a device key not
 yet cached is read over the loop's own asyncio connection, as is the finder's one query), then
-queued for the writer (``GroupCommit.submit_async``) whose one wake-up per batch resolves every
-waiter's future after COMMIT.  Every other route is the plain WSGI application run in a small
-thread pool: those do blocking database reads and are rare.
+stored by group commit: the process's writer thread takes the batch (``GroupCommit.submit_async``)
+and wakes the loop once per batch.  With ``report_writer = "loop"`` on PostgreSQL the writer is
+a task of this same loop on its own asyncio connection (``batch.AsyncGroupCommit``): parse,
+COMMIT and answer without any thread hand-over; it measured slower under the bench (see
+bench/registry_results.md), hence not the default.  Every other route is the plain WSGI
+application run in a small thread pool: those do blocking database reads and are rare.
 
 The server is deliberately small: HTTP/1.1 with keep-alive and Content-Length bodies (the agent,
 browsers, schemathesis and curl all send those); chunked request bodies are refused with 411,
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import logging
 import signal
@@ -32,8 +36,9 @@ from typing import Any
 from urllib.parse import unquote
 
 from evo_registry.app import Environ, Registry, Response, json_response
+from evo_registry.batch import AsyncGroupCommit
 from evo_registry.db import Row
-from evo_registry.errors import DatabaseError, HttpError
+from evo_registry.errors import HttpError
 
 LOG = logging.getLogger(__name__)
 
@@ -126,6 +131,13 @@ class HttpServer:
         self._async_reads = app.db.dialect == "postgresql"
         self._aconn: Any = None
         self._aconn_lock = asyncio.Lock()
+        # report_writer = "loop" (PostgreSQL): reports are stored by a writer task of this loop
+        # on its own asyncio connection, with no thread hand-over between parse and COMMIT.
+        # Measured slower than the writer thread under the bench (each command of psycopg's
+        # async pipeline waits for a turn of the loop, behind the requests being parsed), so
+        # the thread stays the default; SQLite always uses the thread (its calls block).
+        loop_writer = self._async_reads and app.settings.report_writer == "loop"
+        self.writer = AsyncGroupCommit(app.store, app.limits) if loop_writer else None
 
     async def serve(self, sock: socket.socket, stop: asyncio.Event) -> None:
         """Accept connections until ``stop`` is set, then finish the requests under way."""
@@ -225,7 +237,10 @@ class HttpServer:
                 app.read_body(environ, 64 * 1024)  # raises the same 413 as under WSGI
             key = await self._key(vpnid)
             item = app.check_report(environ, vpnid, signature, body, key)
-            outcome = await app.writer.submit_async(item)
+            if self.writer is not None:
+                outcome = await self.writer.submit(item)
+            else:
+                outcome = await app.writer.submit_async(item)
             return app.report_response(item, outcome)
         except HttpError as exc:
             return json_response(exc.status, {"error": exc.reason}, exc.headers)
@@ -238,16 +253,10 @@ class HttpServer:
         if not self._async_reads:
             return await asyncio.get_running_loop().run_in_executor(self.pool, blocking)
         import psycopg
-        from psycopg.rows import dict_row
 
         async with self._aconn_lock:  # one connect, even when many requests start together
             if self._aconn is None or self._aconn.closed:
-                try:
-                    self._aconn = await psycopg.AsyncConnection.connect(
-                        self.app.db.url, autocommit=True, row_factory=dict_row)
-                except psycopg.OperationalError as exc:
-                    raise DatabaseError(f"cannot connect to {self.app.db.describe()}: "
-                                        f"{exc}") from exc
+                self._aconn = await self.app.db.connect_async()
             conn = self._aconn
         try:
             cur = await conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
@@ -291,7 +300,9 @@ class HttpServer:
         return key
 
     async def close(self) -> None:
-        """Close this loop's database connection."""
+        """Store the reports queued, then close this loop's database connections."""
+        if self.writer is not None:
+            await self.writer.close()
         if self._aconn is not None:
             await self._aconn.close()
             self._aconn = None
@@ -343,6 +354,10 @@ def run(app: Registry, sock: socket.socket, threads: int) -> None:
             loop.add_signal_handler(signum, stop.set)
         await HttpServer(app, threads).serve(sock, stop)
 
+    # What start-up built (modules, the compiled schema, the app) lives as long as the process:
+    # out of the collector's sight, full collections under load do not walk it again and again.
+    gc.collect()
+    gc.freeze()
     try:
         asyncio.run(main())
     finally:

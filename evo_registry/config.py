@@ -17,6 +17,7 @@ The file (``/etc/evo-registry/registry.toml`` in production, mode 0640: it holds
     threads = 8                                              # for the routes other than reports
     workers = 1                                              # processes sharing the socket
     http_server = "asyncio"                                  # or "waitress" (the former server)
+    report_writer = "thread"                                 # or "loop" (PostgreSQL + asyncio)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ else:  # pragma: no cover - Debian 12 has 3.11
     import tomli as tomllib
 
 HTTP_SERVERS = ("asyncio", "waitress")
+REPORT_WRITERS = ("thread", "loop")
 DEFAULT_DATABASE = "sqlite:///var/lib/evo-registry/registry.db"
 
 
@@ -57,6 +59,10 @@ class Settings:
     threads: int = 8
     workers: int = 1
     http_server: str = "asyncio"
+    # Who stores reports on PostgreSQL under the asyncio server: the process's writer thread, or
+    # a task of the event loop on an asyncio connection (batch.AsyncGroupCommit).  The thread is
+    # the default because it measured faster here (bench/registry_results.md).
+    report_writer: str = "thread"
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """Return the trusted proxies as networks."""
@@ -86,6 +92,8 @@ def _check(path: str, data: dict[str, Any]) -> Settings:
         setattr(s, key, value)
     if s.http_server not in HTTP_SERVERS:
         raise ConfigError(f"{path}: key 'http_server': one of {', '.join(HTTP_SERVERS)}")
+    if s.report_writer not in REPORT_WRITERS:
+        raise ConfigError(f"{path}: key 'report_writer': one of {', '.join(REPORT_WRITERS)}")
     for key, check in (("trusted_proxies", s.networks), ("vpn_networks", s.vpn)):
         try:
             check()

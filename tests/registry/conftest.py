@@ -132,6 +132,7 @@ class Server:
     def __init__(self, app: Registry, kind: str | None = None) -> None:
         self.app = app
         self.kind = kind or os.environ.get("EVO_REGISTRY_HTTP", "asyncio")
+        self.http: HttpServer | None = None
         if self.kind == "waitress":
             from waitress.server import create_server
 
@@ -147,7 +148,7 @@ class Server:
             self.port = int(sock.getsockname()[1])
             self._loop = asyncio.new_event_loop()
             self._stop = asyncio.Event()
-            http = HttpServer(app, threads=4, idle_s=10)
+            http = self.http = HttpServer(app, threads=4, idle_s=10)
             self._thread = threading.Thread(
                 target=self._loop.run_until_complete, args=(http.serve(sock, self._stop),),
                 daemon=True)
@@ -162,6 +163,11 @@ class Server:
             return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
         finally:
             conn.close()
+
+    def stored_by_writers(self) -> int:
+        """Return how many reports the writers took: the app's thread one and the loop's."""
+        loop_writer = self.http.writer if self.http is not None else None
+        return self.app.writer.items + (loop_writer.items if loop_writer is not None else 0)
 
     def close(self) -> None:
         if self.kind != "waitress":

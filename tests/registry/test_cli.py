@@ -123,6 +123,9 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     cfg.write_text('http_server = "gunicorn"\n')
     assert main(["migrate", "--config", str(cfg)]) == 78
     assert "http_server" in capsys.readouterr().err
+    cfg.write_text('report_writer = "process"\n')
+    assert main(["migrate", "--config", str(cfg)]) == 78
+    assert "report_writer" in capsys.readouterr().err
 
 
 def test_listen_in_use_is_a_clear_error(tmp_path: Path, geo_db: Path,

@@ -220,7 +220,7 @@ def test_concurrent_duplicates_over_http_give_one_row(server: Server) -> None:
         t.join()
     assert sorted(statuses) == [200] * 11 + [201]
     assert server.app.store.counts()["reports"] == 1
-    assert server.app.writer.items == 12
+    assert server.stored_by_writers() == 12
 
 
 def test_a_key_changed_by_another_process_is_checked_again(server: Server,
@@ -299,7 +299,7 @@ def test_rate_limit_is_exact_across_processes(settings: Any, clock: Any) -> None
             t.join()
         assert sorted(statuses) == [201] * 5 + [429] * 7
         assert apps[0].store.counts()["reports"] == 5
-        assert apps[0].writer.items + apps[1].writer.items == 12
+        assert servers[0].stored_by_writers() + servers[1].stored_by_writers() == 12
     finally:
         for srv, app, db in zip(servers, apps, dbs, strict=True):
             srv.close()
