@@ -143,9 +143,10 @@ def test_links_resolve_as_on_disk_and_never_leave_the_capture(tmp_path: Path) ->
     assert host.read_bytes("/dir/file", 1) == b"i"
 
 
-def _tar(tmp_path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> Path:
+def _tar(tmp_path: Path, *members: tuple[tarfile.TarInfo, bytes | None], mode: str = "w:gz",
+         fmt: int = tarfile.PAX_FORMAT) -> Path:
     path = tmp_path / "evil.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
+    with tarfile.open(path, mode, format=fmt) as tar:  # type: ignore[call-overload]
         for info, data in members:
             if data is not None:
                 info.size = len(data)
@@ -175,8 +176,9 @@ def _dir(name: str) -> tuple[tarfile.TarInfo, None]:
 @pytest.mark.parametrize("name", ["/etc/passwd", "../outside", "a/../../outside", "a/..", "./",
                                   "sys/../etc"])
 def test_unsafe_member_names_are_refused(tmp_path: Path, name: str) -> None:
-    with pytest.raises(CaptureError, match="unsafe member"):
-        ArchiveHost(_tar(tmp_path, _file(name)))
+    for mode in ("w:gz", "w:bz2"):
+        with pytest.raises(CaptureError, match="unsafe member"):
+            ArchiveHost(_tar(tmp_path, _file(name), mode=mode))
 
 
 @pytest.mark.parametrize("members, match", [
@@ -201,8 +203,10 @@ def test_unsafe_member_names_are_refused(tmp_path: Path, name: str) -> None:
 def test_hostile_layouts_are_refused(tmp_path: Path, members: list[tuple[tarfile.TarInfo,
                                                                          bytes | None]],
                                      match: str) -> None:
-    with pytest.raises(CaptureError, match=match):
-        ArchiveHost(_tar(tmp_path, *members))
+    # the fast reader (.tar.gz) and tarfile (.tar.bz2) refuse them alike
+    for mode in ("w:gz", "w:bz2"):
+        with pytest.raises(CaptureError, match=match):
+            ArchiveHost(_tar(tmp_path, *members, mode=mode))
 
 
 def test_hard_links_devices_and_fifos_are_left_out(tmp_path: Path) -> None:
@@ -287,3 +291,76 @@ def test_commands_replay_from_the_archive(tmp_path: Path) -> None:
         host.run(["ip"], 5)
     # a link inside the capture is followed inside it, as ReplayHost does
     assert host.run(["lspci"], 5) == b"s"
+
+
+def _members(found: object) -> list[tuple[str, str, str, int, bytes]]:
+    # only files are read, as ArchiveHost reads them
+    return [(name, kind, link, size, read() if kind == "file" else b"")
+            for name, kind, link, size, read in found]  # type: ignore[attr-defined]
+
+
+def _variety(depth: int) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    long_dir = "sys/devices/" + "/".join(f"pci0000:00/0000:00:{i:02x}.0" for i in range(depth))
+    hard = tarfile.TarInfo("etc/hard")
+    hard.type = tarfile.LNKTYPE
+    hard.linkname = "etc/hostname"
+    hard.size = 7  # declared, but a hard link has no data blocks
+    old_dir = tarfile.TarInfo("var/old/")
+    old_dir.type = tarfile.AREGTYPE  # an old tar's directory: a plain file named with a slash
+    return [_dir("sys"), _file(f"{long_dir}/vendor", b"0x8086\n"),
+            _link(f"{long_dir}/driver", "../" * 14 + "bus/pci/drivers/" + "e" * 120),
+            _file("etc/hostname", b"evo-\xc3\xa9\n"), (hard, None), (old_dir, None),
+            _file("etc/na\u00efve-\u00e9", b"u"), _file("etc/empty", b""),
+            _file("proc/big", bytes(range(256)) * 40), _link("etc/localtime", "/usr/share/x")]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT])
+def test_the_fast_reader_gives_what_tarfile_gives(tmp_path: Path, fmt: int) -> None:
+    # ustar: names up to 255 bytes (in the prefix and name fields), no long link targets
+    members = _variety(5 if fmt == tarfile.USTAR_FORMAT else 12)
+    if fmt == tarfile.USTAR_FORMAT:
+        members = [m for m in members if len(m[0].linkname) < 100]
+        assert any(len(m[0].name) > 100 for m in members)
+    archive = _tar(tmp_path, *members, fmt=fmt)
+    fast = hostroot._fast_members(archive)
+    slow = _members(hostroot._tarfile_members(archive))
+    assert len(slow) == len(members)
+    if fmt == tarfile.GNU_FORMAT:
+        assert fast is None  # GNU long-name headers: left to tarfile
+    else:
+        assert fast is not None
+        assert _members(fast) == slow
+    # and captures as pack_capture writes them take the fast way
+    tree = tmp_path / "tree"
+    build_appliance(tree, dongle=True)
+    packed = tmp_path / "cap.tar.gz"
+    pack_capture(tree, packed)
+    fast = hostroot._fast_members(packed)
+    assert fast is not None and len(fast) > 300
+    assert _members(fast) == _members(hostroot._tarfile_members(packed))
+
+
+def test_odd_archives_are_left_to_tarfile(tmp_path: Path) -> None:
+    good = _tar(tmp_path, _file("etc/hostname", b"evo\n"))
+    data = good.read_bytes()
+    cases = {
+        "two gzip members": data + data,
+        "trailing bytes": data + b"junk",
+        "not gzip": b"BZh9" + data,
+        "empty": b"",
+    }
+    import gzip
+    raw = gzip.decompress(data)
+    bad_sum = bytearray(raw)
+    bad_sum[0] = ord("f")  # the name changes, the checksum does not
+    cases["bad checksum"] = gzip.compress(bytes(bad_sum))
+    big_num = bytearray(raw)
+    big_num[124] = 0x80  # a base-256 size
+    cases["base-256"] = gzip.compress(bytes(big_num))
+    cases["no end blocks"] = gzip.compress(raw[:1024])
+    cases["only zeros"] = gzip.compress(bytes(1024))
+    for what, content in cases.items():
+        path = tmp_path / "odd.tar.gz"
+        path.write_bytes(content)
+        assert hostroot._fast_members(path) is None, what
+    assert hostroot._fast_members(good) is not None
