@@ -487,25 +487,13 @@ def _fast_members(archive: str | os.PathLike[str]) -> list[_Member] | None:
     Every header this reader accepts gives the name, type and link tarfile would give (the
     same fields, decoded the same way); a header it does not know gives up, never guesses.
     """
-    import zlib
-
-    try:
-        with open(archive, "rb") as fh:
-            raw = fh.read(MAX_ARCHIVE_BYTES + 1)
-    except OSError:
-        return None
-    if not raw.startswith(b"\x1f\x8b") or len(raw) > MAX_ARCHIVE_BYTES:
-        return None
-    try:
-        inflate = zlib.decompressobj(wbits=31)
-        buf = inflate.decompress(raw, MAX_ARCHIVE_BYTES + 1)
-        if not inflate.eof or inflate.unused_data or len(buf) > MAX_ARCHIVE_BYTES:
-            return None  # several gzip members, trailing bytes, truncated or huge: tarfile
-    except zlib.error:
+    buf = _inflate(archive)
+    if buf is None:
         return None
     members: list[_Member] = []
     view = memoryview(buf)
     off, pax = 0, None
+    valid: set[bytes] = set()
     try:
         while True:
             header = buf[off:off + 512]
@@ -515,7 +503,7 @@ def _fast_members(archive: str | os.PathLike[str]) -> list[_Member] | None:
                 if off == 0 or pax is not None:
                     return None
                 return members
-            size = _header_size(header)
+            size = _header_size(header, valid)
             kind_byte = header[156:157]
             data_at = off + 512
             if kind_byte == b"x":
@@ -555,14 +543,43 @@ def _fast_members(archive: str | os.PathLike[str]) -> list[_Member] | None:
         return None
 
 
-def _header_size(header: bytes) -> int:
-    """Check a header's checksum and numbers as tarfile does; return its size field."""
+def _inflate(archive: str | os.PathLike[str]) -> bytes | None:
+    """Return the tar inside a one-member .tar.gz, or None (tarfile then reads the archive)."""
+    import zlib
+
+    try:
+        with open(archive, "rb") as fh:
+            raw = fh.read(MAX_ARCHIVE_BYTES + 1)
+    except OSError:
+        return None
+    if not raw.startswith(b"\x1f\x8b") or len(raw) > MAX_ARCHIVE_BYTES:
+        return None
+    try:
+        inflate = zlib.decompressobj(wbits=31)
+        buf = inflate.decompress(raw, MAX_ARCHIVE_BYTES + 1)
+    except zlib.error:
+        return None
+    if not inflate.eof or inflate.unused_data or len(buf) > MAX_ARCHIVE_BYTES:
+        return None  # several gzip members, trailing bytes, truncated or huge: tarfile
+    return buf
+
+
+def _header_size(header: bytes, valid: set[bytes]) -> int:
+    """Check a header's checksum and numbers as tarfile does; return its size field.
+
+    ``valid`` holds the number fields already checked in this archive: mode, owner, time and
+    device numbers repeat from one member to the next, and each check is a few Python calls.
+    """
     chksum = _octal(header[148:156])
     # tarfile also accepts a signed-char sum (old Sun tars): those go to it
     if chksum != sum(header) - sum(header[148:156]) + 256:
         raise _NotFast
-    for start, stop in ((100, 108), (108, 116), (116, 124), (136, 148), (329, 337), (337, 345)):
-        _octal(header[start:stop])
+    numbers = header[100:124] + header[136:148] + header[329:345]
+    if numbers not in valid:
+        for start, stop in ((100, 108), (108, 116), (116, 124), (136, 148), (329, 337),
+                            (337, 345)):
+            _octal(header[start:stop])
+        valid.add(numbers)
     return _octal(header[124:136])
 
 

@@ -358,6 +358,15 @@ def test_odd_archives_are_left_to_tarfile(tmp_path: Path) -> None:
     big_num[124] = 0x80  # a base-256 size
     cases["base-256"] = gzip.compress(bytes(big_num))
     cases["no end blocks"] = gzip.compress(raw[:1024])
+    # a number tarfile cannot read, with a right checksum, after a member that was fine
+    two = gzip.decompress(_tar(tmp_path, _file("etc/a", b"1"), _file("etc/b", b"2")).read_bytes())
+    second = bytearray(two[1024:1536])
+    second[100:108] = b"00006x4\0"
+    second[148:156] = b" " * 8
+    second[148:156] = b"%06o\0 " % sum(second)
+    cases["bad mode"] = gzip.compress(two[:1024] + bytes(second) + two[1536:])
+    with pytest.raises(tarfile.HeaderError, match="invalid header"):
+        tarfile.TarInfo.frombuf(bytes(second), "utf-8", "surrogateescape")
     cases["only zeros"] = gzip.compress(bytes(1024))
     for what, content in cases.items():
         path = tmp_path / "odd.tar.gz"
