@@ -7,7 +7,8 @@ exist:
 * :class:`RecordingHost` reads the live system and copies everything it hands out into a capture
   directory, which ``evo-agent capture`` packs as a .tar.gz;
 * :class:`ReplayHost` reads such a capture back, so that ``evo-agent inventory --from`` gives the
-  same inventory as the live run did.
+  same inventory as the live run did; :class:`ArchiveHost` does the same from the .tar.gz itself,
+  read into memory, without unpacking it.
 
 Capture layout: files keep their path relative to ``/`` (``sys/...``, ``proc/...``, ``etc/...``,
 ``run/udev/...``); symbolic links are kept as links, because sysfs is made of them and collectors
@@ -418,6 +419,8 @@ def _replay_command(host: Host, argv: Sequence[str]) -> bytes:
 MAX_ARCHIVE_MEMBERS = 200_000
 MAX_ARCHIVE_MEMBER = 64 * 1024 * 1024  # declared size of one member
 MAX_ARCHIVE_BYTES = 256 * 1024 * 1024  # bytes kept in memory, all members together
+#: Largest .tar.gz (and tar inside it) read whole into memory; beyond, tarfile streams it.
+MAX_INFLATE = 64 * 1024 * 1024
 
 
 def _error(code: int, path: str) -> OSError:
@@ -549,17 +552,17 @@ def _inflate(archive: str | os.PathLike[str]) -> bytes | None:
 
     try:
         with open(archive, "rb") as fh:
-            raw = fh.read(MAX_ARCHIVE_BYTES + 1)
+            raw = fh.read(MAX_INFLATE + 1)
     except OSError:
         return None
-    if not raw.startswith(b"\x1f\x8b") or len(raw) > MAX_ARCHIVE_BYTES:
+    if not raw.startswith(b"\x1f\x8b") or len(raw) > MAX_INFLATE:
         return None
     try:
         inflate = zlib.decompressobj(wbits=31)
-        buf = inflate.decompress(raw, MAX_ARCHIVE_BYTES + 1)
+        buf = inflate.decompress(raw, MAX_INFLATE + 1)
     except zlib.error:
         return None
-    if not inflate.eof or inflate.unused_data or len(buf) > MAX_ARCHIVE_BYTES:
+    if not inflate.eof or inflate.unused_data or len(buf) > MAX_INFLATE:
         return None  # several gzip members, trailing bytes, truncated or huge: tarfile
     return buf
 

@@ -373,3 +373,14 @@ def test_odd_archives_are_left_to_tarfile(tmp_path: Path) -> None:
         path.write_bytes(content)
         assert hostroot._fast_members(path) is None, what
     assert hostroot._fast_members(good) is not None
+
+
+def test_an_archive_too_big_to_inflate_in_memory_is_streamed(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = _tar(tmp_path, _file("etc/hostname", b"evo\n"), _file("big", bytes(20000)))
+    assert hostroot._fast_members(archive) is not None
+    monkeypatch.setattr(hostroot, "MAX_INFLATE", 10000)
+    assert hostroot._fast_members(archive) is None
+    host = ArchiveHost(archive)  # through tarfile, with the same answers
+    assert host.read_bytes("/etc/hostname") == b"evo\n"
+    assert host.read_bytes("/big") == bytes(20000)
