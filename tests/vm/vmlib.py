@@ -704,6 +704,14 @@ BOOT_RETRIES = 2
 #: The system is up (the stall watch ends): the serial getty's prompt, or the test's probe.
 #: After that the guest may rightly be silent for minutes (the probe runs the agent).
 UP = re.compile(r" login: |evo-vm-probe: started|evo-agent-manufacture\b")
+#: A guest whose kernel reports a CPU stuck before the system is up has hung too, although its
+#: console keeps growing (the lockup detector prints every ~30 s, so the stall watch never fires).
+#: Seen in a clean-clone run of .ci/run (session 2, host load ~6): the main boot's kernel sat in
+#: text_poke_bp_batch / smp_call_function_many_cond from 8 s on, printing "watchdog: BUG: soft
+#: lockup - CPU#0 stuck for 37s!" and then the same every 28 s until the 600 s timeout, while the
+#: nine other boots of that run were fine: an MTTCG vCPU starved by the host, not the agent.
+LOCKUP = re.compile(r"watchdog: BUG: soft lockup|rcu: INFO: rcu_\w+ detected stalls"
+                    r"|rcu_\w+ self-detected stall")
 #: A boot that ended in one of these failed for real: it is reported, never retried.
 FATAL = re.compile(r"Kernel panic|You are in emergency mode|Give root password for maintenance"
                    r"|Gave up waiting for root|\(initramfs\) ")
@@ -772,6 +780,12 @@ def _run_qemu(argv: list[str], out_dir: Path, deadline: float, stall_s: float,
                         rc = proc.wait()
                     return rc, f"console: {fatal.group(0)}", None
                 up = up or bool(UP.search(text))
+                if not up and LOCKUP.search(text):
+                    LOG.warning("guest kernel lockup before the system was up: %r",
+                                last_line(text))
+                    proc.kill()
+                    proc.wait()
+                    return None, None, now - progress
             elif not up and now - progress > stall_s:
                 proc.kill()
                 proc.wait()
