@@ -117,12 +117,14 @@ def registry(config: Path, workers: int, threads: int) -> Iterator[tuple[int, in
                             text=True)
     assert proc.stderr is not None
     port = None
-    while port is None:
+    accepting = 0
+    while port is None or accepting < workers:  # every worker ready before the clock starts
         line = proc.stderr.readline()
         if not line:
             raise RuntimeError("the registry did not start")
         m = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
-        port = int(m.group(1)) if m else None
+        port = int(m.group(1)) if m else port
+        accepting += "accepting connections" in line
     # Keep reading its log so that it never blocks on a full pipe.
     threading.Thread(target=lambda: [None for _ in proc.stderr or []], daemon=True).start()
     try:
