@@ -3,11 +3,11 @@
 Under load, waitress cost the registry more than the reports themselves: each request went from
 its I/O loop to a worker thread, from there to the group-commit writer and back, and back to the
 loop, four thread hand-overs fighting for the GIL (~0.7 ms of CPU per report measured under the
-bench's load, against ~0.45 ms for checking and storing it).  Here a report is read, verified and
-validated in the loop itself (~0.3 ms of CPU, nothing that blocks; on PostgreSQL a device key not
-yet cached is read over the loop's own asyncio connection, as is the finder's one query), then
-stored by group commit: the process's writer thread takes the batch (``GroupCommit.submit_async``)
-and wakes the loop once per batch.  With ``report_writer = "loop"`` on PostgreSQL the writer is
+bench's load, against ~0.45 ms for checking and storing it).  Here a report is read, decompressed
+and validated in the loop itself (nothing that blocks; on PostgreSQL the finder's one query goes
+over the loop's own asyncio connection), then stored by group commit: the process's writer thread
+takes the batch (``GroupCommit.submit_async``), checks each signature against the key it reads
+under the device's row lock, stores the batch, and wakes the loop once per batch.  With ``report_writer = "loop"`` on PostgreSQL the writer is
 a task of this same loop on its own asyncio connection (``batch.AsyncGroupCommit``): parse,
 COMMIT and answer without any thread hand-over; it measured slower under the bench (see
 bench/registry_results.md), hence not the default.  Every other route is the plain WSGI
@@ -131,8 +131,8 @@ class HttpServer:
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads),
                                        thread_name_prefix="evo-registry")
         self._connections: set[asyncio.Task[None]] = set()
-        # PostgreSQL: the two reads of the hot paths (a device key, the finder) go over one
-        # asyncio connection of this loop, without a thread hand-over; SQLite reads are
+        # PostgreSQL: the finder's read goes over one asyncio connection of this loop,
+        # without a thread hand-over; SQLite reads are
         # blocking calls, so those stay in the pool.
         self._async_reads = app.db.dialect == "postgresql"
         self._aconn: Any = None
@@ -281,8 +281,7 @@ class HttpServer:
             vpnid, signature = app.report_headers(environ)
             if len(body) > 64 * 1024:
                 app.read_body(environ, 64 * 1024)  # raises the same 413 as under WSGI
-            key = await self._key(vpnid)
-            item = app.check_report(environ, vpnid, signature, body, key)
+            item = app.check_report(environ, vpnid, signature, body)
             if self.writer is not None:
                 outcome = await self.writer.submit(item)
             else:
@@ -330,20 +329,6 @@ class HttpServer:
             return json_response(exc.status, {"error": exc.reason}, exc.headers)
         except Exception as exc:
             return app.failure(environ, exc)
-
-    async def _key(self, vpnid: str) -> str:
-        """Return the enrolled key of a VPNID (cached after the first read), or raise 404."""
-        key = self.app.cached_key(vpnid)
-        if key is not None:
-            return key
-        rows = await self._read(self.app.store.KEY_QUERY, (vpnid,),
-                                lambda: self.app.store.db.read(self.app.store.KEY_QUERY,
-                                                               (vpnid,)))
-        if not rows:
-            raise HttpError(404, "unknown vpnid")
-        key = str(rows[0]["public_key"])
-        self.app.remember_key(vpnid, key)
-        return key
 
     async def close(self) -> None:
         """Store the reports queued, then close this loop's database connections."""

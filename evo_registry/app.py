@@ -26,7 +26,7 @@ from evo_registry.config import Settings
 from evo_registry.db import Database, Row, parse_utc, utc_text
 from evo_registry.errors import DatabaseError, HttpError
 from evo_registry.geo import Geo
-from evo_registry.store import Limits, Outcome, Pending, Store
+from evo_registry.store import UNCHECKED, Limits, Outcome, Pending, Store
 
 LOG = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
             403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
             411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
             429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
-_KEY_CACHE = 200_000  # public keys kept per process (~40 MB at most)
 # Pages carry no script and load nothing from elsewhere.
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
@@ -103,7 +102,6 @@ class Registry:
         self.limits = Limits(settings.rate_limit_reports,
                              timedelta(seconds=settings.rate_limit_window_s))
         self.writer = GroupCommit(self.store, self.limits)
-        self._keys: dict[str, str] = {}  # VPNID -> enrolled public key (see _public_key)
         self.routes: list[tuple[str, re.Pattern[str], Callable[..., Response]]] = [
             ("GET", re.compile(r"^/$"), self.finder),
             ("POST", re.compile(r"^/v1/reports$"), self.post_report),
@@ -215,22 +213,6 @@ class Registry:
             raise HttpError(413, f"body larger than {limit} bytes")
         return bytes(body)
 
-    def public_key(self, vpnid: str) -> str:
-        """Return the enrolled key of a VPNID (cached), or raise 404.
-
-        A cached key may be stale when another process re-enrolled the unit: the writer compares
-        it with the device row it locks, and checks the signature again if they differ.
-        """
-        key = self._keys.get(vpnid)
-        if key is None:
-            key = self.store.public_key(vpnid)
-            if key is None:
-                raise HttpError(404, "unknown vpnid")
-            if len(self._keys) >= _KEY_CACHE:
-                self._keys.clear()  # crude, but bounded and rare (more units than the cache)
-            self._keys[vpnid] = key
-        return key
-
     @staticmethod
     def _vpnid(vpnid: str) -> str:
         if not wire.VPNID.match(vpnid):
@@ -242,7 +224,7 @@ class Registry:
         """Take one signed gzip report (docs/protocol.md)."""
         vpnid, signature = self.report_headers(environ)
         body = self.read_body(environ, wire.MAX_COMPRESSED)
-        item = self.check_report(environ, vpnid, signature, body, self.public_key(vpnid))
+        item = self.check_report(environ, vpnid, signature, body)
         return self.report_response(item, self.writer.submit(item))
 
     def report_headers(self, environ: Environ) -> tuple[str, str]:
@@ -261,10 +243,15 @@ class Registry:
             raise HttpError(401, "X-Evo-Signature header missing")
         return vpnid, signature
 
-    def check_report(self, environ: Environ, vpnid: str, signature: str, body: bytes,
-                     key: str) -> Pending:
-        """Verify, decompress and validate a report; return it ready to be stored."""
-        wire.verify_signature(key, signature, body)
+    def check_report(self, environ: Environ, vpnid: str, signature: str, body: bytes
+                     ) -> Pending:
+        """Decompress and validate a report; return it ready for the writer.
+
+        The writer checks the signature against the key it reads under the device's row lock
+        (store.UNCHECKED): no read of its own for the key.  A signature that cannot be one is
+        refused here, before the body is looked at.
+        """
+        wire.signature_bytes(signature)
         doc = wire.parse_json(wire.gunzip(body))
         reason = wire.schema_errors(doc)
         if reason:
@@ -279,14 +266,12 @@ class Registry:
             # device is seen, its last known WAN IP and location stay as they were.
             wan_ip = None
         location = self.geo.lookup(wan_ip)
-        return Pending(doc, vpnid, wan_ip, location, self.clock(), path_value, key, signature,
-                       body)
+        return Pending(doc, vpnid, wan_ip, location, self.clock(), path_value, UNCHECKED,
+                       signature, body)
 
     def report_response(self, item: Pending, outcome: Outcome) -> Response:
         """Return the answer to a report from what the writer made of it."""
         if isinstance(outcome, HttpError):
-            if outcome.status == 401:
-                self._keys.pop(item.vpnid, None)  # re-enrolled under another key meanwhile
             raise outcome
         if outcome.duplicate:
             return json_response(200, {"status": "duplicate", "report_id": outcome.report_id})
@@ -294,10 +279,6 @@ class Registry:
             LOG.info("report %s of %s raised %s", outcome.report_id, item.vpnid,
                      ", ".join(outcome.events))
         return json_response(201, {"status": "accepted", "report_id": outcome.report_id})
-
-    def cached_key(self, vpnid: str) -> str | None:
-        """Return the enrolled key of a VPNID if this process knows it already."""
-        return self._keys.get(vpnid)
 
     # ---- POST /v1/enroll -------------------------------------------------------------------
     def enroll(self, environ: Environ) -> Response:
@@ -309,7 +290,6 @@ class Registry:
         now = self.clock()
         enrolment, override = enrol.parse(wire.parse_json(body), now)
         changed = self.store.enroll(enrolment, now, override)
-        self._keys.pop(enrolment.vpnid, None)
         vpnid = enrolment.vpnid
         return json_response(201 if changed else 200,
                              {"status": "enrolled" if changed else "unchanged", "vpnid": vpnid,
@@ -391,12 +371,6 @@ class Registry:
         """Return the finder page listing ``rows``."""
         html = pages.finder(rows, self.settings.finder_days)
         return Response(200, html.encode(), "text/html; charset=utf-8", dict(_PAGE_HEADERS))
-
-    def remember_key(self, vpnid: str, key: str) -> None:
-        """Cache an enrolled key read elsewhere (aioserver reads it without a thread)."""
-        if len(self._keys) >= _KEY_CACHE:
-            self._keys.clear()
-        self._keys[vpnid] = key
 
     def openapi(self, environ: Environ) -> Response:
         """Serve the OpenAPI document kept in the package."""
