@@ -148,7 +148,8 @@ def _requests(items: Work) -> list[bytes]:
 
 
 async def _lane(port: int, requests: list[bytes], latencies: list[float],
-                statuses: dict[int, int], schedule: list[float] | None = None) -> None:
+                statuses: dict[int, int], schedule: list[float] | None = None, *,
+                when: list[float] | None = None) -> None:
     """One keep-alive connection sending its devices' reports one after the other.
 
     With a ``schedule`` (open loop), request k is due at schedule[k] (perf_counter time): the
@@ -169,6 +170,8 @@ async def _lane(port: int, requests: list[bytes], latencies: list[float],
         m = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
         await reader.readexactly(int(m.group(1)) if m else 0)
         latencies.append(time.perf_counter() - start)
+        if when is not None:
+            when.append(start)
         status = int(head[9:12])
         statuses[status] = statuses.get(status, 0) + 1
     writer.close()
@@ -185,6 +188,7 @@ def _client(port: int, per_lane: list[list[Work]], start_at: float, rate: float,
 
     requests = [[r for items in devices for r in _requests(items)] for devices in per_lane]
     latencies: list[float] = []
+    when: list[float] = []  # each request's start, seconds from ``start_at``
     statuses: dict[int, int] = {}
 
     async def main() -> None:
@@ -193,13 +197,16 @@ def _client(port: int, per_lane: list[list[Work]], start_at: float, rate: float,
         schedules: list[list[float] | None] = [
             [t0 + (k * lanes + i) / rate for k in range(len(r))] if rate > 0 else None
             for i, r in enumerate(requests)]
-        await asyncio.gather(*(_lane(port, r, latencies, statuses, sch)
+        await asyncio.gather(*(_lane(port, r, latencies, statuses, sch, when=when)
                                for r, sch in zip(requests, schedules, strict=True)))
+        # perf_counter times to seconds since start_at (both clocks tick at the same rate)
+        offset = t0 - (time.time() - start_at - (time.perf_counter() - t0))
+        when[:] = [w - offset for w in when]
 
     cpu0 = time.process_time()
     asyncio.run(main())
     statuses[-1] = int((time.process_time() - cpu0) * 1e6)  # the load's own CPU, microseconds
-    out.put((latencies, statuses))
+    out.put((latencies, statuses, when))
 
 
 def load(port: int, work: list[Work], clients: int, lanes: int,
@@ -223,9 +230,10 @@ def load(port: int, work: list[Work], clients: int, lanes: int,
     elapsed = time.time() - start_at
     for p in procs:
         p.join()
-    latencies = [x for lat, _s in results for x in lat]
+    latencies = [x for lat, _s, _w in results for x in lat]
+    starts = [x for _l, _s, w in results for x in w]
     statuses: dict[int, int] = {}
-    for _lat, s in results:
+    for _lat, s, _w in results:
         for k, v in s.items():
             statuses[k] = statuses.get(k, 0) + v
     load_cpu_us = statuses.pop(-1)
@@ -235,7 +243,19 @@ def load(port: int, work: list[Work], clients: int, lanes: int,
             "load_cpu_ms_per_report": round(load_cpu_us / 1000 / len(latencies), 3),
             "p50_ms": round(_percentile(latencies, 0.50) * 1000, 2),
             "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
-            "mean_ms": round(statistics.fmean(latencies) * 1000, 2), "statuses": statuses}
+            "mean_ms": round(statistics.fmean(latencies) * 1000, 2), "statuses": statuses,
+            "by_second": _by_second(starts, latencies)}
+
+
+def _by_second(starts: list[float], latencies: list[float]) -> list[dict[str, float]]:
+    """Requests, p50, p99 and max latency (ms) of the requests started in each second: a
+    stall of the server shows as one bad second, a saturated one as a drift."""
+    buckets: dict[int, list[float]] = {}
+    for t, lat in zip(starts, latencies, strict=True):
+        buckets.setdefault(max(0, int(t)), []).append(lat)
+    return [{"second": k, "n": len(v), "p50_ms": round(_percentile(v, 0.5) * 1000, 1),
+             "p99_ms": round(_percentile(v, 0.99) * 1000, 1),
+             "max_ms": round(max(v) * 1000, 1)} for k, v in sorted(buckets.items())]
 
 
 def pgbench_inserts(pg: Any, db_url: str, clients: int, seconds: int) -> dict[str, Any]:
@@ -362,7 +382,10 @@ def main() -> int:
                     res["reports"]["postgres_cpu_ms_per_report"] = round(
                         (tree_cpu_seconds(pg_pid) - pg0) * 1000 / n, 3)
                 res["load_average_after"] = os.getloadavg()
-                print(f"[{backend}] reports: {res['reports']}", flush=True)
+                shown = {k: v for k, v in res["reports"].items() if k != "by_second"}
+                print(f"[{backend}] reports: {shown}", flush=True)
+                print(f"[{backend}] p99 ms by second: "
+                      f"{[b['p99_ms'] for b in res['reports']['by_second']]}", flush=True)
                 if pg is not None:
                     res["pgbench_insert"] = pgbench_inserts(pg, db_url,
                                                             args.clients * args.connections, 10)

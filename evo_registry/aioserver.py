@@ -7,10 +7,11 @@ bench's load, against ~0.45 ms for checking and storing it).  Here a report is r
 and validated in the loop itself (nothing that blocks; on PostgreSQL the finder's one query goes
 over the loop's own asyncio connection), then stored by group commit: the process's writer thread
 takes the batch (``GroupCommit.submit_async``), checks each signature against the key it reads
-under the device's row lock, stores the batch, and wakes the loop once per batch.  With ``report_writer = "loop"`` on PostgreSQL the writer is
-a task of this same loop on its own asyncio connection (``batch.AsyncGroupCommit``): parse,
-COMMIT and answer without any thread hand-over; it measured slower under the bench (see
-bench/registry_results.md), hence not the default.  Every other route is the plain WSGI
+under the device's row lock, stores the batch, and wakes the loop once per batch.  With
+``report_writer = "loop"`` on PostgreSQL the writer is a task of this same loop on its own
+asyncio connection (``batch.AsyncGroupCommit``): parse, COMMIT and answer without any thread
+hand-over; it measured slower under the bench (see bench/registry_results.md), hence not the
+default.  Every other route is the plain WSGI
 application run in a small thread pool: those do blocking database reads and are rare.
 
 The server is deliberately small: HTTP/1.1 with keep-alive and Content-Length bodies (the agent,

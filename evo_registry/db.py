@@ -137,6 +137,9 @@ class Cursor(Protocol):
     def many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         """Run a statement once per parameter row (pipelined on PostgreSQL: one round trip)."""
 
+    def send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run a write whose answer is not needed (pipelined: no round trip of its own)."""
+
     def queries(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Row]]:
         """Run several statements, in order, and return the rows of each.
 
@@ -197,6 +200,10 @@ class _Tx:
             cur.close()
         return out
 
+    def send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run a write without waiting for its answer (pipelined: it goes with the next sync)."""
+        self._raw.execute(self._sql(sql), tuple(params))
+
     def many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         """Run a statement once per parameter row (pipelined on PostgreSQL: one round trip)."""
         if self._pg:
@@ -211,7 +218,9 @@ class _Tx:
 # (SQLite, or PostgreSQL from a thread), ``adrive`` on an asyncio PostgreSQL connection in the
 # event loop itself (evo_registry.batch.AsyncGroupCommit), so the rules exist in one copy.
 # Kinds: ("query", sql, params) -> rows; ("queries", [(sql, params), ...], None) -> rows of each;
-# ("run", sql, params) -> rows changed; ("many", sql, [params, ...]) -> None.
+# ("run", sql, params) -> rows changed; ("many", sql, [params, ...]) -> None;
+# ("send", sql, params) -> None: a write whose answer nobody reads (in a pipeline it travels with
+# the next read or the COMMIT, and its error, if any, fails the transaction there).
 Step = tuple[str, Any, Any]
 T = TypeVar("T")
 Steps = Generator[Step, Any, T]
@@ -232,6 +241,9 @@ def drive(tx: Cursor, steps: Steps[T]) -> T:
             result = tx.queries(sql)
         elif kind == "run":
             result = tx.run(sql, params)
+        elif kind == "send":
+            tx.send(sql, params)
+            result = None
         elif kind == "many":
             tx.many(sql, params)
             result = None
@@ -257,6 +269,9 @@ class AsyncTx:
 
     async def step(self, kind: str, sql: Any, params: Any) -> Any:
         """Run one step; reads and row counts sync the pipeline (one round trip)."""
+        if kind == "send":
+            await self._conn.execute(_pg_sql(sql), tuple(params))
+            return None
         if kind == "many":
             async with self._conn.cursor() as cur:
                 await cur.executemany(_pg_sql(sql), [tuple(p) for p in params])

@@ -117,7 +117,7 @@ def _record_event(vpnid: str, kind: str, detail: Mapping[str, Any], *, now: str,
                   report_id: str | None) -> Step:
     """Open an event, or update the open one of the same kind (one per device and kind)."""
     return (
-        "run",
+        "send",
         "INSERT INTO events (vpnid, kind, detail, first_at, last_at, occurrences, report_id) "
         "VALUES (?, ?, ?, ?, ?, 1, ?) "
         "ON CONFLICT (vpnid, kind) WHERE resolved_at IS NULL DO UPDATE SET "
@@ -268,22 +268,20 @@ class Store:
                 seen[ids[n]] = item.vpnid
                 recent[item.vpnid].append(utc_text(item.now))
                 todo.append(n)
-        stored: set[str] = set()
         if todo:
+            # Sent without waiting: with the events, the devices' update and COMMIT, the second
+            # and last round trip of the batch.  A UUID of another device's report, committed by
+            # another process between our read and this insert (the rows we lock are not that
+            # device's), breaks the unique key and so the whole batch: batch.GroupCommit then
+            # stores the batch's reports one per transaction, and that one's read sees it (409).
             rows = [(ids[n], items[n].vpnid, int(items[n].report["sequence"]),
                      str(items[n].report["trigger"]), str(items[n].report["collected_at"]),
                      utc_text(items[n].now), items[n].path, _json(items[n].report))
                     for n in todo]
-            inserted = yield from self._insert_reports(rows)
-            stored = {str(r["report_id"]) for r in inserted}
+            yield self._insert_reports(rows)
         changes: dict[str, dict[str, Any]] = {}
         for n in todo:
             item = items[n]
-            if ids[n] not in stored:
-                # Another device's report with this UUID, stored by another process between
-                # our read and our insert: nothing of ours to store.
-                outcomes[n] = Accepted(ids[n], duplicate=True)
-                continue
             dev = devs[item.vpnid]
             stamp = utc_text(item.now)
             fp = rules.fingerprint(item.report)  # once: it is most of the writer's time
@@ -321,24 +319,17 @@ class Store:
                 (known_sql.format(ids=f"report_id IN ({id_marks})", vpnids=f"vpnid IN ({marks})"),
                  (*ids, *vpnids, utc_text(since)))]
 
-    def _insert_reports(self, rows: Sequence[tuple[Any, ...]]) -> Steps[list[Row]]:
-        """Insert a batch's reports (a UUID stored meanwhile is skipped); return the stored ids."""
+    def _insert_reports(self, rows: Sequence[tuple[Any, ...]]) -> Step:
+        """Return the statement inserting a batch's reports (its answer is not waited for)."""
         insert = ("INSERT INTO reports (report_id, vpnid, sequence, report_trigger, "
                   "collected_at, received_at, path, body) ")
         if self._arrays:
-            stored: list[Row] = yield (
-                "query",
-                insert + "SELECT * FROM unnest(?b::text[], ?b::text[], ?b::bigint[], ?b::text[], "  # noqa: S608
-                "?b::text[], ?b::text[], ?b::text[], ?b::text[]) "
-                "ON CONFLICT (report_id) DO NOTHING RETURNING report_id",
-                [list(column) for column in zip(*rows, strict=True)])
-            return stored
-        stored = yield (
-            "query",
-            insert + "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
-            + " ON CONFLICT (report_id) DO NOTHING RETURNING report_id",
-            [x for row in rows for x in row])
-        return stored
+            return ("send",
+                    insert + "SELECT * FROM unnest(?b::text[], ?b::text[], ?b::bigint[], "  # noqa: S608
+                    "?b::text[], ?b::text[], ?b::text[], ?b::text[], ?b::text[])",
+                    [list(column) for column in zip(*rows, strict=True)])
+        return ("send", insert + "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows)),
+                [x for row in rows for x in row])
 
     @staticmethod
     def _admit(item: Pending, dev: Row | None, seen: Mapping[str, str],
@@ -395,7 +386,7 @@ class Store:
                 row = (vpnid, c["first"], c["last"], *c["values"], "wan" in c, *wan)
                 for column, value in zip(columns, row, strict=True):
                     column.append(value)
-            yield ("run", _UPDATE_DEVICES_ARRAYS, columns)
+            yield ("send", _UPDATE_DEVICES_ARRAYS, columns)
             return
         sql = ("UPDATE devices SET first_seen = COALESCE(first_seen, ?), "
                "last_seen = CASE WHEN last_seen IS NULL OR last_seen < ? THEN ? "

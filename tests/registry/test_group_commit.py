@@ -203,6 +203,58 @@ def test_database_down_mid_batch_acks_nobody(pg_server: PgServer) -> None:
     db.close()
 
 
+def test_a_uuid_committed_by_another_device_meanwhile_is_refused_alone(
+        pg_server: PgServer) -> None:
+    # PostgreSQL only (SQLite's writer holds the database's write lock from its first read):
+    # another process stores device c's report with the UUID that device b sends, after our
+    # batch read the reports and before our INSERT.  The batch's insert breaks the unique key
+    # when the other transaction commits; the batch then goes one report per transaction, and
+    # b's alone is refused (409), a's is stored.  (Before, b got "duplicate": an ack of a report
+    # that was never stored for b.)
+    import psycopg
+
+    db_url = pg_server.create_database()
+    db = Database(db_url)
+    db.migrate()
+    store = Store(db)
+    a, b, c = Device("EVO-200061"), Device("EVO-200062"), Device("EVO-200063")
+    for d in (a, b, c):
+        _enrol(store, d)
+    taken = b.report()
+    other = psycopg.connect(db_url)  # a transaction of "another process", left open
+    other.execute("INSERT INTO reports (report_id, vpnid, sequence, report_trigger, "
+                  "collected_at, received_at, body) VALUES (%s, %s, 1, 'daily', 'x', 'x', '{}')",
+                  (taken["report_id"], c.vpnid))
+    inserting = threading.Event()
+
+    def write(items: Sequence[Pending], limits: Limits) -> list[Outcome]:
+        if len(items) > 1:
+            inserting.set()  # our INSERT will wait on the other transaction's row
+        return store.ingest_batch(items, limits)
+
+    gate = Gate(write)
+    writer = GroupCommit(store, Limits(), write=gate)
+    # The gate holds a lone first report; a's and b's then queue up and form one batch.
+    items = [_pending(a), _pending(a, minutes=1), _pending(b, taken, 1)]
+    results: list[Any] = []
+    worker = threading.Thread(target=lambda: results.extend(_submit_all(writer, gate, items)))
+    worker.start()
+    assert inserting.wait(30)
+    threading.Event().wait(0.5)  # the batch has read, and waits in its INSERT
+    other.commit()
+    worker.join(60)
+    other.close()
+    assert gate.sizes[:2] == [1, 2], gate.sizes  # then one by one: [1, 2, 1, 1]
+    lone, first, second = results
+    assert isinstance(lone, Accepted) and not lone.duplicate, lone
+    assert isinstance(first, Accepted) and not first.duplicate, first
+    assert isinstance(second, HttpError) and second.status == 409, second
+    owners = {r["report_id"]: r["vpnid"] for r in db.read("SELECT report_id, vpnid FROM reports")}
+    assert owners == {items[0].report["report_id"]: a.vpnid,
+                      items[1].report["report_id"]: a.vpnid, taken["report_id"]: c.vpnid}
+    db.close()
+
+
 def test_concurrent_duplicates_over_http_give_one_row(server: Server) -> None:
     dev = Device("EVO-200041")
     assert enroll(server, dev).status == 201
