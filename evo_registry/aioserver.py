@@ -3,11 +3,11 @@
 Under load, waitress cost the registry more than the reports themselves: each request went from
 its I/O loop to a worker thread, from there to the group-commit writer and back, and back to the
 loop, four thread hand-overs fighting for the GIL (~0.7 ms of CPU per report measured under the
-bench's load, against ~0.45 ms for checking and storing it).  Here a report is read, decompressed
-and validated in the loop itself (nothing that blocks; on PostgreSQL the finder's one query goes
-over the loop's own asyncio connection), then stored by group commit: the process's writer thread
-takes the batch (``GroupCommit.submit_async``), checks each signature against the key it reads
-under the device's row lock, stores the batch, and wakes the loop once per batch.  With
+bench's load, against ~0.45 ms for checking and storing it).  Here a report is read, verified,
+decompressed and validated in the loop itself (nothing that blocks; on PostgreSQL the device keys
+of the reports that arrive together are one query over the loop's own asyncio connection, as is
+the finder's query), then stored by group commit: the process's writer thread takes the batch
+(``GroupCommit.submit_async``), stores it, and wakes the loop once per batch.  With
 ``report_writer = "loop"`` on PostgreSQL the writer is a task of this same loop on its own
 asyncio connection (``batch.AsyncGroupCommit``): parse, COMMIT and answer without any thread
 hand-over; it measured slower under the bench (see bench/registry_results.md), hence not the
@@ -132,8 +132,12 @@ class HttpServer:
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads),
                                        thread_name_prefix="evo-registry")
         self._connections: set[asyncio.Task[None]] = set()
-        # PostgreSQL: the finder's read goes over one asyncio connection of this loop,
-        # without a thread hand-over; SQLite reads are
+        # Key reads of reports, coalesced (see _key).
+        self._key_waiters: dict[str, list[asyncio.Future[str | None]]] = {}
+        self._key_reading = False
+        self._key_tasks: set[asyncio.Task[None]] = set()
+        # PostgreSQL: the two reads of the hot paths (device keys, the finder) go over one
+        # asyncio connection of this loop, without a thread hand-over; SQLite reads are
         # blocking calls, so those stay in the pool.
         self._async_reads = app.db.dialect == "postgresql"
         self._aconn: Any = None
@@ -282,7 +286,8 @@ class HttpServer:
             vpnid, signature = app.report_headers(environ)
             if len(body) > 64 * 1024:
                 app.read_body(environ, 64 * 1024)  # raises the same 413 as under WSGI
-            item = app.check_report(environ, vpnid, signature, body)
+            key = await self._key(vpnid)
+            item = app.check_report(environ, vpnid, signature, body, key)
             if self.writer is not None:
                 outcome = await self.writer.submit(item)
             else:
@@ -300,18 +305,26 @@ class HttpServer:
             return await asyncio.get_running_loop().run_in_executor(self.pool, blocking)
         import psycopg
 
-        async with self._aconn_lock:  # one connect, even when many requests start together
-            if self._aconn is None or self._aconn.closed:
-                self._aconn = await self.app.db.connect_async()
-            conn = self._aconn
-        try:
-            cur = await conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
-            rows: list[Row] = await cur.fetchall()
-        except psycopg.OperationalError:
-            if conn.closed or conn.broken:
-                self._aconn = None  # the next read reconnects (server restarted)
-            raise
-        return rows
+        # A connection found broken (the server restarted, or cut it) is replaced and the read,
+        # which changes nothing, tried once more on the new one; a server still down fails it.
+        for attempt in (1, 2):
+            async with self._aconn_lock:  # one connect, even when many requests start together
+                if self._aconn is None or self._aconn.closed:
+                    self._aconn = await self.app.db.connect_async()
+                conn = self._aconn
+            try:
+                cur = await conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+                rows: list[Row] = await cur.fetchall()
+            except psycopg.OperationalError:
+                if not (conn.closed or conn.broken):
+                    raise
+                if self._aconn is conn:
+                    self._aconn = None
+                if attempt == 2:
+                    raise
+                continue
+            return rows
+        raise AssertionError("unreachable")
 
     async def _finder(self, environ: Environ) -> Response:
         """GET / without a thread on PostgreSQL."""
@@ -330,6 +343,54 @@ class HttpServer:
             return json_response(exc.status, {"error": exc.reason}, exc.headers)
         except Exception as exc:
             return app.failure(environ, exc)
+
+    async def _key(self, vpnid: str) -> str:
+        """Return the enrolled key of a VPNID, or raise 404.
+
+        The reads of the reports that arrive together are one query: the VPNIDs asked for while
+        a read is under way wait for it to end and then go in the next one.  (A key cache would
+        not help: each unit reports once a day.  One read per report cost 0.4 ms of registry CPU
+        and 0.15 ms of PostgreSQL's per report when each report came from another device:
+        bench/registry_results.md.)
+        """
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._key_waiters.setdefault(vpnid, []).append(future)
+        if not self._key_reading:
+            self._key_reading = True
+            asyncio.get_running_loop().call_soon(self._read_keys)
+        key = await future
+        if key is None:
+            raise HttpError(404, "unknown vpnid")
+        return key
+
+    def _read_keys(self) -> None:
+        """Start one read for every VPNID waiting (called once the loop's turn is over)."""
+        waiters, self._key_waiters = self._key_waiters, {}
+        task = asyncio.get_running_loop().create_task(self._keys_task(waiters))
+        self._key_tasks.add(task)
+        task.add_done_callback(self._key_tasks.discard)
+
+    async def _keys_task(self, waiters: dict[str, list[asyncio.Future[str | None]]]) -> None:
+        store = self.app.store
+        sql, params = store.keys_query(sorted(waiters))
+        try:
+            rows = await self._read(sql, params, lambda: store.db.read(sql, params))
+            keys = {str(r["vpnid"]): str(r["public_key"]) for r in rows}
+        except Exception as exc:  # every waiter gets it: the app answers 503 or 500
+            for futures in waiters.values():
+                for f in futures:
+                    if not f.done():
+                        f.set_exception(exc)
+        else:
+            for vpnid, futures in waiters.items():
+                for f in futures:
+                    if not f.done():
+                        f.set_result(keys.get(vpnid))
+        finally:
+            if self._key_waiters:  # arrived during this read: the next one
+                self._read_keys()
+            else:
+                self._key_reading = False
 
     async def close(self) -> None:
         """Store the reports queued, then close this loop's database connections."""

@@ -26,7 +26,7 @@ from evo_registry.config import Settings
 from evo_registry.db import Database, Row, parse_utc, utc_text
 from evo_registry.errors import DatabaseError, HttpError
 from evo_registry.geo import Geo
-from evo_registry.store import UNCHECKED, Limits, Outcome, Pending, Store
+from evo_registry.store import Limits, Outcome, Pending, Store
 
 LOG = logging.getLogger(__name__)
 
@@ -224,7 +224,10 @@ class Registry:
         """Take one signed gzip report (docs/protocol.md)."""
         vpnid, signature = self.report_headers(environ)
         body = self.read_body(environ, wire.MAX_COMPRESSED)
-        item = self.check_report(environ, vpnid, signature, body)
+        key = self.store.public_key(vpnid)
+        if key is None:
+            raise HttpError(404, "unknown vpnid")
+        item = self.check_report(environ, vpnid, signature, body, key)
         return self.report_response(item, self.writer.submit(item))
 
     def report_headers(self, environ: Environ) -> tuple[str, str]:
@@ -243,15 +246,16 @@ class Registry:
             raise HttpError(401, "X-Evo-Signature header missing")
         return vpnid, signature
 
-    def check_report(self, environ: Environ, vpnid: str, signature: str, body: bytes
-                     ) -> Pending:
-        """Decompress and validate a report; return it ready for the writer.
+    def check_report(self, environ: Environ, vpnid: str, signature: str, body: bytes,
+                     key: str) -> Pending:
+        """Verify, decompress and validate a report; return it ready to be stored.
 
-        The writer checks the signature against the key it reads under the device's row lock
-        (store.UNCHECKED): no read of its own for the key.  A signature that cannot be one is
-        refused here, before the body is looked at.
+        The signature first: a sender without the device's key never makes the registry inflate
+        or parse anything (1 KiB of gzip can expand to the 1 MiB limit, and the reason of a
+        refused document walks all of it).  The writer checks the signature again if the key it
+        reads under the device's row lock is another one (re-enrolled meanwhile).
         """
-        wire.signature_bytes(signature)
+        wire.verify_signature(key, signature, body)
         doc = wire.parse_json(wire.gunzip(body))
         reason = wire.schema_errors(doc)
         if reason:
@@ -266,7 +270,7 @@ class Registry:
             # device is seen, its last known WAN IP and location stay as they were.
             wan_ip = None
         location = self.geo.lookup(wan_ip)
-        return Pending(doc, vpnid, wan_ip, location, self.clock(), path_value, UNCHECKED,
+        return Pending(doc, vpnid, wan_ip, location, self.clock(), path_value, key,
                        signature, body)
 
     def report_response(self, item: Pending, outcome: Outcome) -> Response:

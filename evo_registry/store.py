@@ -70,12 +70,8 @@ class Limits:
     window: timedelta = timedelta(hours=1)
 
 
-# Pending.key of a report whose signature the writer checks, against the key it reads under the
-# device's row lock.  The HTTP servers send every report this way: each report reaching the
-# registry is a device's first in a day, so a key cache in front of the writer hits almost never,
-# and the separate read it needed cost more than the report (0.4 ms of registry CPU and 0.15 ms of
-# PostgreSQL's per report, with the throughput down from 1,310 to 730 reports/s, when each report
-# came from another device; bench/registry_results.md).
+# Pending.key of a report whose signature nobody checked yet: the writer checks it against the
+# key it reads under the device's row lock.
 UNCHECKED = ""
 
 
@@ -211,6 +207,14 @@ class Store:
         """Return the enrolled public key of a VPNID (base64), or None."""
         rows = self.db.read(self.KEY_QUERY, (vpnid,))
         return str(rows[0]["public_key"]) if rows else None
+
+    def keys_query(self, vpnids: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+        """Return the statement reading the enrolled keys of several VPNIDs at once."""
+        if self._arrays:
+            return "SELECT vpnid, public_key FROM devices WHERE vpnid = ANY(?)", (list(vpnids),)
+        marks = ", ".join("?" * len(vpnids))
+        return (f"SELECT vpnid, public_key FROM devices WHERE vpnid IN ({marks})",  # noqa: S608
+                tuple(vpnids))
 
     # ---- reports ---------------------------------------------------------------------------
     def ingest(self, report: Mapping[str, Any], vpnid: str, wan_ip: str | None,

@@ -370,6 +370,20 @@ def test_daemon_ready_after_boot(guest: dict[str, Any], out_dir: Path) -> None:
     assert ready_s > 0
 
 
+def test_daemon_hears_udev_not_the_kernel(guest: dict[str, Any]) -> None:
+    """The daemon's hot-plug path against a real udevd (nothing here can show it natively)."""
+    h = guest["hotplug"]
+    uevent = [s["groups"] for s in h["netlink"] if s["protocol"] == 15]  # KOBJECT_UEVENT
+    assert uevent == ["00000002"], h  # udevd's monitor group only, never the kernel's (1)
+    assert 7 in h["timerfd_clockids"], h  # CLOCK_BOOTTIME: the schedule counts suspend
+    # udevd announced every tty and mem device; the kernel-side filter kept them away.
+    assert h["filtered"]["events"] >= 10, h
+    assert h["filtered"]["wakeups"] <= h["filtered"]["events"] // 5, h
+    # A sound "change" event makes it refresh its local inventory (after HOTPLUG_SETTLE, 5 s).
+    assert h["sound_events"] >= 1, h
+    assert "local inventory refreshed (hot-plug: change sound): ok" in h["refreshed"], h
+
+
 @needs_daemon
 def test_boot_report_reaches_registry(guest: dict[str, Any], life: dict[str, Any],
                                       report: dict[str, Any], hw: vmlib.Appliance) -> None:

@@ -198,6 +198,11 @@ def main() -> None:
         def _() -> Any:
             return measured(["evo-agent", "collectors", "--json"])
 
+    if full:
+        @step("hotplug")
+        def _() -> Any:
+            return hotplug()
+
     @step("units")
     def _() -> Any:
         out: dict[str, dict[str, Any]] = {}
@@ -308,6 +313,68 @@ def main() -> None:
 
     RESULTS["finished_monotonic"] = time.monotonic()
     send(port, cfg)
+
+
+def _switches(pid: str) -> int:
+    """Return the context switches of all of a process's threads so far (its wake-ups)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        for line in (read(f"/proc/{pid}/task/{task}/status") or "").splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split()[1])
+    return total
+
+
+def hotplug() -> dict[str, Any]:
+    """What the daemon listens to, seen from the kernel, and what a udev event does to it.
+
+    Its netlink sockets (/proc/net/netlink rows whose inode is one of its fds: protocol 15 is
+    NETLINK_KOBJECT_UEVENT, Groups the multicast groups: 2 is udevd's monitor, 1 the kernel's),
+    the clocks of its timerfds (7 = CLOCK_BOOTTIME), its wake-ups while udevd announces events
+    of subsystems it filters out (tty, mem), and its refresh after a sound "change" event.
+    """
+    pid = sh(["systemctl", "show", "-p", "MainPID", "--value", "evo-agent.service"])[1].strip()
+    fds = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            fds[fd] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+    inodes = {t[len("socket:["):-1] for t in fds.values() if t.startswith("socket:[")}
+    netlink = []
+    for line in (read("/proc/net/netlink") or "").splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 10 and cols[9] in inodes:
+            netlink.append({"protocol": int(cols[1]), "groups": cols[3]})
+    clockids = []
+    for fd, target in fds.items():
+        if target == "anon_inode:[timerfd]":
+            m = re.search(r"clockid:\s*(\d+)", read(f"/proc/{pid}/fdinfo/{fd}") or "")
+            if m:
+                clockids.append(int(m.group(1)))
+    # Events the daemon's filter drops in the kernel: it should hardly wake up.
+    before = _switches(pid)
+    trig = sh(["udevadm", "trigger", "--verbose", "--action=change", "--subsystem-match=tty",
+               "--subsystem-match=mem"])
+    sh(["udevadm", "settle", "--timeout=60"])
+    time.sleep(2)
+    filtered = {"events": len(trig[1].split()), "wakeups": _switches(pid) - before}
+    # A sound "change" event: the daemon refreshes its local inventory after HOTPLUG_SETTLE.
+    cursor = re.search(r"cursor: (\S+)", sh(["journalctl", "-n", "0", "--show-cursor"])[1])
+    sound = sh(["udevadm", "trigger", "--verbose", "--action=change",
+                "--subsystem-match=sound"])
+    t0 = time.monotonic()
+    refreshed = ""
+    while time.monotonic() - t0 < 90 and not refreshed:
+        time.sleep(1)
+        argv = ["journalctl", "-u", "evo-agent.service", "-o", "cat", "--no-pager"]
+        if cursor:
+            argv.append(f"--after-cursor={cursor.group(1)}")
+        refreshed = next((line for line in sh(argv)[1].splitlines()
+                          if "local inventory refreshed" in line), "")
+    return {"pid": pid, "netlink": netlink, "timerfd_clockids": clockids,
+            "filtered": filtered, "sound_events": len(sound[1].split()),
+            "refreshed": refreshed, "refresh_s": round(time.monotonic() - t0, 1)}
 
 
 def send(port: str, cfg: dict[str, Any]) -> None:
