@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -418,3 +419,33 @@ def test_read_only_verbs_work_for_a_support_group_member(server: RegistryServer,
         assert proc.wait(5) == 0
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_state_directory_shared_without_setgid_under_the_units_group(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the unit (Group=evo-support) the setgid bit is neither needed nor allowed.
+
+    RestrictSUIDSGID= refuses to set it (EPERM): the appliance test's boots logged "cannot
+    share /var/lib/evo-agent with group evo-support" at every start.  When the process's group
+    is the support group, new files get it anyway and nothing is changed; otherwise (root
+    running the daemon by hand) the directory gets the group and the setgid bit."""
+    import grp
+
+    from evo_agent import daemon
+
+    own = grp.getgrgid(os.getegid()).gr_name
+    state = tmp_path / "state"
+    state.mkdir(mode=0o750)
+    os.chmod(state, 0o750)  # noqa: S103 - the state directory mode the unit sets (0750)
+    monkeypatch.setattr(daemon, "SUPPORT_GROUP", own)
+    with monkeypatch.context() as m:
+        m.setattr(os, "chmod", lambda *a: pytest.fail(f"chmod{a} under the unit's group"))
+        daemon.share_with_support(state, 0o2750)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o750
+    if os.geteuid() != 0:
+        return  # the other half needs a chown to another group
+    other = next(g for g in grp.getgrall() if g.gr_gid != os.getegid())
+    monkeypatch.setattr(daemon, "SUPPORT_GROUP", other.gr_name)
+    daemon.share_with_support(state, 0o2750)
+    st = state.stat()
+    assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (other.gr_gid, 0o2750)

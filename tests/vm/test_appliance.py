@@ -381,6 +381,7 @@ def test_daemon_hears_udev_not_the_kernel(guest: dict[str, Any]) -> None:
     assert h["filtered"]["wakeups"] <= h["filtered"]["events"] // 5, h
     # A sound "change" event makes it refresh its local inventory (after HOTPLUG_SETTLE, 5 s).
     assert h["sound_events"] >= 1, h
+    assert h["snapshot"].get("reason") == "hot-plug: change sound", h
     assert "local inventory refreshed (hot-plug: change sound): ok" in h["refreshed"], h
 
 

@@ -360,21 +360,37 @@ def hotplug() -> dict[str, Any]:
     time.sleep(2)
     filtered = {"events": len(trig[1].split()), "wakeups": _switches(pid) - before}
     # A sound "change" event: the daemon refreshes its local inventory after HOTPLUG_SETTLE.
-    cursor = re.search(r"cursor: (\S+)", sh(["journalctl", "-n", "0", "--show-cursor"])[1])
+    # Watched by reading the file the refresh writes, every 2 s, for up to 240 s: the daemon
+    # and its child run at idle CPU priority (SCHED_IDLE), and a first version, which ran
+    # journalctl every second for 90 s, saw nothing while the journal had the line soon after.
+    local = "/var/lib/evo-agent/local.json"
+    t_wall = time.time()
     sound = sh(["udevadm", "trigger", "--verbose", "--action=change",
                 "--subsystem-match=sound"])
     t0 = time.monotonic()
+    snapshot: dict[str, Any] = {}
+    while time.monotonic() - t0 < 240:
+        time.sleep(2)
+        try:
+            with open(local, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if doc.get("time", 0) > t_wall:
+            snapshot = {"reason": doc.get("reason"), "after_s": round(doc["time"] - t_wall, 1)}
+            break
     refreshed = ""
-    while time.monotonic() - t0 < 90 and not refreshed:
-        time.sleep(1)
-        argv = ["journalctl", "-u", "evo-agent.service", "-o", "cat", "--no-pager"]
-        if cursor:
-            argv.append(f"--after-cursor={cursor.group(1)}")
-        refreshed = next((line for line in sh(argv)[1].splitlines()
+    for _ in range(15):  # the daemon logs once its child has exited
+        refreshed = next((line for line in sh(["journalctl", "-u", "evo-agent.service", "-o",
+                                               "cat", "--no-pager"])[1].splitlines()
                           if "local inventory refreshed" in line), "")
+        if refreshed or not snapshot:
+            break
+        time.sleep(3)
     return {"pid": pid, "netlink": netlink, "timerfd_clockids": clockids,
             "filtered": filtered, "sound_events": len(sound[1].split()),
-            "refreshed": refreshed, "refresh_s": round(time.monotonic() - t0, 1)}
+            "snapshot": snapshot, "refreshed": refreshed,
+            "refresh_s": round(time.monotonic() - t0, 1)}
 
 
 def send(port: str, cfg: dict[str, Any]) -> None:
