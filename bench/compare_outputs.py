@@ -27,7 +27,6 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -120,16 +119,9 @@ def _lsusb(tmp: Path) -> Iterator[tuple[str, Path]]:
 
 def _run(host: Any) -> dict[str, Any]:
     """Run every collector (through the real runner) and the filter; mask volatile values."""
-    from evo_agent.collector import discover
-    from evo_agent.inventory import build_report, collect
-    from evo_agent.policy import load_policy
+    from tests.appliance import collect_all
 
-    collectors = [cls() for _name, cls in sorted(discover().items())]
-    inventory = collect(collectors, host, deadline=60.0)
-    report, dropped = build_report(inventory, load_policy(), report_id="-",
-                                   clock=lambda: datetime(2026, 1, 1, tzinfo=timezone.utc))
-    for entry in report["collectors"].values():
-        entry["duration_ms"] = "-"
+    inventory, report, dropped = collect_all(host)
     return {
         "outcomes": {name: {"status": o.status, "raw": o.raw, "error_code": o.error_code,
                             "error_message": o.error_message}

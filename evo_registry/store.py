@@ -70,11 +70,6 @@ class Limits:
     window: timedelta = timedelta(hours=1)
 
 
-# Pending.key of a report whose signature nobody checked yet: the writer checks it against the
-# key it reads under the device's row lock.
-UNCHECKED = ""
-
-
 @dataclass(frozen=True)
 class Pending:
     """A report whose signature and schema were checked, waiting to be stored."""
@@ -85,9 +80,8 @@ class Pending:
     location: Location
     now: datetime
     path: str | None
-    # The key the signature was checked with (None: the caller vouches for the report;
-    # UNCHECKED: not checked yet), and what to check it with against the key enrolled when
-    # that differs: the writer reads the key under the device's row lock.
+    # The key the signature was checked with (None: the caller vouches for the report), and
+    # what to check it again with if the device was re-enrolled meanwhile.
     key: str | None = None
     signature: str = ""
     body: bytes = b""
@@ -342,7 +336,7 @@ class Store:
         if dev is None:
             return UnknownDevice()
         if item.key is not None and dev["public_key"] != item.key:
-            # Not checked yet (UNCHECKED), or checked with a key replaced since (re-enrolled).
+            # Re-enrolled with another key since the caller checked the signature.
             try:
                 wire.verify_signature(str(dev["public_key"]), item.signature, item.body)
             except HttpError as exc:

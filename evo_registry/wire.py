@@ -143,19 +143,13 @@ def _public_key(public_key_b64: str) -> Any:
     return Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key_b64))
 
 
-def signature_bytes(signature_b64: str) -> bytes:
-    """Return the 64 bytes of an X-Evo-Signature header, or raise 401."""
-    signature = b64decode(signature_b64, "X-Evo-Signature", status=401)
-    if len(signature) != 64:
-        raise HttpError(401, "X-Evo-Signature: an Ed25519 signature is 64 bytes")
-    return signature
-
-
 def verify_signature(public_key_b64: str, signature_b64: str, body: bytes) -> None:
     """Check an Ed25519 signature over ``body`` or raise 401."""
     from cryptography.exceptions import InvalidSignature
 
-    signature = signature_bytes(signature_b64)
+    signature = b64decode(signature_b64, "X-Evo-Signature", status=401)
+    if len(signature) != 64:
+        raise HttpError(401, "X-Evo-Signature: an Ed25519 signature is 64 bytes")
     key = _public_key(public_key_b64)
     try:
         key.verify(signature, body)

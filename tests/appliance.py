@@ -751,3 +751,23 @@ def build_appliance(root: Path, *, dongle: bool = True) -> Expected:
                                                  if k != "dongle_mac"},
         returned=RETURNED if dongle else RETURNED - {"dongle_mac"},
     )
+
+
+def collect_all(host: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Run every collector (the real runner) and the filter on ``host``: (inventory, report,
+    dropped), with the report's id, time and durations fixed so two runs compare equal.
+    (tests/test_replay_archive.py and bench/compare_outputs.py; no pytest here: the bench's
+    "live" mode runs on Debian's python.)"""
+    from datetime import datetime, timezone
+
+    from evo_agent.collector import discover
+    from evo_agent.inventory import build_report, collect
+    from evo_agent.policy import load_policy
+
+    collectors = [cls() for _name, cls in sorted(discover().items())]
+    inventory = collect(collectors, host, deadline=60.0)
+    report, dropped = build_report(inventory, load_policy(), report_id="-",
+                                   clock=lambda: datetime(2026, 1, 1, tzinfo=timezone.utc))
+    for entry in report["collectors"].values():
+        entry["duration_ms"] = "-"
+    return inventory, report, dropped

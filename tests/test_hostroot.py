@@ -168,9 +168,11 @@ def test_pack_is_private_and_round_trips(tmp_path: Path) -> None:
         assert host.run(["dmidecode"], 5) == b"# dmidecode 3.4\n"
 
 
-def _tar_with(tmp_path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> Path:
+def _tar_with(tmp_path: Path, *members: tuple[tarfile.TarInfo, bytes | None],
+              mode: str = "w:gz", fmt: int = tarfile.PAX_FORMAT) -> Path:
+    """Write an archive of exactly ``members`` (``None``: no data, as for links and dirs)."""
     path = tmp_path / "evil.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
+    with tarfile.open(path, mode, format=fmt) as tar:  # type: ignore[call-overload]
         for info, data in members:
             if data is not None:
                 info.size = len(data)

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,8 @@ from evo_agent.hostroot import (
     pack_capture,
     unpack_capture,
 )
-from tests.appliance import build_appliance
+from tests.appliance import build_appliance, collect_all
+from tests.test_hostroot import _tar_with as _tar
 
 
 def _answer(call: Callable[[str], object], path: str) -> object:
@@ -64,16 +63,7 @@ def _compare(tree: Path, archive: Path, *, lstat_kind: bool = True) -> int:
 
 
 def _collect(host: Host) -> dict[str, Any]:
-    from evo_agent.collector import discover
-    from evo_agent.inventory import build_report, collect
-    from evo_agent.policy import load_policy
-
-    collectors = [cls() for _name, cls in sorted(discover().items())]
-    inventory = collect(collectors, host, deadline=60.0)
-    report, dropped = build_report(inventory, load_policy(), report_id="-",
-                                   clock=lambda: datetime(2026, 1, 1, tzinfo=timezone.utc))
-    for entry in report["collectors"].values():
-        entry["duration_ms"] = "-"
+    inventory, report, dropped = collect_all(host)
     raw = {name: (o.status, o.raw, o.error_code, o.error_message)
            for name, o in inventory.outcomes.items()}
     return {"raw": raw, "report": report, "dropped": dropped}
@@ -141,19 +131,6 @@ def test_links_resolve_as_on_disk_and_never_leave_the_capture(tmp_path: Path) ->
         host.read_bytes("/loop1")
     assert host.lstat_kind("/loop1/x") is None
     assert host.read_bytes("/dir/file", 1) == b"i"
-
-
-def _tar(tmp_path: Path, *members: tuple[tarfile.TarInfo, bytes | None], mode: str = "w:gz",
-         fmt: int = tarfile.PAX_FORMAT) -> Path:
-    path = tmp_path / "evil.tar.gz"
-    with tarfile.open(path, mode, format=fmt) as tar:  # type: ignore[call-overload]
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-            else:
-                tar.addfile(info)
-    return path
 
 
 def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, None]:

@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,23 @@ def aio(settings: Settings, tmp_path: Path) -> Iterator[Server]:
     srv.close()
     app.close()
     db.close()
+
+
+@contextmanager
+def _app_and_listener(settings: Settings) -> Iterator[tuple[Registry, socket.socket, int]]:
+    """A migrated app and a listening socket on 127.0.0.1, for a server the test runs itself."""
+    db = Database(settings.database)
+    db.migrate()
+    app = Registry(settings, db=db, geo=Geo(None))
+    sock_l = socket.socket()
+    sock_l.bind(("127.0.0.1", 0))
+    sock_l.listen(16)
+    try:
+        yield app, sock_l, sock_l.getsockname()[1]
+    finally:
+        sock_l.close()
+        app.close()
+        db.close()
 
 
 _OPEN: list[socket.socket] = []
@@ -152,36 +170,29 @@ def test_malformed_requests_get_a_4xx_and_the_connection_closes(
 
 
 def test_connections_beyond_the_limit_are_refused(settings: Settings) -> None:
-    db = Database(settings.database)
-    db.migrate()
-    app = Registry(settings, db=db, geo=Geo(None))
-    sock_l = socket.socket()
-    sock_l.bind(("127.0.0.1", 0))
-    sock_l.listen(16)
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    server = HttpServer(app, 2, idle_s=30, max_connections=2)
-    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(sock_l, stop),))
-    thread.start()
-    try:
-        port = sock_l.getsockname()[1]
-        first, second = _connect(port), _connect(port)
-        for sock in (first, second):  # both served, kept open
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert _answers(sock, 1)[0][0] == 200
-        third = _connect(port)
-        assert _closed(third)
-        first.close()
-        time.sleep(0.3)
-        fourth = _connect(port)  # a place is free again
-        fourth.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert _answers(fourth, 1)[0][0] == 200
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(15)
-        loop.close()
-        app.close()
-        db.close()
+    with _app_and_listener(settings) as (app, sock_l, port):
+        loop = asyncio.new_event_loop()
+        stop = asyncio.Event()
+        server = HttpServer(app, 2, idle_s=30, max_connections=2)
+        thread = threading.Thread(target=loop.run_until_complete,
+                                  args=(server.serve(sock_l, stop),))
+        thread.start()
+        try:
+            first, second = _connect(port), _connect(port)
+            for sock in (first, second):  # both served, kept open
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert _answers(sock, 1)[0][0] == 200
+            third = _connect(port)
+            assert _closed(third)
+            first.close()
+            time.sleep(0.3)
+            fourth = _connect(port)  # a place is free again
+            fourth.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _answers(fourth, 1)[0][0] == 200
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+            thread.join(15)
+            loop.close()
 
 
 def _accept_queue(port: int) -> int:
@@ -199,68 +210,52 @@ def test_one_connection_accepted_per_turn_of_the_loop(settings: Settings) -> Non
     workers; test_cli.py checks the spread with two real processes).  Here eight connections
     wait in the backlog before the server starts, and the loop is run one turn at a time: never
     more than one new connection per turn (the old server took all eight in one)."""
-    db = Database(settings.database)
-    db.migrate()
-    app = Registry(settings, db=db, geo=Geo(None))
-    sock_l = socket.socket()
-    sock_l.bind(("127.0.0.1", 0))
-    sock_l.listen(16)
-    port = sock_l.getsockname()[1]
-    waiting = [_connect(port) for _ in range(8)]  # queued by the kernel, nobody accepted yet
-    loop = asyncio.new_event_loop()
-    server = HttpServer(app, 2, idle_s=30)
-    stop = asyncio.Event()
-    task = loop.create_task(server.serve(sock_l, stop))
-    accepted = [0]
-    try:
-        for _ in range(200):
-            # One turn of the loop: stop() before run_forever() polls once and runs what is
-            # ready (asyncio's documented behaviour).
-            loop.call_soon(loop.stop)
-            loop.run_forever()
-            accepted.append(len(waiting) - _accept_queue(port))
-            if accepted[-1] == len(waiting):
-                break
-        steps = [b - a for a, b in itertools.pairwise(accepted)]
-        assert accepted[-1] == len(waiting), accepted
-        assert max(steps) == 1, accepted
-        for sock in waiting:  # and each is served
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        loop.run_until_complete(asyncio.sleep(0.5))
-        assert all(_answers(sock, 1)[0][0] == 200 for sock in waiting)
-    finally:
-        loop.call_soon(stop.set)
-        loop.run_until_complete(task)
-        loop.close()
-        app.close()
-        db.close()
+    with _app_and_listener(settings) as (app, sock_l, port):
+        waiting = [_connect(port) for _ in range(8)]  # queued by the kernel, nobody accepted yet
+        loop = asyncio.new_event_loop()
+        server = HttpServer(app, 2, idle_s=30)
+        stop = asyncio.Event()
+        task = loop.create_task(server.serve(sock_l, stop))
+        accepted = [0]
+        try:
+            for _ in range(200):
+                # One turn of the loop: stop() before run_forever() polls once and runs what is
+                # ready (asyncio's documented behaviour).
+                loop.call_soon(loop.stop)
+                loop.run_forever()
+                accepted.append(len(waiting) - _accept_queue(port))
+                if accepted[-1] == len(waiting):
+                    break
+            steps = [b - a for a, b in itertools.pairwise(accepted)]
+            assert accepted[-1] == len(waiting), accepted
+            assert max(steps) == 1, accepted
+            for sock in waiting:  # and each is served
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            loop.run_until_complete(asyncio.sleep(0.5))
+            assert all(_answers(sock, 1)[0][0] == 200 for sock in waiting)
+        finally:
+            loop.call_soon(stop.set)
+            loop.run_until_complete(task)
+            loop.close()
 
 
 def test_idle_and_slow_clients_are_cut(settings: Settings) -> None:
-    db = Database(settings.database)
-    db.migrate()
-    app = Registry(settings, db=db, geo=Geo(None))
-    sock_l = socket.socket()
-    sock_l.bind(("127.0.0.1", 0))
-    sock_l.listen(16)
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    thread = threading.Thread(target=loop.run_until_complete,
-                              args=(HttpServer(app, 2, idle_s=0.5).serve(sock_l, stop),))
-    thread.start()
-    try:
-        port = sock_l.getsockname()[1]
-        idle, slow = _connect(port), _connect(port)
-        slow.sendall(b"GET /healthz HTTP/1.1\r\nHo")  # and never the rest
-        start = time.monotonic()
-        assert _closed(idle) and _closed(slow)
-        assert time.monotonic() - start < 5
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(15)
-        loop.close()
-        app.close()
-        db.close()
+    with _app_and_listener(settings) as (app, sock_l, port):
+        loop = asyncio.new_event_loop()
+        stop = asyncio.Event()
+        thread = threading.Thread(target=loop.run_until_complete,
+                                  args=(HttpServer(app, 2, idle_s=0.5).serve(sock_l, stop),))
+        thread.start()
+        try:
+            idle, slow = _connect(port), _connect(port)
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHo")  # and never the rest
+            start = time.monotonic()
+            assert _closed(idle) and _closed(slow)
+            assert time.monotonic() - start < 5
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+            thread.join(15)
+            loop.close()
 
 
 def test_a_client_gone_mid_body_stores_nothing(aio: Server) -> None:
