@@ -32,9 +32,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-CORPUS = REPO.parent / "shared" / "corpus"
-if not CORPUS.is_dir():  # a worktree beside the others: /work/wt/<name> -> /work/shared
-    CORPUS = Path("/work/shared/corpus")
+CORPUS = REPO / "tests" / "data" / "corpus"
 
 
 def _fixtures(tmp: Path) -> Iterator[tuple[str, Path]]:

@@ -26,7 +26,7 @@ import re
 
 from collectors._dmidecode import parse, summarize, usable
 from evo_agent.collector import Collector, Raw
-from evo_agent.errors import HostReadError
+from evo_agent.errors import HostReadError, NotCaptured, PartialData
 from evo_agent.hostroot import Host
 from evo_agent.policy import is_placeholder
 
@@ -80,7 +80,7 @@ class Dmi(Collector):
 
     def collect(self, host: Host) -> Raw:
         raw: dict[str, Any] | None = None
-        text = self._dmidecode(host)
+        text, failure = self._dmidecode(host)
         if text is not None:
             records = parse(text)
             if usable(records):
@@ -100,17 +100,32 @@ class Dmi(Collector):
                     raw[key] = cpu[key]
         if raw.get("ram_total_bytes") is None:
             raw["ram_total_bytes"] = read_ram_size(host)
+        if failure is not None:
+            # What the fallback gave still counts, but the collector must not say "ok": the
+            # board may be unnamed, the CPU named by the kernel and the RAM modules unlisted.
+            got = "board from /sys/class/dmi/id" if raw.get("source") else "no board data"
+            raise PartialData(raw, "dmidecode_unavailable",
+                              f"{failure}; {got}, CPU from /proc/cpuinfo, no RAM modules")
         return raw
 
-    def _dmidecode(self, host: Host) -> str | None:
-        """Return the text of plain ``dmidecode``, or None when it cannot run."""
+    def _dmidecode(self, host: Host) -> tuple[str | None, str | None]:
+        """Return the text of plain ``dmidecode``, or None and why it could not run.
+
+        A table that dmidecode reads but finds unusable (some ARM boards, containers), or a
+        replayed tree without commands, is not a failure: the sysfs fallback is then the normal
+        path.  Not installed, not permitted (not root, no CAP_DAC_READ_SEARCH), failed or timed
+        out is one.
+        """
         try:
             out = host.run(["dmidecode"], timeout=self.timeout)
+        except NotCaptured as exc:
+            # a replayed tree of sysfs files only: the fallback is what it can give
+            LOG.debug("dmidecode: %s", exc)
+            return None, None
         except HostReadError as exc:
-            # Not installed, not root, or absent from a capture: the fallback is the normal path.
             LOG.debug("dmidecode unavailable: %s", exc)
-            return None
-        return out.decode("utf-8", errors="replace")
+            return None, str(exc)
+        return out.decode("utf-8", errors="replace"), None
 
 
 def _cpu_value_missing(key: str, value: Any) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 
 from evo_agent import __version__
-from evo_agent.errors import EXIT_CODES, EvoError, OutputError, UsageError
+from evo_agent.errors import EXIT_CODES, EvoError, MissingModule, OutputError, UsageError
 
 TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
 if TYPE_CHECKING:
@@ -53,7 +53,9 @@ class _Parser(argparse.ArgumentParser):
     width: int | None = None
 
     def error(self, message: str) -> Any:  # argparse exits with 2; we raise for one exit table
-        raise UsageError(f"{self.prog}: {message}")
+        # main() prefixes "evo-agent: "; a verb's parser names the verb ("inventory: ...")
+        verb = self.prog.removeprefix("evo-agent").strip()
+        raise UsageError(f"{verb}: {message}" if verb else message)
 
     def _get_formatter(self) -> argparse.HelpFormatter:
         if _Parser.width is None:
@@ -133,23 +135,33 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _verbs(parser: argparse.ArgumentParser) -> list[str]:
+    """Return the verbs the parser knows, in the order of --help."""
+    for action in parser._actions:  # argparse has no public accessor for its sub-parsers
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
-        args = _parser(_verb_of(argv)).parse_args(argv)
+        parser = _parser(_verb_of(argv))
+        args = parser.parse_args(argv)
         _setup_logging(getattr(args, "verbose", False))
         if args.verb is None:
-            raise UsageError("evo-agent: a verb is needed (inventory, explain, capture, "
-                             "collectors); see 'evo-agent --help'")
+            raise UsageError(f"a verb is needed: {', '.join(_verbs(parser))}; "
+                             "see 'evo-agent --help'")
         if getattr(args, "handler", None):  # verbs of evo_agent.cli_delivery
             return int(args.handler(args, sys.stdout))
         handler = {"inventory": _cmd_inventory, "explain": _cmd_explain,
                    "capture": _cmd_capture, "collectors": _cmd_collectors}[args.verb]
         return handler(args, sys.stdout)
+    except ModuleNotFoundError as exc:
+        return _fail(MissingModule((exc.name or "?").partition(".")[0]))
     except EvoError as exc:
-        print(f"evo-agent: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(exc)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -157,6 +169,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Exception as exc:  # a bug: one line for the user, the traceback with -v
+        LOG.debug("internal error", exc_info=True)
+        return _fail(EvoError(f"internal error (a bug in evo-agent {__version__}): "
+                              f"{type(exc).__name__}: {exc}; run with -v for the traceback"))
+
+
+def _fail(exc: EvoError) -> int:
+    print(f"evo-agent: {exc}", file=sys.stderr)
+    return exc.exit_code
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -211,6 +211,8 @@ def status_doc(cfg: Config) -> dict[str, Any]:
         local_doc = None
     return {
         "enabled": cfg.enabled,
+        # where reports go; none configured means nothing can be delivered
+        "destinations": [url for url in (delivery["vpn_url"], delivery["https_url"]) if url],
         "daemon": {"running": daemon is not None,
                    **({k: daemon.get(k) for k in ("pid", "started", "cycle_running")}
                       if daemon else {})},
@@ -234,7 +236,10 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     d = doc["daemon"]
     rows = [
-        ("delivery", "enabled" if doc["enabled"] else "OPTED OUT (enabled = false)"),
+        ("delivery", ("OPTED OUT (enabled = false)" if not doc["enabled"]
+                      else "enabled, to " + " then ".join(doc["destinations"])
+                      if doc["destinations"]
+                      else "NOT CONFIGURED: no vpn_url or https_url in [delivery]")),
         ("daemon", f"running (pid {d['pid']})" if d["running"] else "not running"),
         ("last attempt", f"{_fmt(doc['last_attempt']['time'])}: "
                          f"{doc['last_attempt']['result'] or '-'}"),
@@ -319,8 +324,15 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
     cfg = _config(args)
     last = TransparencyLog(cfg.state_dir).last_acknowledged()
     if last is None:
-        raise EvoError("no report was acknowledged yet (or the log no longer holds it): "
-                       "nothing to compare with; see 'evo-agent sent'")
+        # A unit that has not delivered yet (new, offline, opted out) is in a normal state.
+        note = ("nothing to compare with: no report was acknowledged yet (or the transparency "
+                "log no longer holds it); see 'evo-agent sent'")
+        if args.json:
+            _dump({"compared_with": None, "current": None, "differences": None, "note": note},
+                  out)
+        else:
+            out.write(note + "\n")
+        return 0
     entry, data = last
     now, who = current_report(cfg)
     rows = diff_reports(json.loads(data), now)

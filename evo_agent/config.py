@@ -66,6 +66,23 @@ def _url_or_empty(value: Any) -> str | None:
     return None if ok else "must be an http:// or https:// URL (or empty: not used)"
 
 
+def _https_url(value: Any) -> str | None:
+    """The open-internet path: plain http:// only to this machine (tests, a local proxy)."""
+    problem = _url_or_empty(value)
+    if problem or not str(value).startswith("http://"):
+        return problem
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(str(value)).hostname or ""
+    except ValueError:
+        return "must be an https:// URL (or empty: not used)"
+    if host in {"localhost", "::1"} or host.startswith("127."):
+        return None
+    return ("must be an https:// URL: reports would cross the internet unencrypted "
+            "(http:// is accepted only to localhost)")
+
+
 def _interface(value: Any) -> str | None:
     # IFNAMSIZ is 16 with the NUL; '/' and whitespace are not allowed by the kernel
     ok = value == "" or (len(value) < 16 and not any(c in value for c in "/ \t\n:"))
@@ -105,7 +122,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Validator | None]]] = {
     # Delivery (evo_agent.transport): VPN first, HTTPS otherwise. See config/agent.toml.
     "delivery": {
         "vpn_url": (str, "", _url_or_empty),
-        "https_url": (str, "", _url_or_empty),
+        "https_url": (str, "", _https_url),
         "ca_bundle": (str, "/etc/evo-agent/ca.pem", _absolute_or_empty),
         "vpn_interface": (str, "", _interface),
         "connect_timeout": (float, 10.0, _positive),

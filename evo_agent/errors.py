@@ -98,12 +98,48 @@ class RegistryRefused(EvoError):
     exit_code = 76  # EX_PROTOCOL
 
 
+class PartialData(EvoError):
+    """A collector got only part of what it reads; the part is kept and the reason reported.
+
+    The collector's status is ``error`` (with ``code``), so ``evo-agent collectors``, the report
+    and the registry show that its values come from a fallback, while the values it did get
+    still go through the privacy filter like any others.
+    """
+
+    def __init__(self, raw: dict[str, object], code: str, reason: str) -> None:
+        self.raw = raw
+        self.code = code
+        super().__init__(reason)
+
+
+#: Python module -> the Debian 12 package that provides it (debian/control's Depends)
+DEBIAN_PACKAGES = {"cryptography": "python3-cryptography", "systemd": "python3-systemd",
+                   "pyudev": "python3-pyudev", "pyroute2": "python3-pyroute2",
+                   "requests": "python3-requests", "psutil": "python3-psutil",
+                   "tomli": "python3-tomli"}
+
+
+class MissingModule(EvoError):
+    """A Python module the verb needs is not installed: names the Debian package that has it."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+    def __init__(self, module: str) -> None:
+        package = DEBIAN_PACKAGES.get(module)
+        hint = f" (Debian: apt-get install {package})" if package else ""
+        super().__init__(f"the Python module '{module}' is not installed{hint}")
+
+
 class HostReadError(EvoError):
     """A file or command of the host cannot be read (used inside collectors, never fatal)."""
 
 
 class CommandUnavailable(HostReadError):
     """A command is not installed, not permitted, or absent from a capture."""
+
+
+class NotCaptured(CommandUnavailable):
+    """A replayed capture holds no trace of a command (a tree of files only)."""
 
 
 class CommandFailed(HostReadError):
@@ -120,8 +156,9 @@ EXIT_CODES: dict[int, str] = {
         "or this unit holds another VPNID (re-enrol with --force)",
     64: "usage error: wrong command-line arguments",
     66: "a capture given with --from cannot be read",
-    69: "manufacture: registry unreachable (no answer, TLS failure or 5xx): the unit passed; "
-        "run it again",
+    69: "unavailable: a Python module the verb needs is not installed (the message names its "
+        "Debian package); manufacture: registry unreachable (no answer, TLS failure or 5xx), "
+        "the unit passed, run it again",
     70: "internal error: a bug in evo-agent or a malformed policy file shipped with it",
     73: "an output file cannot be created",
     74: "the state directory cannot be used",

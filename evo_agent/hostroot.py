@@ -33,7 +33,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 
-from evo_agent.errors import CaptureError, CommandFailed, CommandUnavailable
+from evo_agent.errors import CaptureError, CommandFailed, CommandUnavailable, NotCaptured
 
 TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
 if TYPE_CHECKING:
@@ -409,7 +409,7 @@ def _replay_command(host: Host, argv: Sequence[str]) -> bytes:
     try:
         message = host.read_text(f"/commands/{name}.error", 4096).strip()
     except OSError:
-        raise CommandUnavailable(f"{argv[0]}: not in the capture") from None
+        raise NotCaptured(f"{argv[0]}: not in the capture") from None
     raise CommandFailed(message)
 
 

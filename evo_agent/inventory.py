@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 
 from evo_agent import __version__
 from evo_agent.collector import Collector, Raw
-from evo_agent.errors import EvoError
+from evo_agent.errors import EvoError, PartialData
 from evo_agent.hostroot import Host
 from evo_agent.plain import Plain
 from evo_agent.policy import Policy, apply
@@ -85,6 +85,10 @@ def _run_one(collector: Collector, host: Host) -> Outcome:
         raw = collector.collect(host)
         if not isinstance(raw, dict):
             raise TypeError(f"collect() returned {type(raw).__name__}, not dict")
+    except PartialData as exc:
+        LOG.warning("collector %s: %s", collector.name, exc)
+        ms = int((time.monotonic() - start) * 1000)
+        return Outcome(collector.name, "error", ms, exc.raw, exc.code, str(exc)[:500])
     except Exception as exc:  # a broken collector never kills the report
         LOG.warning("collector %s failed: %s", collector.name, exc)
         LOG.debug("collector %s traceback", collector.name, exc_info=True)

@@ -8,8 +8,16 @@ from typing import Any
 from evo_agent.policy import Policy
 
 
-def _fmt(value: Any) -> str:
-    return "-" if value is None else str(value)
+def _fmt(value: Any, key: str = "") -> str:
+    """Return a value for people; sizes (fields named ``bytes`` or ``*_bytes``) in GiB or MiB."""
+    if value is None:
+        return "-"
+    name = key.rpartition(".")[2]
+    if (name == "bytes" or name.endswith("_bytes")) and type(value) is int and value > 0:
+        if value >= 1 << 30:
+            return f"{value / (1 << 30):.3g} GiB"
+        return f"{value / (1 << 20):.3g} MiB"
+    return str(value)
 
 
 def _flatten(prefix: str, value: Any, rows: list[tuple[str, str]]) -> None:
@@ -19,11 +27,11 @@ def _flatten(prefix: str, value: Any, rows: list[tuple[str, str]]) -> None:
     elif isinstance(value, list):
         rows.append((prefix, f"{len(value)} item(s)"))
         for item in value:
-            values = item.values() if isinstance(item, dict) else [item]
-            shown = "  ".join(_fmt(v) for v in values)
+            pairs = item.items() if isinstance(item, dict) else [("", item)]
+            shown = "  ".join(_fmt(v, k) for k, v in pairs)
             rows.append(("", f"- {shown}"))
     else:
-        rows.append((prefix, _fmt(value)))
+        rows.append((prefix, _fmt(value, prefix)))
 
 
 def report_table(report: dict[str, Any]) -> str:
@@ -69,7 +77,7 @@ def explain_text(rows: list[dict[str, Any]], policy: Policy, dropped: Counter[st
     out = [f"What leaves this device, and why (privacy policy of {policy.version})", ""]
     for r in rows:
         value = r["value"]
-        shown = f"{len(value)} item(s)" if isinstance(value, list) else _fmt(value)
+        shown = f"{len(value)} item(s)" if isinstance(value, list) else _fmt(value, r["field"])
         out.append(f"{r['field']} = {shown}")
         out.append(f"    policy: \"{r['policy_line']}\" ({r['section']})")
         for purpose in r["purposes"]:

@@ -379,6 +379,15 @@ class Database:
                 raise DatabaseError(f"cannot connect to {self.describe()}: {exc}") from exc
         if self.path is None:
             raise DatabaseError("no SQLite path")
+        if not self.path.parent.is_dir():
+            # A fresh install: the database's directory is the registry's to make (mode 0750:
+            # the file holds the units' WAN addresses).
+            try:
+                self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseError(
+                    f"cannot create {self.path.parent} for the SQLite database "
+                    f"({exc.strerror}): create it, writable by the registry's user") from exc
         try:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                    check_same_thread=False)

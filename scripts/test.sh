@@ -25,13 +25,15 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    # wait for another apt (unattended-upgrades, a second CI job) instead of failing at once
+    apt-get -o DPkg::Lock::Timeout=900 update -q
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -q \
+      --no-install-recommends "${missing[@]}"
   fi
 fi
 
-# The appliance test (tests/vm): the .deb built and booted in a Debian 12 VM under QEMU (TCG), about
-# 20 minutes on 2 cores. It needs root (debootstrap, chroot), network namespaces and /dev/net/tun
+# The appliance test (tests/vm): the .deb built and booted in a Debian 12 VM under QEMU (TCG); it
+# adds about 11 minutes on 2 cores (README.md gives the measured wall times). It needs root (debootstrap, chroot), network namespaces and /dev/net/tun
 # (its network never leaves the machine) and ~3 GB of disk. EVO_VM=1: run it (and fail if this
 # machine cannot); EVO_VM=0: skip it; unset (what CI does): run it when this machine can, else say
 # loudly why not. A boot hung in the guest (no console output, or a kernel lockup report, before

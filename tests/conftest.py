@@ -1,4 +1,4 @@
-"""Shared fixtures: where the repository and the shared corpus are."""
+"""Shared fixtures: where the repository and its corpus of real captures are."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-#: The shared corpus sits beside the repository (../shared), on developers' machines and in CI.
-CORPUS = REPO.parent / "shared" / "corpus"
-SHARED_POLICY = REPO.parent / "shared" / "policy" / "432evo-privacy-policy.txt"
+#: Real captures from other public projects (tests/data/corpus/README.md, SOURCES.tsv).
+CORPUS = REPO / "tests" / "data" / "corpus"
+#: SHA-256 of the privacy policy as 432 EVO publishes it.  config/ holds a byte-identical copy;
+#: when the policy is republished, the copy, config/policy.toml and this digest change together.
+PUBLISHED_POLICY_SHA256 = "42cbe11dbe584c366f0d9262bf62bc093891643b45b4e8e4112cba5fc73171c1"
 
 
 @pytest.fixture(scope="session")
 def corpus() -> Path:
-    """Return the shared corpus directory; its absence is a broken checkout, not a skip."""
+    """Return the corpus directory; its absence is a broken checkout, not a skip."""
     assert CORPUS.is_dir(), f"the shared corpus is missing at {CORPUS} (shared/ goes beside)"
     return CORPUS
 

@@ -20,7 +20,7 @@ import pytest
 from collectors.alsa import Alsa, parse_cards
 from evo_agent.hostroot import ReplayHost
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus"
 HDA_EMU = CORPUS / "asound" / "hda-emu"
 INFOS = sorted((HDA_EMU / "alsa-info").iterdir()) if (HDA_EMU / "alsa-info").is_dir() else []
 CARDS_FILES = sorted((HDA_EMU / "_derived_proc_asound_cards").glob("*.cards")) if INFOS else []
@@ -82,7 +82,6 @@ def build_tree(info: Path, root: Path) -> None:
 
 
 @pytest.mark.corpus
-@pytest.mark.skipif(not CARDS_FILES, reason="shared/corpus/asound is not beside the repo")
 @pytest.mark.parametrize("path", CARDS_FILES, ids=lambda p: p.stem)
 def test_every_cards_file_parses(path: Path) -> None:
     """Each card line of every /proc/asound/cards of the corpus gives one card, with names."""
@@ -98,7 +97,6 @@ def test_every_cards_file_parses(path: Path) -> None:
 
 
 @pytest.mark.corpus
-@pytest.mark.skipif(not INFOS, reason="shared/corpus/asound is not beside the repo")
 @pytest.mark.parametrize("info", INFOS, ids=lambda p: p.name)
 def test_every_alsa_info_machine(info: Path, tmp_path: Path) -> None:
     """The collector on each machine: one entry per card, buses as /dev/snd/by-path says."""
@@ -182,8 +180,6 @@ def test_lenovo_w500_quickcam(tmp_path: Path) -> None:
 @pytest.mark.corpus
 def test_cards_files_equal_alsa_info_sections() -> None:
     """The derived .cards files are the alsa-info sections (so both cover the same 30 machines)."""
-    if not INFOS:
-        pytest.skip("shared/corpus/asound is not beside the repo")
     for info in INFOS:
         derived = HDA_EMU / "_derived_proc_asound_cards" / f"{info.name}.cards"
         want = parse_cards(section(info.read_text("utf-8", "replace"),

@@ -28,12 +28,11 @@ from evo_agent.hostroot import LiveHost, RecordingHost, ReplayHost
 from evo_agent.policy import apply, load_policy
 from tests.ttar import unpack
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus"
 CHECKBOX = CORPUS / "udev" / "checkbox"
 GHW = CORPUS / "sysfs" / "ghw-snapshots"
 DATA = Path(__file__).resolve().parent / "data" / "disks"
 
-needs_corpus = pytest.mark.skipif(not CHECKBOX.is_dir(), reason="shared/corpus not beside the repo")
 
 # Properties the kernel itself puts in the uevent (sysfs), not udev rules: a real
 # /run/udev/data file does not hold them, so the builder leaves them out.
@@ -165,7 +164,6 @@ RIP_DRIVES = {
 }
 
 
-@needs_corpus
 @pytest.mark.parametrize("capture", sorted(RIP_DRIVES))
 def test_rip_drive_named_captures(tmp_path: Path, capture: str) -> None:
     raw = collect_checkbox(tmp_path, capture)
@@ -181,7 +179,6 @@ def _optical_captures() -> list[str]:
                   if "ID_CDROM=1" in p.read_text("utf-8", "replace"))
 
 
-@needs_corpus
 @pytest.mark.parametrize("capture", _optical_captures())
 def test_every_optical_capture_gives_a_rip_drive(tmp_path: Path, capture: str) -> None:
     raw = collect_checkbox(tmp_path, capture)
@@ -256,7 +253,6 @@ RIP_RANKING = {
 }
 
 
-@needs_corpus
 @pytest.mark.parametrize("case", sorted(RIP_RANKING))
 def test_rip_drive_ranking_on_named_captures(tmp_path: Path, case: str) -> None:
     parts, expected = RIP_RANKING[case]
@@ -265,7 +261,6 @@ def test_rip_drive_ranking_on_named_captures(tmp_path: Path, case: str) -> None:
     assert all("reads_discs" not in d and "optical" not in d for d in raw["drives"])
 
 
-@needs_corpus
 def test_qemu_ide_cd_beats_a_usb_virtual_cdrom(tmp_path: Path) -> None:
     # The appliance VM (tests/vm/vmlib.py): QEMU -device ide-cd on the q35's AHCI, which answers
     # GET CONFIGURATION with the DVD-ROM and CD-ROM profiles; cdrom_id's properties as for QEMU's
@@ -282,7 +277,6 @@ def test_qemu_ide_cd_beats_a_usb_virtual_cdrom(tmp_path: Path) -> None:
         "sr1", "PIONEER BD-RW BDR-XD07", "EVO0123456")
 
 
-@needs_corpus
 def test_media_in_a_virtual_cdrom_is_no_disc_format(tmp_path: Path) -> None:
     # A BMC's virtual CD-ROM with an ISO in it: cdrom_id adds ID_CDROM_MEDIA_* (the disc, as for
     # the ISO9660 disc of HP_DVDRW_WITH_ISO9660_DISC), still no drive capability.  The USB
@@ -297,14 +291,12 @@ def test_media_in_a_virtual_cdrom_is_no_disc_format(tmp_path: Path) -> None:
     assert (raw["rip_drive_device"], raw["rip_drive_model"]) == ("sr1", "BDDVDW SE-506BB")
 
 
-@needs_corpus
 def test_optical_corpus_is_what_the_readme_says() -> None:
     # guards the parametrisation above against an empty or moved corpus
     assert len(_optical_captures()) >= 20
 
 
 # ---- boot drive on real captures (the root partition is planted; say which) --------------------
-@needs_corpus
 def test_boot_sata_partition_one_cdrom_only(tmp_path: Path) -> None:
     # sdc2 (8:34) is the ext4 partition of the Crucial M4 SSD in ONE_CDROM_ONLY
     raw = collect_checkbox(tmp_path, "ONE_CDROM_ONLY", root_line("8:34", "ext4", "/dev/sdc2"))
@@ -315,7 +307,6 @@ def test_boot_sata_partition_one_cdrom_only(tmp_path: Path) -> None:
     assert sdc["transport"] == "sata" and sdc["wwn"] == "0x500a0751036dece2"
 
 
-@needs_corpus
 def test_boot_perc_raid_volume_dell_r820(tmp_path: Path) -> None:
     # sda2 (8:2) ext4 on the PERC H710 virtual disk; the NVMe drives have no udev identity there
     raw = collect_checkbox(tmp_path, "DELL_POWEREDGE_R820_NVME",
@@ -324,7 +315,6 @@ def test_boot_perc_raid_volume_dell_r820(tmp_path: Path) -> None:
         "sda", "PERC H710", "6d4ae5209cd049001ae31f4f0656fc29")
 
 
-@needs_corpus
 def test_boot_nvme_partition_samsung_kioxia(tmp_path: Path) -> None:
     # nvme0n1p2 (259:19) ext4; the KIOXIA namespaces sit under /devices/virtual/nvme-subsystem
     raw = collect_checkbox(tmp_path, "DISK_SAMSUNG_KIOXIA",
@@ -341,7 +331,6 @@ def test_boot_nvme_partition_samsung_kioxia(tmp_path: Path) -> None:
     assert kioxia["model"] == "KIOXIA KCMYDRUG3T84" and kioxia["transport"] == "nvme"
 
 
-@needs_corpus
 def test_boot_emmc(tmp_path: Path) -> None:
     # mmcblk0p3 (179:3) ext4 on the eMMC of EMMC_AS_MAIN_DRIVE; udev has ID_NAME/ID_SERIAL (mmc)
     raw = collect_checkbox(tmp_path, "EMMC_AS_MAIN_DRIVE",
@@ -353,7 +342,6 @@ def test_boot_emmc(tmp_path: Path) -> None:
     assert [d["name"] for d in raw["drives"]] == ["mmcblk0"]
 
 
-@needs_corpus
 def test_boot_intel_vroc_md_raid(tmp_path: Path) -> None:
     # md126p1 (259:8) on the IMSM RAID0 md126 of With_VRAID; members from MD_DEVICE_*: nvme1n1 and
     # nvme2n1 (nvme3n1/nvme4n1 are listed but absent from the capture).  The first sorted member.
@@ -366,7 +354,6 @@ def test_boot_intel_vroc_md_raid(tmp_path: Path) -> None:
     assert "md126" not in [d["name"] for d in raw["drives"]]
 
 
-@needs_corpus
 def test_boot_virtio_qemu_kvm(tmp_path: Path) -> None:
     # vda1 (253:1) ext4 of QEMU_KVM: virtio-blk has no model or serial unless given
     raw = collect_checkbox(tmp_path, "QEMU_KVM", root_line("253:1", "ext4", "/dev/vda1"))
@@ -376,7 +363,6 @@ def test_boot_virtio_qemu_kvm(tmp_path: Path) -> None:
     assert raw["drives"][0]["transport"] == "virtio"
 
 
-@needs_corpus
 def test_boot_luks_without_members_two_dms(tmp_path: Path) -> None:
     # two_dms_one_with_ubuntu_save holds only the two LUKS mappings (253:0 is ubuntu-data): the
     # chain stops at dm-0, which is no drive and has no identity
@@ -387,7 +373,6 @@ def test_boot_luks_without_members_two_dms(tmp_path: Path) -> None:
     assert raw["drives"] == []
 
 
-@needs_corpus
 def test_no_mountinfo_no_boot_drive(tmp_path: Path) -> None:
     raw = collect_checkbox(tmp_path, "ONE_CDROM_ONLY")
     assert raw["boot_drive_device"] is None and raw["boot_drive_model"] is None
@@ -598,7 +583,6 @@ def _captures_with_partitions() -> list[str]:
                   if _first_root_candidate(p.read_text("utf-8", "replace")))
 
 
-@needs_corpus
 @pytest.mark.parametrize("capture", _captures_with_partitions())
 def test_boot_chain_every_capture(tmp_path: Path, capture: str) -> None:
     text = (CHECKBOX / f"{capture}.txt").read_text("utf-8", "replace")
@@ -628,7 +612,6 @@ def _ghw(tmp_path: Path, name: str) -> ReplayHost:
     return ReplayHost(tmp_path)
 
 
-@pytest.mark.skipif(not GHW.is_dir(), reason="shared/corpus not beside the repo")
 def test_ghw_snapshot_drives(tmp_path: Path) -> None:
     raw = Disks().collect(_ghw(tmp_path, "linux-amd64-8581cf3a529e5d8b97ea876eade2f60d"))
     assert [d["name"] for d in raw["drives"]] == ["sda", "sr0"]

@@ -16,6 +16,7 @@ import pytest
 
 from collectors.dmi import Dmi, parse_cpuinfo, read_ram_size
 from evo_agent.collector import discover
+from evo_agent.errors import PartialData
 from evo_agent.hostroot import LiveHost, ReplayHost
 from evo_agent.policy import apply, load_policy
 from tests.ttar import unpack
@@ -23,11 +24,10 @@ from tests.ttar import unpack
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DATA = HERE / "data" / "dmi"
-CORPUS = REPO.parent / "shared" / "corpus"
+CORPUS = REPO / "tests" / "data" / "corpus"
 TXT = CORPUS / "dmidecode_txt"
 GHW = CORPUS / "sysfs" / "ghw-snapshots"
 NODE_EXPORTER = CORPUS / "sysfs" / "node_exporter" / "sys.ttar"
-needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
 GiB = 1 << 30
 MiB = 1 << 20
 
@@ -157,8 +157,30 @@ def test_non_root_dmidecode_falls_back_to_sysfs(node_exporter_sys: Path) -> None
     (node_exporter_sys / "commands").mkdir()
     (node_exporter_sys / "commands" / "dmidecode.error").write_text(
         "dmidecode: /sys/firmware/dmi/tables/smbios_entry_point: Permission denied\n")
-    raw = collect(node_exporter_sys)
+    with pytest.raises(PartialData) as failed:
+        collect(node_exporter_sys)
+    # the collector says what went wrong, and keeps what the fallback read
+    assert failed.value.code == "dmidecode_unavailable"
+    assert "Permission denied" in str(failed.value)
+    assert "board from /sys/class/dmi/id" in str(failed.value)
+    raw = failed.value.raw
     assert raw["source"] == "sysfs" and raw["board_name"] == "07PXPY"
+
+
+def test_dmidecode_missing_on_a_live_host_is_an_error_in_the_report(tmp_path: Path) -> None:
+    """Not installed: the report's dmi status is error with a reason, its fallback data kept."""
+    from evo_agent.inventory import collect as run_collectors
+
+    (tmp_path / "sys/class/dmi/id").mkdir(parents=True)
+    (tmp_path / "sys/class/dmi/id/board_vendor").write_text("Gigabyte Technology Co., Ltd.\n")
+    (tmp_path / "commands").mkdir()
+    (tmp_path / "commands" / "dmidecode.error").write_text("dmidecode: not installed\n")
+    inventory = run_collectors([Dmi()], ReplayHost(tmp_path), deadline=30)
+    outcome = inventory.outcomes["dmi"]
+    assert (outcome.status, outcome.error_code) == ("error", "dmidecode_unavailable")
+    assert outcome.error_message is not None and "not installed" in outcome.error_message
+    assert outcome.raw is not None
+    assert outcome.raw["board_vendor"] == "Gigabyte Technology Co., Ltd."
 
 
 def test_dmidecode_without_a_table_falls_back_to_sysfs(node_exporter_sys: Path) -> None:
@@ -197,7 +219,6 @@ GHW_EXPECTED = {
 }
 
 
-@needs_corpus
 @pytest.mark.corpus
 @pytest.mark.parametrize("name", sorted(GHW_EXPECTED))
 def test_cpuinfo_fallback_on_ghw_snapshots(tmp_path: Path, name: str) -> None:
@@ -210,7 +231,6 @@ def test_cpuinfo_fallback_on_ghw_snapshots(tmp_path: Path, name: str) -> None:
     assert raw["memory_modules"] == []
 
 
-@needs_corpus
 def test_dmidecode_without_processor_record_takes_cpu_from_cpuinfo(tmp_path: Path) -> None:
     # The Surface Go 2 capture of glpi-agent (GPL: read in place) has no type 4 record.
     extract(GHW / "linux-amd64-415ee03b8c4d1c4f07ae2e9d8b3d3d6d.tar.gz", tmp_path)
@@ -222,7 +242,6 @@ def test_dmidecode_without_processor_record_takes_cpu_from_cpuinfo(tmp_path: Pat
         "12th Gen Intel(R) Core(TM) i7-1270P", 12, 16)
 
 
-@needs_corpus
 def test_old_smbios_without_core_count_takes_counts_from_cpuinfo(tmp_path: Path) -> None:
     # SMBIOS 2.4 (Gigabyte GA-MA74GMT-S2) has no Core Count: the model stays the table's.
     extract(GHW / "linux-amd64-61797caf7c0b6bca1725ad7975ed4773.tar.gz", tmp_path)
@@ -238,7 +257,6 @@ XEON_L5640 = "linux-amd64-8581cf3a529e5d8b97ea876eade2f60d"  # 2 x 6 cores, HT
 L5640_MODEL = "Intel(R) Xeon(R) CPU           L5640  @ 2.27GHz"
 
 
-@needs_corpus
 @pytest.mark.corpus
 @pytest.mark.parametrize(("path", "placeholder", "counts"), [
     # Every corpus text whose type 4 Version is a placeholder (10 of the 164 with a type 4
@@ -267,7 +285,6 @@ def test_placeholder_cpu_model_is_taken_from_cpuinfo(
         "model": "Intel(R) Xeon(R) CPU L5640 @ 2.27GHz", "cores": counts[0], "threads": counts[1]}
 
 
-@needs_corpus
 @pytest.mark.corpus
 def test_placeholder_cpu_model_without_a_cpuinfo_model_stays_null(tmp_path: Path) -> None:
     # The Amlogic S905X board (linuxhw) says "Unknown"; an arm64 kernel's cpuinfo names no model
@@ -322,7 +339,6 @@ def test_ram_size_prefers_memory_blocks(tmp_path: Path) -> None:
 
 # ---- placeholders and canaries through the privacy filter --------------------------------------
 
-@needs_corpus
 @pytest.mark.parametrize(("path", "field", "placeholder"), [
     ("u-root/GigaByte-X399.orig.txt", "board_serial", "Default string"),
     ("u-root/MSI-MS-7816.orig.txt", "board_serial", "To be filled by O.E.M."),
@@ -340,7 +356,6 @@ def test_placeholders_come_out_null(tmp_path: Path, path: str, field: str,
     assert board["model"] is not None  # the real values next to it survive
 
 
-@needs_corpus
 def test_module_placeholders_come_out_null(tmp_path: Path) -> None:
     raw = collect(capture_with_dmidecode(
         tmp_path, (TXT / "u-root" / "SuperMicro-X9DBL.orig.txt").read_bytes()))
@@ -408,9 +423,14 @@ def test_runs_plain_dmidecode_once_with_the_timeout(tmp_path: Path) -> None:
     assert calls == [(["dmidecode"], 3.5)]
 
 
-def test_live_machine_never_raises() -> None:
-    # This sandbox has no SMBIOS table: dmidecode fails and the fallbacks answer.
-    raw = Dmi().collect(LiveHost("/"))
+def test_live_machine_gives_its_data_and_says_what_failed() -> None:
+    # A machine without an SMBIOS table (a container, this sandbox): dmidecode fails, the
+    # fallbacks answer, and the collector says so instead of "ok".
+    try:
+        raw = Dmi().collect(LiveHost("/"))
+    except PartialData as exc:
+        assert str(exc).startswith("dmidecode"), exc
+        raw = exc.raw
     assert set(raw) == CONTRACT
     if os.path.exists("/proc/cpuinfo"):
         assert isinstance(raw["cpu_threads"], int) and raw["cpu_threads"] >= 1

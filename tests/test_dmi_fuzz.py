@@ -26,16 +26,14 @@ from evo_agent.hostroot import ReplayHost
 from evo_agent.policy import apply, load_policy
 
 HERE = Path(__file__).resolve().parent
-TXT = HERE.parent.parent / "shared" / "corpus" / "dmidecode_txt"
-# Real outputs to cut and shuffle: the BSD-licensed ones copied into tests/data (always there),
-# plus a spread of GPL and CC-BY ones read in place when the corpus is beside the repo.
+TXT = HERE / "data" / "corpus" / "dmidecode_txt"
+# Real outputs to cut and shuffle: two BSD-licensed ones, and a spread of GPL and CC-BY ones.
 REAL = [HERE / "data" / "dmi" / "supermicro-x9dbl-canaries.txt",
         HERE / "data" / "dmi" / "capture-msi-ms-7816" / "commands" / "dmidecode.txt"]
-if TXT.is_dir():
-    REAL += [TXT / "glpi-agent" / name for name in ("rhel-2.1", "openbsd-3.7", "openbsd-4.5",
-                                                    "dell-r640", "vmware-esx-2.5")]
-    REAL += sorted((TXT / "linuxhw-DMI" / "Server").rglob("*"))[:40:4]
-    REAL = [p for p in REAL if p.is_file()]
+REAL += [TXT / "glpi-agent" / name for name in ("rhel-2.1", "openbsd-3.7", "openbsd-4.5",
+                                                "dell-r640", "vmware-esx-2.5")]
+REAL += sorted((TXT / "linuxhw-DMI" / "Server").rglob("*"))[:40:4]
+REAL = [p for p in REAL if p.is_file()]
 REAL_TEXTS = [p.read_bytes().decode("utf-8", errors="replace") for p in REAL]
 
 FUZZ = settings(max_examples=300, deadline=None,

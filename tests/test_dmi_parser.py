@@ -24,12 +24,11 @@ from collectors._dmidecode import (
     usable,
 )
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus"
 TXT = CORPUS / "dmidecode_txt"
 BIN = CORPUS / "smbios_bin"
 DATA = Path(__file__).resolve().parent / "data" / "dmi"
 
-needs_corpus = pytest.mark.skipif(not TXT.is_dir(), reason=f"corpus not found at {CORPUS}")
 TXT_FILES = sorted(p for p in TXT.rglob("*") if p.is_file()) if TXT.is_dir() else []
 GiB = 1 << 30
 MiB = 1 << 20
@@ -74,12 +73,10 @@ def _oracle(text: str) -> dict[str, Any]:
     return {"modules": modules, "boards": boards, "cores": cores}
 
 
-@needs_corpus
 def test_corpus_is_all_there() -> None:
     assert len(TXT_FILES) == 202
 
 
-@needs_corpus
 @pytest.mark.corpus
 @pytest.mark.parametrize("path", TXT_FILES, ids=lambda p: str(p.relative_to(TXT)))
 def test_every_dmidecode_text_parses(path: Path) -> None:
@@ -105,7 +102,6 @@ def test_every_dmidecode_text_parses(path: Path) -> None:
             assert value == value.strip() and value, key
 
 
-@needs_corpus
 def test_uroot_supermicro_two_sockets_and_modules() -> None:
     out = summary_of(TXT / "u-root" / "SuperMicro-X9DBL.orig.txt")
     assert out["board_vendor"] == "Supermicro"
@@ -129,7 +125,6 @@ def test_uroot_supermicro_two_sockets_and_modules() -> None:
                                   "Supermicro motherboard-X9 Series"]
 
 
-@needs_corpus
 def test_dual_socket_servers_sum_cores_and_threads() -> None:
     t440 = summary_of(next((TXT / "linuxhw-DMI/Server/Dell/PowerEdge/PowerEdge T440").rglob("*")))
     assert (t440["cpu_sockets"], t440["cpu_cores"], t440["cpu_threads"]) == (2, 48, 96)
@@ -141,7 +136,6 @@ def test_dual_socket_servers_sum_cores_and_threads() -> None:
     assert (dl180["cpu_sockets"], dl180["cpu_cores"], dl180["cpu_threads"]) == (1, 4, 4)
 
 
-@needs_corpus
 def test_vmware_disabled_sockets_are_not_counted() -> None:
     out = summary_of(TXT / "u-root" / "VMWare.orig.txt")  # 128 sockets, 2 enabled
     assert out["cpu_sockets"] == 2
@@ -149,21 +143,18 @@ def test_vmware_disabled_sockets_are_not_counted() -> None:
     assert out["cpu_threads"] is None  # SMBIOS 2.7 from VMware gives no thread count
 
 
-@needs_corpus
 def test_only_socket_called_unpopulated_still_names_the_cpu() -> None:
     out = summary_of(next((TXT / "linuxhw-DMI/Notebook/Sony/VGN-TX690/VGN-TX690P").iterdir()))
     assert out["cpu_model"] == "Intel(R) Pentium(R) M processor 1.20GHz"
     assert out["cpu_sockets"] is None and out["cpu_cores"] is None
 
 
-@needs_corpus
 def test_flash_memory_array_is_not_ram() -> None:
     out = summary_of(next((TXT / "linuxhw-DMI/Desktop/Intel/Thurley/Thurley").iterdir()))
     assert [m["size_bytes"] for m in out["memory_modules"]] == [2 * GiB]
     assert out["ram_total_bytes"] == 2 * GiB
 
 
-@needs_corpus
 def test_invalid_entry_length_note_before_a_title() -> None:
     out = summary_of(next((TXT / "linuxhw-DMI/Server/Supermicro/X9/X9DRW").iterdir()))
     assert out["board_name"] == "X9DRW"
@@ -171,7 +162,6 @@ def test_invalid_entry_length_note_before_a_title() -> None:
     assert out["ram_total_bytes"] == 48 * GiB
 
 
-@needs_corpus
 def test_oldest_dmidecode_formats() -> None:
     # dmidecode 2.2-era: "Handle" alone, "DMI type 2, 8 bytes." below, Vendor/Product keys.
     rhel21 = summary_of(TXT / "glpi-agent" / "rhel-2.1")
@@ -192,7 +182,6 @@ def test_oldest_dmidecode_formats() -> None:
     assert [m["size_bytes"] for m in obsd45["memory_modules"]] == [512 * MiB]
 
 
-@needs_corpus
 def test_jedec_codes_become_names() -> None:
     r640 = summary_of(TXT / "glpi-agent" / "dell-r640")
     assert {m["manufacturer"] for m in r640["memory_modules"]} == {"Samsung"}  # 00CE00B300CE
@@ -203,7 +192,6 @@ def test_jedec_codes_become_names() -> None:
         "Kingston", "Samsung", "Samsung"]
 
 
-@needs_corpus
 def test_module_manufacturer_id_names_an_unknown_maker() -> None:
     gtr = summary_of(next((TXT / "linuxhw-DMI/Mini Pc/AZW/GTR/GTR").iterdir()))
     assert [(m["manufacturer"], m["part_number"]) for m in gtr["memory_modules"]] == [
@@ -235,7 +223,6 @@ def _from_dump(row: dict[str, str]) -> str:
     return proc.stdout.decode("utf-8", errors="replace")
 
 
-@needs_corpus
 @pytest.mark.corpus
 @pytest.mark.parametrize("row", _verify_rows(), ids=lambda r: r["file"])
 def test_every_smbios_dump_parses(row: dict[str, str]) -> None:
@@ -248,7 +235,6 @@ def test_every_smbios_dump_parses(row: dict[str, str]) -> None:
     assert out["ram_total_bytes"] == sum(m["size_bytes"] for m in out["memory_modules"])
 
 
-@needs_corpus
 def test_every_dump_of_the_corpus_is_in_verify_tsv() -> None:
     """No dump escapes the test above: each is listed, or is half of a pair that is."""
     listed = {row["file"] for row in _verify_rows()}
@@ -269,7 +255,6 @@ UROOT = [r for r in _verify_rows() if r["file"].startswith("u-root/")
          and (TXT / "u-root" / (Path(r["file"]).stem + ".orig.txt")).is_file()]
 
 
-@needs_corpus
 @pytest.mark.corpus
 @pytest.mark.parametrize("row", UROOT, ids=lambda r: r["file"])
 def test_uroot_dump_equals_its_original_text(row: dict[str, str]) -> None:

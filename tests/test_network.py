@@ -31,7 +31,7 @@ from evo_agent.hostroot import LiveHost, RecordingHost, ReplayHost
 from evo_agent.policy import apply, load_policy
 from tests.ttar import unpack
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus"
 DATA = Path(__file__).resolve().parent / "data" / "network"
 SANDBOX = DATA / "qemu-virtio-sandbox"
 
@@ -301,8 +301,6 @@ def test_node_exporter_sysfs(tmp_path: Path) -> None:
     # node_exporter's fixture: eth0 on PCI 0000:03:00.0 with a set (not permanent) MAC, and
     # bonds "int", "dmz", "bond0" as plain directories (virtual)
     ttar = CORPUS / "sysfs" / "node_exporter" / "sys.ttar"
-    if not ttar.exists():
-        pytest.skip("shared/corpus not beside the repo")
     unpack(ttar, tmp_path)
     raw = collect(tmp_path)
     assert raw["mac_address"] == "01:01:01:01:01:01"
@@ -316,8 +314,6 @@ def test_ghw_four_pci_nics(tmp_path: Path) -> None:
     # ghw snapshot linux-amd64-61797...: four PCI NICs, links only (no address files)
     snap = (CORPUS / "sysfs" / "ghw-snapshots"
             / "linux-amd64-61797caf7c0b6bca1725ad7975ed4773.tar.gz")
-    if not snap.exists():
-        pytest.skip("shared/corpus not beside the repo")
     with tarfile.open(snap) as tar:
         for member in tar.getmembers():
             if member.name.startswith("sys/") and (member.isdir() or member.isreg()
@@ -359,8 +355,6 @@ def test_bonding_parser() -> None:
 def test_probe_output_from_cloud_init_sample(tmp_path: Path) -> None:
     # cloud-init's `ip -j addr show` sample (real machine) turned into what the probe records
     sample = CORPUS / "net" / "cloud-init" / "sample-ipaddrshow-json"
-    if not sample.exists():
-        pytest.skip("shared/corpus not beside the repo")
     table: dict[str, dict[str, list[str]]] = {}
     for link in json.loads(sample.read_text()):
         entry = table.setdefault(link["ifname"], {"ipv4": [], "ipv6": []})
@@ -476,8 +470,6 @@ ONBOARD_NICS = {
 
 @pytest.mark.parametrize("capture", sorted(ONBOARD_NICS))
 def test_onboard_nic_named_captures(tmp_path: Path, capture: str) -> None:
-    if not CHECKBOX.is_dir():
-        pytest.skip("shared/corpus not beside the repo")
     net_tree_from_export_db((CHECKBOX / f"{capture}.txt").read_text("utf-8", "replace"), tmp_path)
     raw = collect(tmp_path)
     onboard = next((i["name"] for i in raw["interfaces"] if i["role"] == "onboard"), None)

@@ -20,7 +20,7 @@ from collectors.pci import Pci, read_device
 from evo_agent.hostroot import LiveHost, RecordingHost, ReplayHost
 from tests.ttar import unpack
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus"
 GHW = CORPUS / "sysfs" / "ghw-snapshots"
 NODE_EXPORTER = CORPUS / "sysfs" / "node_exporter" / "sys.ttar"
 
@@ -28,8 +28,6 @@ NODE_EXPORTER = CORPUS / "sysfs" / "node_exporter" / "sys.ttar"
 @pytest.fixture(scope="module")
 def ghw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every ghw snapshot unpacked, by name."""
-    if not GHW.is_dir():
-        pytest.skip("shared/corpus/sysfs/ghw-snapshots is not beside the repo")
     out = tmp_path_factory.mktemp("ghw")
     roots = {}
     for archive in sorted(GHW.glob("*.tar.gz")):
@@ -125,8 +123,6 @@ def test_every_ghw_snapshot_agrees_with_its_modalias(ghw: dict[str, Path]) -> No
 @pytest.mark.corpus
 def test_node_exporter_fixture(tmp_path: Path) -> None:
     """node_exporter's sys.ttar: a ThinkPad AMD root port, an NVMe and an Intel i350 NIC."""
-    if not NODE_EXPORTER.is_file():
-        pytest.skip("shared/corpus/sysfs/node_exporter is not beside the repo")
     unpack(NODE_EXPORTER, tmp_path)
     devices = _pci(tmp_path)
     assert list(devices) == ["0000:00:02.1", "0000:01:00.0", "0000:45:00.0"]

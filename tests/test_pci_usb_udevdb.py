@@ -29,7 +29,7 @@ from collectors.pci import Pci
 from collectors.usb import Usb
 from evo_agent.hostroot import ReplayHost
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus"
 EXPORTS = CORPUS / "udev" / "checkbox"
 pytestmark = pytest.mark.corpus
 
@@ -188,7 +188,6 @@ def _add_ids(root: Path, copies: dict[str, Path]) -> None:
             shutil.copyfile(src, dest)
 
 
-@pytest.mark.skipif(not EXPORT_FILES, reason="shared/corpus/udev/checkbox is not beside the repo")
 @pytest.mark.parametrize("export", EXPORT_FILES, ids=lambda p: p.stem)
 def test_udev_database_names_and_sysfs_ids(export: Path, tmp_path: Path) -> None:
     """Every PCI function and USB device of the export is listed with its IDs and udev's names."""
@@ -283,7 +282,6 @@ def test_old_udev_without_hwdb_falls_back_to_id_files(tmp_path: Path,
     assert all(d["vendor"] for d in pci.values()), "every PCI vendor ID is in pci.ids"
 
 
-@pytest.mark.skipif(not EXPORT_FILES, reason="shared/corpus/udev/checkbox is not beside the repo")
 def test_id_files_agree_with_udev_hwdb_names() -> None:
     """The fallback names (this machine's pci.ids/usb.ids) are those udev's hwdb gave, mostly.
 

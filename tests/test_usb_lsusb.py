@@ -21,7 +21,7 @@ from collectors._hwids import USB_IDS_PATHS, IdsFile, plausible_name
 from collectors.usb import Usb
 from evo_agent.hostroot import LiveHost, ReplayHost
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus"
 LSUSB = CORPUS / "lsusb"
 VERBOSE = sorted(p for p in LSUSB.glob("*/*")
                  if "Device Descriptor:" in p.read_text("utf-8", "replace"))
@@ -94,7 +94,6 @@ def _tree(path: Path, tmp_path: Path, with_ids: bool = False) -> tuple[ReplayHos
 
 
 @pytest.mark.corpus
-@pytest.mark.skipif(not VERBOSE, reason="shared/corpus/lsusb is not beside the repo")
 @pytest.mark.parametrize("path", VERBOSE, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_lsusb_v_device_is_listed(path: Path, tmp_path: Path) -> None:
     """IDs, class, strings and serial of every device; root hubs left out; names from strings."""
@@ -149,8 +148,6 @@ def test_usb_ids_names_match_lsusb() -> None:
     lsusb falls back to the descriptors where its list has no name (newer usbutils) or prints
     nothing (older): those entries are not a test of usb.ids and are left out.
     """
-    if not LSUSB.is_dir():
-        pytest.skip("shared/corpus/lsusb is not beside the repo")
     ids = IdsFile(LiveHost("/"), USB_IDS_PATHS)
     compared = 0
     for path in sorted(LSUSB.glob("*/*")):

@@ -16,15 +16,13 @@ from collectors import _udevdb
 from evo_agent.hostroot import ReplayHost
 from tests.ttar import unpack
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpus"
 UDEV_TTAR = CORPUS / "sysfs" / "node_exporter" / "udev.ttar"
 
 
 @pytest.fixture(scope="module")
 def udev_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """node_exporter's udev records, placed at /run/udev/data of a replay tree."""
-    if not UDEV_TTAR.is_file():
-        pytest.skip("shared/corpus/sysfs/node_exporter is not beside the repo")
     out = tmp_path_factory.mktemp("udev")
     unpack(UDEV_TTAR, out / "tmp")
     (out / "run").mkdir()

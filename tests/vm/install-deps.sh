@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install what the packaging checks and the appliance test need, on a fresh Debian 12 machine
-# (run as root). Called by .ci/run; safe to run again (apt-get skips what is installed).
+# (run as root). Called by scripts/test.sh; safe to run again (apt-get skips what is installed).
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 PKGS="
@@ -17,7 +17,8 @@ for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
-  apt-get update -q
+  # wait for another apt (unattended-upgrades, a second CI job) instead of failing at once
+  apt-get -o DPkg::Lock::Timeout=900 update -q
   # shellcheck disable=SC2086  # word splitting of the package list is wanted
-  apt-get install -y -q --no-install-recommends $missing
+  apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends $missing
 fi

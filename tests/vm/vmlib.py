@@ -186,8 +186,9 @@ def rootfs_with(extra: Sequence[str]) -> Path:
     shutil.copy2("/etc/resolv.conf", tmp / "etc/resolv.conf")
     _write(tmp / "usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", 0o755)
     try:
-        chroot(tmp, "apt-get", "update", "-q")
-        chroot(tmp, "apt-get", "install", "-y", "-q", "--no-install-recommends", *extra)
+        chroot(tmp, "apt-get", "-o", "DPkg::Lock::Timeout=900", "update", "-q")
+        chroot(tmp, "apt-get", "-o", "DPkg::Lock::Timeout=900", "install", "-y", "-q",
+               "--no-install-recommends", *extra)
         chroot(tmp, "apt-get", "clean")
     finally:
         (tmp / "usr/sbin/policy-rc.d").unlink()
