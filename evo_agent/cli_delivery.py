@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from evo_agent.errors import DeliveryError, EvoError, NotPermitted
+from evo_agent.errors import DeliveryError, EvoError, NotPermitted, StateError
 
 if TYPE_CHECKING:  # tomllib stays out of the resident daemon's memory
     from evo_agent.config import Config
@@ -121,6 +121,10 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     code = int(result.get("exit_code") or DeliveryError.exit_code)
     if code == NotPermitted.exit_code:
         raise NotPermitted(f"not sent: {result.get('error')}")
+    if code == StateError.exit_code:  # disk full, read-only, device key gone
+        gone = result.get("acknowledged") or []
+        raise StateError(f"{result.get('error')}"
+                         + (f" (acknowledged before that: {', '.join(gone)})" if gone else ""))
     raise DeliveryError(f"not acknowledged ({how}): {result.get('error')}")
 
 

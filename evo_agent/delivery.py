@@ -257,7 +257,6 @@ def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
         try:
             _deliver(cfg, box, result, trigger=trigger, via=via, clock=clock, report=report)
         except StateError as exc:  # disk full, read-only, key gone: said, and backed off
-            LOG.error("%s", exc)
             result.ok, result.error, result.exit_code = False, str(exc), exc.exit_code
             result.state_error = str(exc)
         state_file = cfg.state_dir / "state.json"

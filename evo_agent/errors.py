@@ -17,10 +17,15 @@ def printable(data: str | bytes, limit: int = 160) -> str:
     What a server or a corrupt file holds goes to the terminal, the journal, ``status`` and
     ``state.json``: raw bytes there can garble a terminal or smuggle escape sequences."""
     text = data.decode("utf-8", "backslashreplace") if isinstance(data, bytes) else data
-    shown = "".join(c if c.isprintable() else
-                    (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
-                    for c in text[:limit])
-    return shown if len(text) <= limit else f"{shown}... ({len(text)} characters)"
+    shown, used = [], 0
+    for i, c in enumerate(text):
+        piece = c if c.isprintable() else (
+            f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        if used + len(piece) > limit:
+            return "".join(shown) + f"... ({len(text) - i} more characters)"
+        shown.append(piece)
+        used += len(piece)
+    return "".join(shown)
 
 
 class EvoError(Exception):
