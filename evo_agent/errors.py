@@ -17,7 +17,8 @@ def printable(data: str | bytes, limit: int = 160) -> str:
     What a server or a corrupt file holds goes to the terminal, the journal, ``status`` and
     ``state.json``: raw bytes there can garble a terminal or smuggle escape sequences."""
     text = data.decode("utf-8", "backslashreplace") if isinstance(data, bytes) else data
-    shown, used = [], 0
+    shown: list[str] = []
+    used = 0
     for i, c in enumerate(text):
         piece = c if c.isprintable() else (
             f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")

@@ -202,14 +202,14 @@ def _tmpfs(path: Path, size: str) -> Iterator[Path]:
 def _fill(directory: Path) -> None:
     """Fill the file system of ``directory`` to the last byte."""
     n = len(list(directory.glob("filler-*")))
-    with (directory / f"filler-{n}").open("wb", buffering=0) as fh:
-        with contextlib.suppress(OSError):
-            while True:
-                fh.write(b"\0" * 4096)
-    with contextlib.suppress(OSError):  # the last partial page
-        with (directory / f"filler-{n}b").open("wb", buffering=0) as fh:
-            while True:
-                fh.write(b"\0")
+    with (directory / f"filler-{n}").open("wb", buffering=0) as fh, \
+            contextlib.suppress(OSError):
+        while True:
+            fh.write(b"\0" * 4096)
+    with contextlib.suppress(OSError), \
+            (directory / f"filler-{n}b").open("wb", buffering=0) as fh:  # a last partial page
+        while True:
+            fh.write(b"\0")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
