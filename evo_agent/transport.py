@@ -25,6 +25,7 @@ import contextlib
 import gzip
 import http.client
 import ipaddress
+import json
 import logging
 import socket
 import ssl
@@ -82,7 +83,14 @@ class TransportError(Exception):
 
 
 def answer_detail(resp: Response, limit: int = 200) -> str:
-    """Return the start of an answer's body for a message: escaped and bounded."""
+    """Return what an answer says for a message: the registry's ``error`` (docs/protocol.md),
+    else the start of its body; escaped and bounded either way."""
+    try:
+        doc = json.loads(resp.body)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        return printable(doc["error"], limit)
     return printable(resp.body, limit)
 
 

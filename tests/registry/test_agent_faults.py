@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from evo_agent.translog import TransparencyLog
+from evo_agent.translog import MAX_ENTRIES, TransparencyLog
 from tests.registry.realunit import (
     REPO,
     VPNID,
@@ -291,3 +291,86 @@ def test_server_bytes_are_escaped_and_bounded(unit: Unit, proxy: FaultProxy, mod
     assert ("\\x00\\x01" in sent.stderr) if mode == "garbage" else ("\\x1f" in sent.stderr)
     assert max(len(line) for line in sent.stderr.splitlines()) < 600
     assert len(json.loads(state)["attempt_result"]) < 600
+
+
+# -- SIGKILL at random points, against the real registry -------------------------------------
+CYCLES = int(os.environ.get("EVO_CRASH_CYCLES", "200"))
+
+
+def _queued_ids(unit: Unit) -> set[str]:
+    return {name[13:-5] for name in _outbox(unit) if name.endswith(".json")}
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_against_the_registry(unit: Unit, registry: RegistryProcess,
+                                                       proxy: FaultProxy) -> None:
+    """Like tests/delivery/test_crash.py, with the real registry: the cycle child or
+    ``send --now`` killed anywhere, right after a report is queued, right after the request
+    reached the registry (its answer often lost), or late; then one cycle runs to the end."""
+    import random
+    import signal
+    import statistics
+
+    rng = random.Random(int(os.environ.get("EVO_CRASH_SEED", "20261204")))  # noqa: S311
+    base = [sys.executable, "-m"]
+
+    def start(kind: str) -> subprocess.Popen[bytes]:
+        argv = base + (["evo_agent.delivery", "cycle", "--trigger", "daily"] if kind == "cycle"
+                       else ["evo_agent", "send", "--now"])
+        return subprocess.Popen([*argv, "--config", str(unit.config)], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+    durations = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        assert start("cycle").wait(60) == 0
+        durations.append(time.monotonic() - t0)
+    span = statistics.median(durations)
+    created: set[str] = set()
+    killed = 0
+    for _ in range(CYCLES):
+        before_files, before_requests = _queued_ids(unit), proxy.requests
+        proc = start(rng.choice(("cycle", "cycle", "cycle", "send")))
+        plan = rng.choice(("anywhere", "queued", "answered", "late"))
+        delay = rng.uniform(0, span) if plan == "anywhere" else rng.uniform(span * 0.8,
+                                                                            span * 1.2)
+        t0 = time.monotonic()
+        if plan in ("queued", "answered"):
+            while proc.poll() is None and time.monotonic() - t0 < 60:
+                if (plan == "queued" and _queued_ids(unit) - before_files) or (
+                        plan == "answered" and proxy.requests > before_requests):
+                    break
+                time.sleep(0.002)
+            delay = rng.uniform(0, 0.03)
+        try:
+            proc.wait(delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed += 1
+        created |= _queued_ids(unit)  # queued: the unit made it
+        created |= {e["report_id"] for e in TransparencyLog(unit.state_dir).entries()}
+    code, result, err = unit.cycle()
+    assert code == 0, (result, err)
+    log = TransparencyLog(unit.state_dir)
+    entries = log.entries()
+    created |= {e["report_id"] for e in entries}
+    stored = registry.stored()
+    lost = created - set(stored)
+    sequences = [r["sequence"] for r in stored.values()]
+    duplicated = len(sequences) - len(set(sequences))
+    backwards = registry.events().count("sequence_backwards")
+    print(f"\nreal registry: {CYCLES} runs, {killed} killed; created {len(created)}, "
+          f"stored {len(stored)}, lost {len(lost)}, duplicated {duplicated}, "
+          f"sequence_backwards {backwards}, requests {proxy.requests}, "
+          f"log lines {len(entries)}")
+    assert not lost and duplicated == 0 and backwards == 0
+    assert set(stored) <= created  # nothing stored that the unit did not make
+    logged = {e["report_id"] for e in entries}  # the log shows all it holds (its last lines)
+    assert logged <= set(stored) and (len(entries) == MAX_ENTRIES or logged == set(stored))
+    for e in entries:
+        data = log.content(e)
+        assert data is not None and json.loads(data) == stored[e["report_id"]]
+    assert _outbox(unit) == [] and _temp_files(unit.state_dir) == []
+    assert killed > CYCLES // 3 and len(stored) > CYCLES // 8
