@@ -209,6 +209,9 @@ class Daemon:
 
     def _apply(self, settings: Settings) -> None:
         ensure_dir(settings.state_dir)
+        if os.statvfs(settings.state_dir).f_flag & os.ST_RDONLY:
+            raise StateError(f"{settings.state_dir}: the file system holding it is mounted "
+                             "read-only")
         if not os.access(settings.state_dir, os.W_OK | os.X_OK):
             raise StateError(f"{settings.state_dir}: not writable by uid {os.geteuid()} (the "
                              "unit's StateDirectory= makes it the service user's)")

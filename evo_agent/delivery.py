@@ -251,14 +251,16 @@ def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
             if dropped:
                 LOG.warning("opted out: %s waiting report(s) deleted, none will be sent", dropped)
             return CycleResult(ok=False, disabled=True, error="opted out ([agent] enabled = false)")
-        box.recover()
         result = CycleResult(ok=True)
         retry_only = trigger is None
         try:
+            box.recover()
             _deliver(cfg, box, result, trigger=trigger, via=via, clock=clock, report=report)
-        except StateError as exc:  # disk full, read-only, key gone: said, and backed off
-            result.ok, result.error, result.exit_code = False, str(exc), exc.exit_code
-            result.state_error = str(exc)
+        except (StateError, OSError) as exc:  # disk full, read-only, key gone: backed off
+            problem = exc if isinstance(exc, StateError) else state_error(
+                Path(exc.filename or cfg.state_dir), exc)
+            result.ok, result.error, result.exit_code = False, str(problem), problem.exit_code
+            result.state_error = str(problem)
         state_file = cfg.state_dir / "state.json"
         state = load_state(state_file)
         now = clock()
@@ -328,8 +330,12 @@ def snapshot(cfg: Config, reason: str) -> dict[str, Any]:
         differences = len(diff_reports(json.loads(last[1]), report))
     doc = {"time": time.time(), "reason": reason, "differences_from_sent": differences,
            "report": report}
-    atomic_write(ensure_dir(cfg.state_dir) / LOCAL_INVENTORY,
-                 json.dumps(doc, sort_keys=True).encode())
+    path = ensure_dir(cfg.state_dir) / LOCAL_INVENTORY
+    try:
+        atomic_write(path, json.dumps(doc, sort_keys=True).encode())
+    except OSError as exc:
+        return {"ok": False, "reason": reason, "error": str(state_error(path, exc)),
+                "exit_code": StateError.exit_code}
     return {"ok": True, "reason": reason, "differences_from_sent": differences}
 
 

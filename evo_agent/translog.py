@@ -89,7 +89,10 @@ class TransparencyLog:
                 raise
         finally:
             os.close(fd)
-        self._trim()
+        try:
+            self._trim()
+        except OSError as exc:  # the line is written; a later append trims
+            LOG.warning("%s: not trimmed now (%s)", self.index, exc.strerror)
         return entry
 
     def entries(self) -> list[dict[str, Any]]:

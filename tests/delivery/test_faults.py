@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -140,3 +141,33 @@ def test_a_read_only_state_filesystem_is_named_not_blamed_on_root(
         rows = {r["check"]: r for r in json.loads(doctor.stdout)}
         assert doctor.returncode == 1 and "read-only" in rows["disk space"]["detail"]
         assert len(server.registry.stored) == 1
+        proc = _evo("daemon", "--config", str(agent.config), timeout=60)
+        assert proc.returncode == 74 and "mounted read-only" in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_the_daemons_backoff_grows_when_state_json_cannot_be_written(
+        agent: Agent, tmp_path: Path) -> None:
+    """With state.json unwritable (the disk full, here read-only), the failures still count and
+    the backoff still grows: it is kept in the daemon's memory."""
+    from evo_agent.daemon import Daemon, Settings
+    from evo_agent.schedule import Now
+
+    random.seed(16)  # the daemon's jitter: the growth below is then the same on every run
+    clock = [Now("boot-1", 1000.0, 1.8e9)]
+    d = Daemon(str(agent.config), clock=lambda: clock[0])
+    with _tmpfs(agent.state_dir):
+        d.settings = Settings(True, agent.state_dir, str(tmp_path / "sock"), "", "EVO-1", 10.0,
+                              10.0)
+        (agent.state_dir / "lock").touch()
+        subprocess.run(["mount", "-o", "remount,ro", str(agent.state_dir)], check=True)
+        gaps = []
+        for n in range(1, 6):
+            d._record_failure("disk full (test)")
+            due, now = d._due()
+            assert d._state().failures == n and due.retry
+            gaps.append(due.at - now.boottime)
+            clock[0] = Now("boot-1", due.at, 1.8e9 + due.at)
+        assert not (agent.state_dir / "state.json").exists()
+    assert gaps[0] >= BACKOFF_MIN and max(gaps) > 2 * BACKOFF_MIN, gaps
+    assert d.status()["unsaved_state"]["failures"] == 5
