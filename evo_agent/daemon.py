@@ -593,14 +593,10 @@ class Daemon:
             with writer_lock(self.settings.state_dir, wait=False):
                 save_state(path, state)
             self.unsaved_state = None
-        except OSError as exc:
+        except (OSError, StateError) as exc:
             self.unsaved_state = state
             LOG.error("cannot record the failed attempt (%s): its backoff is kept in memory",
-                      state_error(path, exc))
-        except StateError as exc:
-            self.unsaved_state = state
-            LOG.error("cannot record the failed attempt (%s): its backoff is kept in memory",
-                      exc)
+                      exc if isinstance(exc, StateError) else state_error(path, exc))
 
     # -- status ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

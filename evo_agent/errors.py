@@ -12,7 +12,7 @@ import os
 
 def printable(data: str | bytes, limit: int = 160) -> str:
     """Return ``data`` fit for one line of a message: control and non-UTF-8 bytes escaped as
-    ``\\xNN``, at most ``limit`` characters (then "..." and the full length).
+    ``\\xNN``, at most ``limit`` characters (then "..." and how many more there were).
 
     What a server or a corrupt file holds goes to the terminal, the journal, ``status`` and
     ``state.json``: raw bytes there can garble a terminal or smuggle escape sequences."""

@@ -109,12 +109,14 @@ class RegistryProcess:
 class FaultProxy:
     """A reverse proxy on loopback: forwards to the registry with the home's WAN address in
     X-Forwarded-For, or misbehaves as ``mode`` says: "ok", "503", "lost" (forwards, then closes
-    the connection without answering: the registry stored it), "garbage" (raw bytes, not HTTP),
+    the connection without answering: the registry stored it), "slow" (forwards, answers after
+    ``delay`` seconds, beyond the unit's total timeout), "garbage" (raw bytes, not HTTP),
     "big" (a 500 with a 20 KiB body of control bytes)."""
 
     def __init__(self, upstream: int) -> None:
         self.upstream = upstream
         self.mode = "ok"
+        self.delay = 6.0
         self.requests = 0
         proxy = self
 
@@ -168,6 +170,8 @@ class FaultProxy:
             conn.close()
         if mode == "lost":  # the registry has it; the unit never hears back
             return
+        if mode == "slow":  # the registry has it; the answer comes after the unit gave up
+            time.sleep(self.delay)
         head = [f"HTTP/1.1 {resp.status} {resp.reason}", f"Content-Length: {len(data)}",
                 "Connection: close"]
         head += [f"{k}: {v}" for k, v in resp.getheaders()

@@ -102,9 +102,11 @@ def test_a_bad_vpnid_queues_nothing_and_the_fixed_one_delivers_at_the_next_cycle
 
 
 # -- the transparency log ---------------------------------------------------------------------
+@pytest.mark.parametrize("fault", ["lost", "slow"])
 def test_the_log_records_what_left_when_the_answer_was_lost(unit: Unit, registry: RegistryProcess,
-                                                            proxy: FaultProxy) -> None:
-    proxy.mode = "lost"  # the registry stores it; the answer never comes back
+                                                            proxy: FaultProxy,
+                                                            fault: str) -> None:
+    proxy.mode = fault  # the registry stores it; the answer never comes back, or too late
     assert unit.run("send", "--now").returncode == 75
     assert unit.run("send", "--now").returncode == 75  # the waiting one again, then a new one
     proxy.mode = "ok"
