@@ -102,16 +102,21 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o640) -> None:
 
     A failed write (a full disk) removes its temp file: it would hold the space it failed to get.
     """
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    _publish(path.with_name(f".tmp-{path.name}-{os.getpid()}"), path, data, mode, os.O_TRUNC)
+
+
+def _publish(tmp: Path, final: Path, data: bytes, mode: int, flag: int) -> None:
+    """Write ``data`` to ``tmp`` (opened with ``flag``), fsync, rename it to ``final``, fsync the
+    directory; on failure the temp file goes."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | flag | os.O_CLOEXEC, mode)
     try:
-        _write_synced(fd, data, mode, path.parent)
-        os.replace(tmp, path)
+        _write_synced(fd, data, mode, final.parent)
+        os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    fsync_dir(final.parent)
 
 
 def state_error(path: Path, exc: OSError, what: str = "cannot be written") -> StateError:
@@ -328,17 +333,8 @@ class Outbox:
         body = json.dumps(report, ensure_ascii=False, sort_keys=True,
                           separators=(",", ":")).encode("utf-8")
         final = self.dir / f"{seq:012d}-{rid}.json"
-        tmp = self.dir / f".tmp-{rid}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-            try:
-                _write_synced(fd, body, 0o640, self.dir)
-                os.rename(tmp, final)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            fsync_dir(self.dir)
+            _publish(self.dir / f".tmp-{rid}", final, body, 0o640, os.O_EXCL)
         except OSError as exc:
             raise state_error(final, exc) from None
         entry = Entry(final, seq, rid, body, report)

@@ -3,7 +3,6 @@ send under the daemon, temporary files of interrupted writes, and the messages o
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -19,6 +18,7 @@ import pytest
 from evo_agent.delivery import run_cycle
 from evo_agent.schedule import BACKOFF_MIN, DAY
 from tests.delivery.conftest import Agent
+from tests.delivery.fixtures import mounted_tmpfs
 from tests.delivery.server import RegistryServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,21 +114,11 @@ def test_a_directory_given_as_config_is_named_as_such(tmp_path: Path) -> None:
     assert "is a directory" in proc.stderr and "no such file" not in proc.stderr
 
 
-@contextlib.contextmanager
-def _tmpfs(path: Path) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
 def test_a_read_only_state_filesystem_is_named_not_blamed_on_root(
         agent: Agent, server: RegistryServer) -> None:
     key = (agent.state_dir / "device.key").read_bytes()  # enrolled; the mount hides it
-    with _tmpfs(agent.state_dir):
+    with mounted_tmpfs(agent.state_dir, "1m"):
         (agent.state_dir / "device.key").write_bytes(key)
         (agent.state_dir / "device.key").chmod(0o600)
         assert run_cycle(agent.load(), trigger="boot").ok  # key, lock, state: all there
@@ -156,7 +146,7 @@ def test_the_daemons_backoff_grows_when_state_json_cannot_be_written(
     random.seed(16)  # the daemon's jitter: the growth below is then the same on every run
     clock = [Now("boot-1", 1000.0, 1.8e9)]
     d = Daemon(str(agent.config), clock=lambda: clock[0])
-    with _tmpfs(agent.state_dir):
+    with mounted_tmpfs(agent.state_dir, "1m"):
         d.settings = Settings(True, agent.state_dir, str(tmp_path / "sock"), "", "EVO-1", 10.0,
                               10.0)
         (agent.state_dir / "lock").touch()

@@ -9,6 +9,7 @@ an answer lost after the registry stored the report, raw garbage instead of HTTP
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -18,11 +19,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from socketserver import StreamRequestHandler, ThreadingTCPServer
 from typing import Any
 
+from tests.delivery.fixtures import write_host_root
 from tests.registry.conftest import FACTORY, HOME_A, SUPPORT, base_report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -203,6 +206,20 @@ class Unit:
                               timeout=timeout, check=False,
                               env=dict(os.environ, PYTHONPATH=str(REPO)))
 
+    @contextlib.contextmanager
+    def daemon(self) -> Iterator[list[str]]:
+        """Run ``evo-agent daemon``; the list yielded gets its stderr (the journal) when it
+        stopped."""
+        proc = subprocess.Popen([sys.executable, "-m", "evo_agent", "daemon", "--config",
+                                 str(self.config)], cwd=REPO, stderr=subprocess.PIPE,
+                                env=dict(os.environ, PYTHONPATH=str(REPO)))
+        journal: list[str] = []
+        try:
+            yield journal
+        finally:
+            proc.terminate()
+            journal.append(proc.communicate(timeout=30)[1].decode())
+
     def cycle(self, trigger: str | None = None) -> tuple[int, dict[str, Any], str]:
         """Run the daemon's cycle child once; return (exit status, its result, its stderr)."""
         argv = [sys.executable, "-m", "evo_agent.delivery", "cycle", "--config",
@@ -216,11 +233,7 @@ class Unit:
 
 
 def make_unit(directory: Path, url: str, vpnid: str = VPNID) -> Unit:
-    root = directory / "host"
-    (root / "etc" / "evo-agent" / "identity").mkdir(parents=True, exist_ok=True)
-    (root / "etc" / "evo-agent" / "identity" / "vpnid").write_text(vpnid + "\n")
-    (root / "proc" / "sys" / "kernel").mkdir(parents=True, exist_ok=True)
-    (root / "proc" / "sys" / "kernel" / "hostname").write_text("evo-living-room\n")
+    root = write_host_root(directory / "host", vpnid)
     state = directory / "state"
     config = directory / "agent.toml"
     config.write_text(f'[agent]\nstate_dir = "{state}"\nhost_root = "{root}"\n'

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from evo_agent.translog import MAX_ENTRIES, TransparencyLog
+from tests.delivery.fixtures import mounted_tmpfs
 from tests.registry.realunit import (
     REPO,
     VPNID,
@@ -145,16 +146,10 @@ def test_a_missing_device_key_is_not_replaced_and_says_re_enrol(unit: Unit,
     assert "re-enrol" in rows["device key"]["detail"] + rows["device key"]["fix"]
     # the daemon says it in the journal, and backs off
     (unit.state_dir / "state.json").unlink()  # a new boot: its report is due
-    daemon = subprocess.Popen([sys.executable, "-m", "evo_agent", "daemon", "--config",
-                               str(unit.config)], cwd=REPO, stderr=subprocess.PIPE,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)))
-    try:
+    with unit.daemon() as journal:
         doc = _wait_for_failures(unit, 1)
         assert "retry after 1 failed attempt" in doc["next_due"]["reason"]
-    finally:
-        daemon.terminate()
-        _, err = daemon.communicate(timeout=30)
-    assert "report cycle failed" in err.decode() and "re-enrolled" in err.decode()
+    assert "report cycle failed" in journal[0] and "re-enrolled" in journal[0]
     assert not (unit.state_dir / "device.key").exists() and proxy.requests == 1
 
 
@@ -190,17 +185,6 @@ def test_a_corrupt_sequence_file_recovers_and_never_goes_back(unit: Unit,
 
 
 # -- a full disk ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0750", "tmpfs",
-                    str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def _fill(directory: Path) -> None:
     """Fill the file system of ``directory`` to the last byte."""
     n = len(list(directory.glob("filler-*")))
@@ -218,7 +202,7 @@ def _fill(directory: Path) -> None:
 def test_a_full_disk_says_so_backs_off_and_loses_nothing(tmp_path: Path,
                                                          registry: RegistryProcess,
                                                          proxy: FaultProxy) -> None:
-    with _tmpfs(tmp_path / "unit" / "state", "512k"):
+    with mounted_tmpfs(tmp_path / "unit" / "state", "512k"):
         unit = _enrolled_unit(tmp_path / "unit", registry, proxy)
         assert unit.run("send", "--now").returncode == 0
         proxy.mode = "503"
@@ -257,10 +241,7 @@ def test_a_full_disk_says_so_backs_off_and_loses_nothing(tmp_path: Path,
         # under the daemon: the failure backs off although state.json cannot take it
         (unit.state_dir / "state.json").unlink()  # a boot report is due
         _fill(unit.state_dir)
-        daemon = subprocess.Popen([sys.executable, "-m", "evo_agent", "daemon", "--config",
-                                   str(unit.config)], cwd=REPO, stderr=subprocess.PIPE,
-                                  env=dict(os.environ, PYTHONPATH=str(REPO)))
-        try:
+        with unit.daemon() as journal:
             doc = _wait_for_failures(unit, 1)
             nxt = doc["next_due"]
             assert "retry after 1 failed attempt" in nxt["reason"]
@@ -272,10 +253,7 @@ def test_a_full_disk_says_so_backs_off_and_loses_nothing(tmp_path: Path,
                 f.unlink()
             sent = unit.run("send", "--now")
             assert sent.returncode == 0 and "through the daemon" in sent.stdout, sent.stderr
-        finally:
-            daemon.terminate()
-            _, daemon_err = daemon.communicate(timeout=30)
-        assert b"Traceback" not in daemon_err, daemon_err.decode()
+        assert "Traceback" not in journal[0], journal[0]
         assert _temp_files(unit.state_dir) == []
         assert len(registry.stored()) == 3
 
