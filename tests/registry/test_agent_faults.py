@@ -185,6 +185,9 @@ def test_a_corrupt_sequence_file_recovers_and_never_goes_back(unit: Unit,
 
 
 # -- a full disk ------------------------------------------------------------------------------
+PAGE = os.sysconf("SC_PAGE_SIZE")  # what tmpfs allocates
+
+
 def _fill(directory: Path) -> None:
     """Fill the file system of ``directory`` to the last byte."""
     n = len(list(directory.glob("filler-*")))
@@ -219,6 +222,31 @@ def test_a_full_disk_says_so_backs_off_and_loses_nothing(tmp_path: Path,
         assert result["acknowledged"] == [rid] and rid in registry.stored()
         assert _outbox(unit) == [] and "Traceback" not in err
         assert TransparencyLog(unit.state_dir).entries()[-1]["report_id"] == rid
+
+        # again, with no room even for the log's line: acknowledged and gone all the same, the
+        # missing line said (exit 74), and no torn line left for the next append to glue onto
+        for f in unit.state_dir.glob("filler-*"):
+            f.unlink()
+        proxy.mode = "503"
+        assert unit.run("send", "--now").returncode == 75
+        [waiting] = _outbox(unit)
+        index = unit.state_dir / "sent" / "index.jsonl"
+        pad = (-index.stat().st_size) % PAGE  # to make the index end on a page boundary
+        if pad:
+            pad += PAGE if pad < 16 else 0
+            with index.open("ab") as fh:  # a line readers skip (no sha256)
+                fh.write(b'{"pad":"' + b"x" * (pad - 11) + b'"}\n')
+        lines = index.read_bytes().count(b"\n")
+        _fill(unit.state_dir)
+        proxy.mode = "ok"
+        code, result, err = unit.cycle()
+        assert code == 74, (result, err)
+        rid = waiting.split("-", 1)[1].removesuffix(".json")
+        assert result["acknowledged"] == [rid] and rid in registry.stored()
+        assert "transparency log misses a request" in result["state_error"]
+        assert "no space left on the file system holding" in result["state_error"]
+        assert _outbox(unit) == [] and "Traceback" not in err
+        assert index.read_bytes().count(b"\n") == lines and index.read_bytes().endswith(b"\n")
 
         # a new report cannot be kept: a clear message, exit 74, nothing sent
         _fill(unit.state_dir)
@@ -255,7 +283,7 @@ def test_a_full_disk_says_so_backs_off_and_loses_nothing(tmp_path: Path,
             assert sent.returncode == 0 and "through the daemon" in sent.stdout, sent.stderr
         assert "Traceback" not in journal[0], journal[0]
         assert _temp_files(unit.state_dir) == []
-        assert len(registry.stored()) == 3
+        assert len(registry.stored()) == 4
 
 
 # -- messages ---------------------------------------------------------------------------------
