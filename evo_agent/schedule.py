@@ -35,7 +35,9 @@ device derives a fixed offset from its VPNID (SHA-256, so it is spread evenly an
 Backoff: after the n-th consecutive failure the next attempt waits a uniformly random time between
 ``BACKOFF_MIN`` and ``min(BACKOFF_MAX, BACKOFF_MIN * 2**(n-1))`` ("full jitter" with a floor, so
 retries never spin), and never less than the backend's ``Retry-After``.  The random draw is an
-argument, so this module stays pure; the caller passes ``random.random()``.
+argument, so this module stays pure; the caller passes ``random.random()``.  A failure after this
+boot's success (a manual send whose report now waits) is retried at its backoff too, not at the
+next daily time; that retry (trigger ``retry``) sends what waits and collects nothing.
 """
 
 from __future__ import annotations
