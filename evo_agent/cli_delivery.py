@@ -11,13 +11,14 @@ no extra library is loaded).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from evo_agent.errors import DeliveryError, EvoError, NotPermitted
+from evo_agent.errors import DeliveryError, EvoError, NotPermitted, StateError
 
 if TYPE_CHECKING:  # tomllib stays out of the resident daemon's memory
     from evo_agent.config import Config
@@ -120,6 +121,10 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     code = int(result.get("exit_code") or DeliveryError.exit_code)
     if code == NotPermitted.exit_code:
         raise NotPermitted(f"not sent: {result.get('error')}")
+    if code == StateError.exit_code:  # disk full, read-only, device key gone
+        gone = result.get("acknowledged") or []
+        raise StateError(f"{result.get('error')}"
+                         + (f" (acknowledged before that: {', '.join(gone)})" if gone else ""))
     raise DeliveryError(f"not acknowledged ({how}): {result.get('error')}")
 
 
@@ -180,7 +185,7 @@ def status_doc(cfg: Config) -> dict[str, Any]:
     from evo_agent import control, transport
     from evo_agent.delivery import vpnid_of
     from evo_agent.outbox import Outbox
-    from evo_agent.schedule import load_state, next_due, read_clock
+    from evo_agent.schedule import State, load_state, next_due, read_clock
 
     state = load_state(cfg.state_dir / "state.json")
     try:
@@ -203,6 +208,10 @@ def status_doc(cfg: Config) -> dict[str, Any]:
         # the running daemon knows more (e.g. that the report waits for a route)
         next_doc = {"time": theirs["wall"], "trigger": theirs["trigger"],
                     "reason": theirs["reason"]}
+    unsaved = daemon.get("unsaved_state") if daemon else None
+    if isinstance(unsaved, dict):  # state.json could not take the daemon's latest (disk full)
+        with contextlib.suppress(ValueError, TypeError):
+            state = State.from_json(json.dumps(unsaved).encode())
     try:
         local = json.loads((cfg.state_dir / "local.json").read_bytes())
         local_doc: dict[str, Any] | None = {k: local.get(k) for k in
@@ -224,7 +233,55 @@ def status_doc(cfg: Config) -> dict[str, Any]:
         "vpn": {"usable": vpn_ok, "detail": vpn_why},
         "local_inventory": local_doc,
         "state_dir": str(cfg.state_dir),
+        "disk": disk_state(cfg.state_dir),
+        "problems": problems(cfg),
     }
+
+
+#: Free space below which the state directory's file system counts as full (a report, its copy in
+#: the transparency log and the state files need a few hundred KiB) or low.
+DISK_FULL = 1 << 20
+DISK_LOW = 50 << 20
+
+
+def disk_state(state_dir: Path) -> dict[str, Any]:
+    """Return the free space of the state directory's file system and what it means."""
+    try:
+        st = os.statvfs(state_dir)
+    except OSError as exc:
+        return {"level": "fail", "detail": f"{state_dir}: {exc.strerror}", "free_bytes": None}
+    free = st.f_bavail * st.f_frsize
+    where = f"the file system holding {state_dir}"
+    if st.f_flag & os.ST_RDONLY:
+        level, detail = "fail", f"{where} is mounted read-only: nothing can be queued or sent"
+    elif free < DISK_FULL:
+        level, detail = "fail", (f"{where} is full ({free >> 10} KiB free): reports are not "
+                                 "queued nor sent until space is freed")
+    elif free < DISK_LOW:
+        level, detail = "warn", f"{free >> 20} MiB free in {where}"
+    else:
+        level, detail = "ok", f"{free >> 20} MiB free in {where}"
+    return {"level": level, "detail": detail, "free_bytes": free}
+
+
+def problems(cfg: Config) -> list[str]:
+    """Return what stops delivery now and needs a person: disk, device key, VPNID."""
+    from evo_agent import signing
+    from evo_agent.delivery import vpnid_problem
+
+    out = []
+    if cfg.state_dir.is_dir():
+        disk = disk_state(cfg.state_dir)
+        if disk["level"] == "fail":
+            out.append(str(disk["detail"]))
+        used = None if signing.key_path(cfg.state_dir).exists() else \
+            signing.used_before(cfg.state_dir)
+        if used is not None:
+            out.append(signing.missing_key_message(cfg.state_dir, used))
+    problem = vpnid_problem(cfg)[1]
+    if problem is not None:
+        out.append(f"{problem}: nothing is collected nor sent")
+    return out
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
@@ -251,12 +308,16 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         ("outbox", f"{doc['outbox_depth']} waiting"),
         ("vpn", ("usable: " if doc["vpn"]["usable"] else "not used: ") + doc["vpn"]["detail"]),
     ]
+    disk = doc["disk"]
+    if disk["level"] != "ok":
+        rows.append(("disk", disk["detail"]))
     local = doc["local_inventory"]
     if local:
         differ = local.get("differences_from_sent")
         rows.append(("inventory", f"refreshed {_fmt(local.get('time'))} ({local.get('reason')})"
                      + (f", {differ} field(s) differ from the last report sent"
                         if differ is not None else "")))
+    rows += [("PROBLEM", p) for p in doc["problems"]]
     for k, v in rows:
         out.write(f"{k + ':':<14}{v}\n")
     return 0
@@ -369,7 +430,8 @@ def cmd_sent(args: argparse.Namespace, out: TextIO) -> int:
     if not entries:
         out.write("nothing was sent from this device (or the log was emptied)\n")
     for e in entries:
-        out.write(f"{_fmt(e.get('time'))}  {e.get('status')}  {e.get('path'):<5}  "
+        status = e.get("status") if e.get("status") is not None else "no answer"
+        out.write(f"{_fmt(e.get('time'))}  {status}  {e.get('path'):<5}  "
                   f"seq {e.get('sequence')}  {e.get('report_id')}  sha256 {e.get('sha256')}  "
                   f"{e.get('bytes')} bytes -> {e.get('url')}\n")
         if args.bytes:
@@ -427,6 +489,7 @@ def doctor_rows(args: argparse.Namespace) -> list[dict[str, str]]:
            "delivery enabled" if cfg.enabled else "opted out: nothing is collected or sent",
            "" if cfg.enabled else "set [agent] enabled = true to send reports again")
     _check_state_dir(rows, cfg.state_dir)
+    _check_vpnid(rows, cfg)
     _check_clock(rows)
     _check_endpoints(rows, cfg)
     try:
@@ -439,18 +502,16 @@ def doctor_rows(args: argparse.Namespace) -> list[dict[str, str]]:
 
 
 def _check_state_dir(rows: list[dict[str, str]], sd: Path) -> None:
-    import shutil
-
     from evo_agent import signing
 
     if not sd.is_dir():
         _check(rows, "state dir", "fail", f"{sd} does not exist", "start the daemon once "
                "(it creates it), or mkdir -m 750 it")
     else:
-        free = shutil.disk_usage(sd).free
-        level = "ok" if free > 50 << 20 else "warn" if free > 5 << 20 else "fail"
-        _check(rows, "disk space", level, f"{free >> 20} MiB free in {sd}",
-               "" if level == "ok" else "free space on that file system")
+        disk = disk_state(sd)
+        _check(rows, "disk space", str(disk["level"]), str(disk["detail"]),
+               "" if disk["level"] == "ok" else "free space on that file system (or remount "
+               "it read-write)")
         key = signing.key_path(sd)
         try:
             problem = signing.mode_problem(key)
@@ -464,10 +525,26 @@ def _check_state_dir(rows: list[dict[str, str]], sd: Path) -> None:
                 signing.load(key)
                 _check(rows, "device key", "ok", f"{key}: Ed25519, mode 0600")
         except FileNotFoundError:
-            _check(rows, "device key", "warn", f"{key} absent",
-                   "start the daemon once: it creates the key (then enrol it)")
+            used = signing.used_before(sd)
+            if used is not None:
+                _check(rows, "device key", "fail", signing.missing_key_message(sd, used),
+                       "re-enrol the unit (evo-agent manufacture --force) or restore the key")
+            else:
+                _check(rows, "device key", "warn", f"{key} absent",
+                       "start the daemon once: it creates the key (then enrol it)")
         except EvoError as exc:
             _check(rows, "device key", "fail", str(exc), "re-create the key and re-enrol")
+
+
+def _check_vpnid(rows: list[dict[str, str]], cfg: Config) -> None:
+    from evo_agent.delivery import vpnid_problem
+
+    vpnid, problem = vpnid_problem(cfg)
+    if problem is None:
+        _check(rows, "VPNID", "ok", vpnid)
+    else:
+        _check(rows, "VPNID", "fail", problem,
+               "write the VPNID printed on the unit's label there (evo-agent manufacture)")
 
 
 def _check_clock(rows: list[dict[str, str]]) -> None:

@@ -247,6 +247,8 @@ def _config_paths(
         from pathlib import Path  # its spelling of the path, as the user gave it, in messages
 
         path = os.fspath(Path(explicit))
+        if os.path.isdir(path):
+            raise ConfigError(path, None, "is a directory, not a configuration file")
         if not os.path.isfile(path):
             raise ConfigError(path, None, "no such file")
         return [path]

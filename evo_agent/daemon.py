@@ -54,10 +54,12 @@ from evo_agent import control, netlink
 from evo_agent.boottimer import BootTimer
 from evo_agent.errors import ConfigError, StateError
 from evo_agent.notify import Notifier
-from evo_agent.outbox import Outbox, ensure_dir, writer_lock
+from evo_agent.outbox import Outbox, ensure_dir, state_error, writer_lock
 from evo_agent.schedule import (
+    RETRY,
     Due,
     Now,
+    State,
     after_failure,
     hold_for_network,
     load_state,
@@ -181,6 +183,8 @@ class Daemon:
         self.refresh_reason = ""
         #: clients of a "refresh" request (evo-agent diff), answered when the snapshot is done
         self.refresh_waiters: list[socket.socket] = []
+        #: the schedule state when state.json cannot be written (disk full): the backoff holds
+        self.unsaved_state: State | None = None
 
     # -- configuration ---------------------------------------------------------------------------
     def _child_argv(self, action: str, *extra: str) -> list[str]:
@@ -199,12 +203,15 @@ class Daemon:
             err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
             raise ConfigError(self.config, None, "validation failed: "
                               + (err[-1] if err else f"exit {proc.returncode}")) from None
-        if not doc.get("ok"):
-            raise ConfigError(self.config, None, str(doc.get("error")))
+        if not doc.get("ok"):  # the child's message names the file and the key already
+            raise ConfigError.relayed(str(doc.get("error")))
         return Settings.from_describe(doc)
 
     def _apply(self, settings: Settings) -> None:
         ensure_dir(settings.state_dir)
+        if os.statvfs(settings.state_dir).f_flag & os.ST_RDONLY:
+            raise StateError(f"{settings.state_dir}: the file system holding it is mounted "
+                             "read-only")
         if not os.access(settings.state_dir, os.W_OK | os.X_OK):
             raise StateError(f"{settings.state_dir}: not writable by uid {os.geteuid()} (the "
                              "unit's StateDirectory= makes it the service user's)")
@@ -314,8 +321,7 @@ class Daemon:
 
     def _due(self) -> tuple[Due, Now]:
         now = self.clock()
-        state = load_state(self.settings.state_dir / "state.json")
-        due = next_due(state, now, self.settings.splay)
+        due = next_due(self._state(), now, self.settings.splay)
         if due.at <= now.boottime:  # due: is there a route to the registry at all?
             up = self.settings.network_up()
             if up:
@@ -345,7 +351,7 @@ class Daemon:
                     timeout = self.hold_until - time.monotonic()
                 elif self.kick or due.at <= now.boottime:
                     self.kick = False
-                    self._start_cycle(due.trigger, "auto", [])
+                    self._start_cycle(None if due.trigger == RETRY else due.trigger, "auto", [])
                 elif self.timer is not None:
                     self.timer.set(due.at)
                 else:
@@ -546,9 +552,12 @@ class Daemon:
             for conn in cycle.waiters:
                 self._answer(conn, result)
             return
-        if "acknowledged" not in result and self.settings.enabled:
-            # The child died or failed before it could record the attempt: record it here, so a
-            # child that crashes at once backs off like any failure instead of spinning.
+        if result.get("state_saved"):
+            self.unsaved_state = None
+        elif not result.get("ok") and self.settings.enabled:
+            # The child died, failed before it could record the attempt, or could not write
+            # state.json (a full disk): record it here, so it backs off like any failure
+            # instead of spinning.
             self._record_failure(str(result.get("error")))
         if not result.get("ok"):
             self.hold_until = time.monotonic() + NET_KICK_INTERVAL
@@ -570,14 +579,24 @@ class Daemon:
             self._answer(conn, result)
         self._status()
 
+    def _state(self) -> State:
+        """Return the schedule state: state.json, or the newer one it could not take."""
+        if self.unsaved_state is not None:
+            return self.unsaved_state
+        return load_state(self.settings.state_dir / "state.json")
+
     def _record_failure(self, error: str) -> None:
         path = self.settings.state_dir / "state.json"
+        state = after_failure(self._state(), self.clock(), error,
+                              random.random())  # noqa: S311 - jitter
         try:
             with writer_lock(self.settings.state_dir, wait=False):
-                save_state(path, after_failure(load_state(path), self.clock(), error,
-                                               random.random()))  # noqa: S311 - jitter
-        except (StateError, OSError) as exc:
-            LOG.error("cannot record the failed attempt: %s", exc)
+                save_state(path, state)
+            self.unsaved_state = None
+        except (OSError, StateError) as exc:
+            self.unsaved_state = state
+            LOG.error("cannot record the failed attempt (%s): its backoff is kept in memory",
+                      exc if isinstance(exc, StateError) else state_error(path, exc))
 
     # -- status ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -590,12 +609,14 @@ class Daemon:
             due, now = self._due()
             doc["next_due"] = {"wall": due.wall(now), "trigger": due.trigger,
                                "reason": due.reason}
+        if self.unsaved_state is not None:  # state.json is behind: what the daemon knows
+            doc["unsaved_state"] = json.loads(self.unsaved_state.to_json())
         return doc
 
     def _status_line(self) -> str:
         if not self.settings.enabled:
             return "opted out: no collection, no delivery"
-        state = load_state(self.settings.state_dir / "state.json")
+        state = self._state()
         due, now = self._due()
         last = (f"last report {_fmt(state.success_wall)} via {state.success_path}"
                 if state.success_wall else "no report delivered yet")

@@ -11,15 +11,22 @@ same :func:`run_cycle` in its own process.
 A cycle, under the state directory's writer lock:
 
 1. opted out (``[agent] enabled = false``): the outbox is emptied and nothing else happens;
-2. temp files of an interrupted cycle are removed; the device key is created if absent;
-3. waiting reports are sent oldest first, each removed only on 200/201;
-4. a scheduled report (boot, daily) that finds a periodic report waiting is that report: the
+2. temp files of an interrupted cycle are removed; the device key is created if absent on a unit
+   that never used one (else the unit must be re-enrolled: nothing is sent);
+3. the VPNID file must hold a VPNID, or nothing is collected nor sent (a report without one can
+   never be accepted); a waiting report built under another VPNID (or none) is set aside in
+   ``outbox/rejected/`` and a fresh one takes its place;
+4. waiting reports are sent oldest first, each removed only on 200/201: the transparency log
+   keeps its bytes before it goes (a full disk: not sent) and a line for every request that left;
+5. a scheduled report (boot, daily) that finds a periodic report waiting is that report: the
    waiting one was collected for this same due time and failed, so the retry sends it rather
    than a second one (no double report after an outage); otherwise a new report is collected,
    queued (durably) and sent if the waiting ones went, or kept for the retry if they did not (it
    replaces a waiting periodic one); ``send --now`` always collects a fresh one;
-5. the schedule state records success, or a failure with its backoff and the backend's
-   Retry-After.
+6. the schedule state records success, or a failure with its backoff and the backend's
+   Retry-After.  A state directory that cannot be written (disk full, read-only) fails the cycle
+   with exit 74 and a message naming the file system; a report the registry acknowledged leaves
+   the outbox all the same.
 
 The child also answers ``describe``: the validated config values the daemon needs, so the daemon
 never imports the collectors to validate ``[collectors.*]`` sections.
@@ -39,9 +46,17 @@ from pathlib import Path
 from typing import Any
 
 from evo_agent.config import DEFAULT_VPNID_FILE, Config
-from evo_agent.errors import DeliveryError, EvoError, StateError
-from evo_agent.outbox import Entry, Outbox, ensure_dir, prune, writer_lock
-from evo_agent.schedule import Now, after_failure, after_success, load_state, read_clock, save_state
+from evo_agent.errors import DeliveryError, EvoError, StateError, printable
+from evo_agent.outbox import Entry, Outbox, ensure_dir, prune, state_error, writer_lock
+from evo_agent.schedule import (
+    Now,
+    after_failure,
+    after_nothing_waiting,
+    after_success,
+    load_state,
+    read_clock,
+    save_state,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -63,6 +78,12 @@ class CycleResult:
     retry_after: float | None = None
     queued: str | None = None
     disabled: bool = False
+    #: what could not be written to the state directory (disk full, read-only), if anything
+    state_error: str | None = None
+    #: True once state.json records this cycle (else the daemon keeps its backoff in memory)
+    state_saved: bool = False
+    #: the exit status when not 0 or 75 (74: the state directory failed part of the cycle)
+    exit_code: int | None = None
 
     def to_json(self) -> str:
         """Serialise as one line."""
@@ -71,12 +92,29 @@ class CycleResult:
 
 def vpnid_of(cfg: Config) -> str:
     """Return this device's VPNID as the identity collector would read it ('' when unset)."""
-    opts = cfg.collectors.get("identity", {})
-    path = str(opts.get("vpnid_file", DEFAULT_VPNID_FILE))
     try:
-        return _host(cfg).read_attr(path) or ""
+        return _host(cfg).read_attr(_vpnid_file(cfg)) or ""
     except ValueError:
         return ""
+
+
+def _vpnid_file(cfg: Config) -> str:
+    return str(cfg.collectors.get("identity", {}).get("vpnid_file", DEFAULT_VPNID_FILE))
+
+
+def vpnid_problem(cfg: Config) -> tuple[str, str | None]:
+    """Return (the VPNID a report would carry, what is wrong with the VPNID file or None)."""
+    from evo_agent.policy import CLEANERS
+
+    raw = vpnid_of(cfg)
+    where = _vpnid_file(cfg)
+    if not raw:
+        return "", f"the VPNID file {where} is missing or empty"
+    value = CLEANERS["vpnid"](raw)
+    if value != raw:
+        return "", (f"the VPNID file {where} holds {printable(raw, 40)!r}, not a VPNID "
+                    "(letters, digits, '-' and '_', at most 64)")
+    return str(value), None
 
 
 def _host(cfg: Config) -> Any:
@@ -112,9 +150,6 @@ def _send(cfg: Config, entry: Entry, via: str, key: Any, *, clock: Callable[[], 
 
     delivery = cfg.values["delivery"]
     vpnid = entry.report.get("functional", {}).get("vpnid")
-    if not vpnid:
-        result.error = "the report has no VPNID (is the VPNID file provisioned?)"
-        return False
     body = transport.gzip_body(entry.body)
     headers = {"X-Evo-Vpnid": str(vpnid), "X-Evo-Signature": signing.sign(key, body)}
     try:
@@ -122,6 +157,22 @@ def _send(cfg: Config, entry: Entry, via: str, key: Any, *, clock: Callable[[], 
     except DeliveryError as exc:
         result.error = str(exc)
         return False
+    log = TransparencyLog(cfg.state_dir)
+    try:
+        log.keep(entry.body)  # what the log cannot show does not leave
+    except (OSError, StateError) as exc:
+        raise _state_failure(log.dir, exc, f"report {entry.report_id} not sent") from None
+
+    def record(route: transport.Route, status: int | None, error: str | None = None) -> None:
+        try:
+            log.record(entry.body, body, time=clock().wall, path=route.path, url=route.url,
+                       status=status, report_id=entry.report_id, sequence=entry.sequence,
+                       error=error)
+        except (OSError, StateError) as exc:
+            problem = _state_failure(log.index, exc, "the transparency log misses a request")
+            LOG.error("report %s: %s", entry.report_id, problem)
+            result.exit_code, result.state_error = problem.exit_code, str(problem)
+
     for i, route in enumerate(routes):
         try:
             resp = transport.post(route, body, headers, ca_bundle=delivery["ca_bundle"],
@@ -130,13 +181,13 @@ def _send(cfg: Config, entry: Entry, via: str, key: Any, *, clock: Callable[[], 
         except (transport.TransportError, DeliveryError) as exc:
             LOG.warning("report %s via %s: %s", entry.report_id, route.path, exc)
             result.error, result.path, result.status = str(exc), route.path, None
+            if isinstance(exc, transport.TransportError) and exc.sent:
+                record(route, None, str(exc))  # the registry may hold it: the log shows it
             if i + 1 < len(routes):
                 LOG.info("falling back from %s to %s", route.path, routes[i + 1].path)
             continue
         result.path, result.status = route.path, resp.status
-        TransparencyLog(cfg.state_dir).record(
-            entry.body, body, time=clock().wall, path=route.path, url=route.url,
-            status=resp.status, report_id=entry.report_id, sequence=entry.sequence)
+        record(route, resp.status)
         if resp.status in (200, 201):
             Outbox(cfg.state_dir).acknowledge(entry)
             LOG.info("report %s (sequence %s) acknowledged via %s: %s", entry.report_id,
@@ -145,8 +196,8 @@ def _send(cfg: Config, entry: Entry, via: str, key: Any, *, clock: Callable[[], 
                             "EVO_PATH": route.path, "EVO_STATUS": resp.status})
             result.acknowledged.append(entry.report_id)
             return True
-        detail = resp.body[:200].decode("utf-8", "replace")
-        result.error = f"registry answered {resp.status} via {route.path}: {detail}"
+        result.error = (f"registry answered {resp.status} via {route.path}: "
+                        f"{transport.answer_detail(resp)}")
         result.retry_after = resp.retry_after()
         LOG.warning("report %s: %s", entry.report_id, result.error,
                     extra={"EVO_REPORT_ID": entry.report_id, "EVO_PATH": route.path,
@@ -157,12 +208,31 @@ def _send(cfg: Config, entry: Entry, via: str, key: Any, *, clock: Callable[[], 
     return False
 
 
-def _set_aside(state_dir: Path, entry: Entry) -> None:
+def _state_failure(path: Path, exc: OSError | StateError, doing: str) -> StateError:
+    """Return the StateError for a write of the state directory that failed while ``doing``."""
+    err = exc if isinstance(exc, StateError) else state_error(path, exc)
+    return StateError(f"{doing}: {err}")
+
+
+def _set_aside(state_dir: Path, entry: Entry, why: str = "refused by the registry") -> None:
     target = ensure_dir(state_dir / "outbox" / "rejected") / entry.path.name
     os.replace(entry.path, target)
     prune(target.parent)
-    LOG.error("report %s refused by the registry: kept in %s, not retried", entry.report_id,
-              target)
+    LOG.error("report %s %s: kept in %s, not retried", entry.report_id, why, target)
+
+
+def _set_aside_stale(state_dir: Path, waiting: list[Entry], vpnid: str) -> list[Entry]:
+    """Set aside the waiting reports built under another VPNID (or none); return the others."""
+    keep = []
+    for entry in waiting:
+        theirs = entry.report.get("functional", {}).get("vpnid")
+        if theirs == vpnid:
+            keep.append(entry)
+            continue
+        built = f"VPNID {printable(str(theirs), 40)!r}" if theirs else "no VPNID"
+        _set_aside(state_dir, entry, f"was built with {built} and this unit's VPNID is now "
+                   f"{vpnid!r}: the registry could never accept it")
+    return keep
 
 
 def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
@@ -181,23 +251,16 @@ def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
             if dropped:
                 LOG.warning("opted out: %s waiting report(s) deleted, none will be sent", dropped)
             return CycleResult(ok=False, disabled=True, error="opted out ([agent] enabled = false)")
-        box.recover()
-        from evo_agent import signing
-
-        key = signing.load_or_create(cfg.state_dir)
         result = CycleResult(ok=True)
-        waiting = box.pending()
-        if trigger in ("boot", "daily") and any(e.kind == "periodic" for e in waiting):
-            trigger = None  # the retry of the report that waits (step 4)
-        for entry in waiting:
-            if not _send(cfg, entry, via, key, clock=clock, result=result):
-                result.ok = False
-                break
-        if trigger is not None:
-            entry = box.enqueue(report if report is not None else collect_report(cfg, trigger))
-            result.queued = entry.report_id
-            if result.ok:
-                result.ok = _send(cfg, entry, via, key, clock=clock, result=result)
+        retry_only = trigger is None
+        try:
+            box.recover()
+            _deliver(cfg, box, result, trigger=trigger, via=via, clock=clock, report=report)
+        except (StateError, OSError) as exc:  # disk full, read-only, key gone: backed off
+            problem = exc if isinstance(exc, StateError) else state_error(
+                Path(exc.filename or cfg.state_dir), exc)
+            result.ok, result.error, result.exit_code = False, str(problem), problem.exit_code
+            result.state_error = str(problem)
         state_file = cfg.state_dir / "state.json"
         state = load_state(state_file)
         now = clock()
@@ -206,8 +269,44 @@ def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
         elif not result.ok:
             state = after_failure(state, now, result.error or "failed", draw(),
                                   result.retry_after)
-        save_state(state_file, state)
+        elif retry_only:
+            state = after_nothing_waiting(state)
+        try:
+            save_state(state_file, state)
+            result.state_saved = True
+        except OSError as exc:
+            problem = state_error(state_file, exc)
+            LOG.error("%s", problem)
+            result.exit_code, result.state_error = problem.exit_code, str(problem)
+            if result.error is None:
+                result.error = str(problem)
+        if result.exit_code is not None:
+            result.ok = False  # the caller says the exit status; acknowledged ones are gone
         return result
+
+
+def _deliver(cfg: Config, box: Outbox, result: CycleResult, *, trigger: str | None, via: str,
+             clock: Callable[[], Now], report: dict[str, Any] | None) -> None:
+    """Steps 2 to 5 of the module docstring; a StateError stops them."""
+    from evo_agent import signing
+
+    key = signing.load_for_sending(cfg.state_dir)
+    vpnid, problem = vpnid_problem(cfg)
+    if problem is not None:
+        result.ok, result.error = False, f"nothing collected nor sent: {problem}"
+        return
+    waiting = _set_aside_stale(cfg.state_dir, box.pending(), vpnid)
+    if trigger in ("boot", "daily") and any(e.kind == "periodic" for e in waiting):
+        trigger = None  # the retry of the report that waits (step 5)
+    for entry in waiting:
+        if not _send(cfg, entry, via, key, clock=clock, result=result):
+            result.ok = False
+            break
+    if trigger is not None:
+        entry = box.enqueue(report if report is not None else collect_report(cfg, trigger))
+        result.queued = entry.report_id
+        if result.ok:
+            result.ok = _send(cfg, entry, via, key, clock=clock, result=result)
 
 
 LOCAL_INVENTORY = "local.json"
@@ -231,8 +330,12 @@ def snapshot(cfg: Config, reason: str) -> dict[str, Any]:
         differences = len(diff_reports(json.loads(last[1]), report))
     doc = {"time": time.time(), "reason": reason, "differences_from_sent": differences,
            "report": report}
-    atomic_write(ensure_dir(cfg.state_dir) / LOCAL_INVENTORY,
-                 json.dumps(doc, sort_keys=True).encode())
+    path = ensure_dir(cfg.state_dir) / LOCAL_INVENTORY
+    try:
+        atomic_write(path, json.dumps(doc, sort_keys=True).encode())
+    except OSError as exc:
+        return {"ok": False, "reason": reason, "error": str(state_error(path, exc)),
+                "exit_code": StateError.exit_code}
     return {"ok": True, "reason": reason, "differences_from_sent": differences}
 
 
@@ -279,7 +382,7 @@ def child_main(argv: Sequence[str] | None = None) -> int:
               flush=True)
         return exc.exit_code
     print(result.to_json(), flush=True)
-    return 0 if result.ok else DeliveryError.exit_code
+    return 0 if result.ok else result.exit_code or DeliveryError.exit_code
 
 
 if __name__ == "__main__":

@@ -10,6 +10,25 @@ from __future__ import annotations
 import os
 
 
+def printable(data: str | bytes, limit: int = 160) -> str:
+    """Return ``data`` fit for one line of a message: control and non-UTF-8 bytes escaped as
+    ``\\xNN``, at most ``limit`` characters (then "..." and how many more there were).
+
+    What a server or a corrupt file holds goes to the terminal, the journal, ``status`` and
+    ``state.json``: raw bytes there can garble a terminal or smuggle escape sequences."""
+    text = data.decode("utf-8", "backslashreplace") if isinstance(data, bytes) else data
+    shown: list[str] = []
+    used = 0
+    for i, c in enumerate(text):
+        piece = c if c.isprintable() else (
+            f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        if used + len(piece) > limit:
+            return "".join(shown) + f"... ({len(text) - i} more characters)"
+        shown.append(piece)
+        used += len(piece)
+    return "".join(shown)
+
+
 class EvoError(Exception):
     """Base class: an error with a user-facing message and an exit status."""
 
@@ -48,6 +67,13 @@ class ConfigError(EvoError):
             where += f": key '{key}'"
         super().__init__(f"{where}: {problem}")
 
+    @classmethod
+    def relayed(cls, message: str) -> ConfigError:
+        """Return the error another process reported; its message already names file and key."""
+        err = cls(None, None, message)
+        err.args = (message,)
+        return err
+
 
 class PolicyError(EvoError):
     """The policy file shipped with the agent is malformed (a packaging bug, not a user error)."""
@@ -71,6 +97,11 @@ class StateError(EvoError):
     """The state directory cannot be used (missing, unwritable, or another writer holds it)."""
 
     exit_code = 74  # EX_IOERR
+
+
+class DeviceKeyMissing(StateError):
+    """The device key is gone from a unit that has used one: a new key could never be verified
+    by the registry, so none is made; the unit must be re-enrolled."""
 
 
 class UnitFailed(EvoError):
@@ -161,8 +192,9 @@ EXIT_CODES: dict[int, str] = {
         "the unit passed, run it again",
     70: "internal error: a bug in evo-agent or a malformed policy file shipped with it",
     73: "an output file cannot be created",
-    74: "the state directory cannot be used",
-    75: "not delivered now (backend down, refused, or opted out): try later",
+    74: "the state directory cannot be used (disk full, read-only, unreadable), or the device "
+        "key is gone from a unit that used one (re-enrol it)",
+    75: "not delivered now (backend down, refused, no valid VPNID, or opted out): try later",
     76: "manufacture: the registry refused the enrolment (factory token, invalid request)",
     77: "not permitted: this verb needs root",
     78: "configuration error: the message names the file and the key",

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evo_agent.errors import StateError
+from evo_agent.errors import StateError, printable
 
 LOG = logging.getLogger(__name__)
 
@@ -98,12 +98,73 @@ def _write_synced(fd: int, data: bytes, mode: int, directory: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o640) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory."""
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    _write_synced(fd, data, mode, path.parent)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory.
+
+    A failed write (a full disk) removes its temp file: it would hold the space it failed to get.
+    """
+    _publish(path.with_name(f".tmp-{path.name}-{os.getpid()}"), path, data, mode, os.O_TRUNC)
+
+
+def _publish(tmp: Path, final: Path, data: bytes, mode: int, flag: int) -> None:
+    """Write ``data`` to ``tmp`` (opened with ``flag``), fsync, rename it to ``final``, fsync the
+    directory; on failure the temp file goes."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | flag | os.O_CLOEXEC, mode)
+    try:
+        _write_synced(fd, data, mode, final.parent)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(final.parent)
+
+
+def state_error(path: Path, exc: OSError, what: str = "cannot be written") -> StateError:
+    """Return the StateError for a failed read or write of the state directory, saying why."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = (f"no space left on the file system holding {path.parent} (disk full): "
+               "free space there")
+    elif exc.errno == errno.EROFS:
+        why = f"the file system holding {path.parent} is mounted read-only"
+    elif exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+        why = "permission denied; verbs that change state need root"
+    else:
+        why = exc.strerror or str(exc)
+    return StateError(f"{path}: {what} ({why})")
+
+
+_TMP_OF_PID = re.compile(r"^\.tmp-.+-(\d+)$")
+
+
+def _remove_orphans(directory: Path) -> int:
+    """Delete the temp files of :func:`atomic_write` whose process no longer runs."""
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        m = _TMP_OF_PID.match(name)
+        if not m or _alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(directory / name)
+            removed += 1
+    if removed:
+        fsync_dir(directory)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process writes nothing while it recovers
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it runs under another user
+        return True
+    return True
 
 
 def prune(directory: Path, keep: int = MAX_SET_ASIDE) -> None:
@@ -132,7 +193,7 @@ def ensure_dir(path: Path, mode: int = 0o750) -> Path:
         finally:
             os.close(fd)
     except OSError as exc:
-        raise StateError(f"{path}: cannot be created ({exc.strerror})") from None
+        raise state_error(path, exc, "cannot be created") from None
     return path
 
 
@@ -144,8 +205,7 @@ def writer_lock(state_dir: Path, *, wait: bool = True) -> Iterator[None]:
         fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         adopt(fd, state_dir)
     except OSError as exc:
-        raise StateError(f"{state_dir}/lock: cannot be opened ({exc.strerror}); "
-                         "verbs that change state need root") from None
+        raise state_error(state_dir / "lock", exc, "cannot be opened") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -190,7 +250,12 @@ class Outbox:
         ensure_dir(self.dir)
 
     def recover(self) -> int:
-        """Delete temp files left by a crash; return how many."""
+        """Delete temp files left by a crash (outbox, state directory, sent/); return how many.
+
+        Called under the writer lock, so no other writer is half way through a report.  The
+        ``.tmp-NAME-PID`` files of :func:`atomic_write` elsewhere are removed when their process
+        is gone (the hot-plug refresh writes ``local.json`` without the lock).
+        """
         removed = 0
         for p in self._listing():
             if p.name.startswith(".tmp-"):
@@ -199,7 +264,10 @@ class Outbox:
                 removed += 1
         if removed:
             fsync_dir(self.dir)
-            LOG.info("outbox: removed %s unfinished file(s) left by an interruption", removed)
+        for directory in (self.state_dir, self.state_dir / "sent"):
+            removed += _remove_orphans(directory)
+        if removed:
+            LOG.info("state: removed %s unfinished file(s) left by an interruption", removed)
         return removed
 
     def _listing(self) -> list[Path]:
@@ -212,24 +280,49 @@ class Outbox:
         """Reserve and return the next sequence number (durable before it is used)."""
         current = self.last_sequence()
         nxt = current + 1
-        atomic_write(self.seq_file, f"{nxt}\n".encode())
+        try:
+            atomic_write(self.seq_file, f"{nxt}\n".encode())
+        except OSError as exc:
+            raise state_error(self.seq_file, exc) from None
         return nxt
 
+    def highest_seen(self) -> int:
+        """Return the highest sequence number in the outbox, its set-aside reports and the
+        transparency log (0 when none)."""
+        from evo_agent.translog import TransparencyLog
+
+        names = [p.name for p in self._listing()]
+        for sub in ("rejected", "corrupt"):
+            with contextlib.suppress(OSError):
+                names += os.listdir(self.dir / sub)
+        numbers = [int(m.group(1)) for n in names if (m := _NAME.match(n))]
+        with contextlib.suppress(StateError):  # not readable by this user: the outbox alone
+            numbers += [e["sequence"] for e in TransparencyLog(self.state_dir).entries()
+                        if isinstance(e.get("sequence"), int)]
+        return max(numbers, default=0)
+
     def last_sequence(self) -> int:
-        """Return the last reserved sequence number (0 when none)."""
+        """Return the last reserved sequence number (0 when none), never below one seen.
+
+        The registry takes a number lower than the last it stored for a copied identity
+        (``sequence_backwards``), so a counter that is lost, corrupt or restored from an old copy
+        continues from the highest number the outbox and the transparency log hold.
+        """
         try:
             text = self.seq_file.read_text("ascii").strip()
         except FileNotFoundError:
             text = ""
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StateError(f"{self.seq_file}: cannot be read ({exc})") from None
-        if not text:
-            # No counter (first start, or lost): never reuse a number still in the outbox.
-            return max((e.sequence for e in self.pending()), default=0)
-        if not text.isdigit():
-            raise StateError(f"{self.seq_file}: not a number: {text[:40]!r}; "
-                             "move it away to start again from the outbox's highest number")
-        return max(int(text), max((e.sequence for e in self.pending()), default=0))
+        except UnicodeDecodeError:
+            text = "not ASCII"
+        except OSError as exc:
+            raise state_error(self.seq_file, exc, "cannot be read") from None
+        seen = self.highest_seen()
+        if text and not text.isdigit():
+            LOG.error("%s is corrupt (%s); numbering continues after %s, the highest number the "
+                      "outbox and the transparency log hold", self.seq_file,
+                      printable(text, 40), seen)
+            return seen
+        return max(int(text or 0), seen)
 
     def enqueue(self, report: dict[str, Any]) -> Entry:
         """Durably queue a report (which gets its sequence and UUID here); collapse older ones."""
@@ -240,11 +333,10 @@ class Outbox:
         body = json.dumps(report, ensure_ascii=False, sort_keys=True,
                           separators=(",", ":")).encode("utf-8")
         final = self.dir / f"{seq:012d}-{rid}.json"
-        tmp = self.dir / f".tmp-{rid}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-        _write_synced(fd, body, 0o640, self.dir)
-        os.rename(tmp, final)
-        fsync_dir(self.dir)
+        try:
+            _publish(self.dir / f".tmp-{rid}", final, body, 0o640, os.O_EXCL)
+        except OSError as exc:
+            raise state_error(final, exc) from None
         entry = Entry(final, seq, rid, body, report)
         self._collapse(entry)
         return entry

@@ -35,7 +35,9 @@ device derives a fixed offset from its VPNID (SHA-256, so it is spread evenly an
 Backoff: after the n-th consecutive failure the next attempt waits a uniformly random time between
 ``BACKOFF_MIN`` and ``min(BACKOFF_MAX, BACKOFF_MIN * 2**(n-1))`` ("full jitter" with a floor, so
 retries never spin), and never less than the backend's ``Retry-After``.  The random draw is an
-argument, so this module stays pure; the caller passes ``random.random()``.
+argument, so this module stays pure; the caller passes ``random.random()``.  A failure after this
+boot's success (a manual send whose report now waits) is retried at its backoff too, not at the
+next daily time; that retry (trigger ``retry``) sends what waits and collects nothing.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ BACKOFF_MIN = 60.0
 BACKOFF_MAX = 6 * 3600.0
 #: The longest a due report waits for a route to the registry before it is tried anyway.
 NETWORK_WAIT_MAX = 1800.0
+#: The trigger of a retry before the next scheduled report: send what waits, collect nothing.
+RETRY = "retry"
 #: A Retry-After beyond this is treated as this (a misconfigured backend must not silence a device).
 RETRY_AFTER_MAX = DAY
 
@@ -153,10 +157,15 @@ def next_due(state: State, now: Now, splay_key: str | tuple[float, float]) -> Du
     else:
         due = Due(state.success_boottime + DAY + daily_splay, "daily",
                   "24 h after the last success")
-    if (state.retry_boot_id == now.boot_id and state.retry_boottime is not None
-            and state.retry_boottime > due.at):
-        due = Due(state.retry_boottime, due.trigger,
-                  f"retry after {state.failures} failed attempt(s)", retry=True)
+    if state.retry_boot_id == now.boot_id and state.retry_boottime is not None:
+        reason = f"retry after {state.failures} failed attempt(s)"
+        if state.retry_boottime >= due.at:
+            due = Due(state.retry_boottime, due.trigger, reason, retry=True)
+        else:
+            # A failure after this boot's success (a manual send): its report waits in the
+            # outbox and goes at the backoff, not at the next daily slot; the retry sends only
+            # what waits (trigger "retry"), it collects nothing new.
+            due = Due(state.retry_boottime, RETRY, reason, retry=True)
     return due
 
 
@@ -194,6 +203,11 @@ def after_failure(state: State, now: Now, result: str, draw: float,
     return replace(state, attempt_wall=now.wall, attempt_result=result, failures=failures,
                    retry_boot_id=now.boot_id,
                    retry_boottime=now.boottime + backoff(failures, draw, retry_after))
+
+
+def after_nothing_waiting(state: State) -> State:
+    """Return the state after a retry found no report waiting: nothing is left to retry."""
+    return replace(state, failures=0, retry_boot_id=None, retry_boottime=None)
 
 
 def load_state(path: Path) -> State:

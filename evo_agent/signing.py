@@ -22,7 +22,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from evo_agent.errors import StateError
+from evo_agent.errors import DeviceKeyMissing, StateError
 from evo_agent.outbox import adopt, ensure_dir, fsync_dir
 
 KEY_NAME = "device.key"
@@ -66,6 +66,38 @@ def load_or_create(state_dir: Path) -> Ed25519PrivateKey:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     return key
+
+
+def used_before(state_dir: Path) -> str | None:
+    """Return how this unit shows that it has used a key (enrolled, numbered or sent a report),
+    or None for a unit that never did."""
+    for name, what in (("enrolment.json", "was enrolled"), ("sent/index.jsonl", "sent reports"),
+                       ("sequence", "numbered reports")):
+        if (state_dir / name).exists():
+            return f"{what} ({state_dir / name})"
+    return None
+
+
+def missing_key_message(state_dir: Path, used: str) -> str:
+    """Return what to say when the key of a unit that used one is gone."""
+    return (f"{key_path(state_dir)} is missing, but this unit {used}: the registry knows its "
+            "enrolled key only, so a new key would be refused for ever; the unit must be "
+            "re-enrolled (restore the key from a backup, or evo-agent manufacture --force)")
+
+
+def load_for_sending(state_dir: Path) -> Ed25519PrivateKey:
+    """Return the device key; make one only on a unit that never used a key.
+
+    A key made after enrolment can never be verified (every report answered 401), so a missing
+    key on a unit that was enrolled or has sent reports is an error that says to re-enrol.
+    """
+    try:
+        return load(key_path(state_dir))
+    except FileNotFoundError:
+        used = used_before(state_dir)
+        if used is not None:
+            raise DeviceKeyMissing(missing_key_message(state_dir, used)) from None
+    return load_or_create(state_dir)
 
 
 def load(path: Path) -> Ed25519PrivateKey:

@@ -7,11 +7,17 @@ Layout under ``state_dir/sent/``:
 * ``<sha256>.json``: the report's JSON bytes exactly as sent before compression (the wire body is
   their gzip with a zero timestamp, so it can be recomputed; its SHA-256 is recorded too).  Stored
   once per content: a retried report costs one line, not one copy.
-* ``index.jsonl``: one JSON line per request that got an HTTP answer, oldest first.
+* ``index.jsonl``: one JSON line per request that left the unit, oldest first: its HTTP status,
+  or ``status: null`` and the ``error`` when the request went out but no answer came back (reset,
+  timeout, a dripping answer): the registry may hold that report, so the log shows it.
+
+The copy is written before the request goes (:meth:`TransparencyLog.keep`): what cannot be kept
+here is not sent.  The line is appended after the attempt and before the outbox file is removed,
+so a report killed in between is still waiting and its retry writes the line.
 
 Bounded: the newest ``MAX_ENTRIES`` lines are kept, and a copy nobody references is deleted.  An
 append that a power cut tore leaves a partial last line, which readers skip and the next trim
-drops.  Entries are written after the registry answered and before the outbox file is removed.
+drops.
 """
 
 from __future__ import annotations
@@ -41,28 +47,52 @@ class TransparencyLog:
         self.dir = state_dir / "sent"
         self.index = self.dir / "index.jsonl"
 
-    def record(self, report_json: bytes, wire_body: bytes, *, time: float, path: str, url: str,
-               status: int, report_id: str, sequence: int) -> dict[str, Any]:
-        """Keep the bytes of one answered request and append its line."""
+    def keep(self, report_json: bytes) -> str:
+        """Store the report's bytes (once per content) before they are sent; return the SHA-256.
+
+        Raises OSError (a full disk): then the report must not be sent."""
         ensure_dir(self.dir)
         digest = hashlib.sha256(report_json).hexdigest()
         blob = self.dir / f"{digest}.json"
         if not blob.exists():
             atomic_write(blob, report_json)
-        entry = {"time": round(time, 3), "report_id": report_id, "sequence": sequence,
-                 "path": path, "url": url, "status": status, "sha256": digest,
-                 "wire_sha256": hashlib.sha256(wire_body).hexdigest(),
-                 "bytes": len(report_json), "wire_bytes": len(wire_body)}
+        return digest
+
+    def record(self, report_json: bytes, wire_body: bytes, *, time: float, path: str, url: str,
+               status: int | None, report_id: str, sequence: int,
+               error: str | None = None) -> dict[str, Any]:
+        """Keep the bytes of one request that left the unit and append its line (``status``
+        None: no answer came, ``error`` says why)."""
+        digest = self.keep(report_json)
+        entry: dict[str, Any] = {
+            "time": round(time, 3), "report_id": report_id, "sequence": sequence, "path": path,
+            "url": url, "status": status, "sha256": digest,
+            "wire_sha256": hashlib.sha256(wire_body).hexdigest(), "bytes": len(report_json),
+            "wire_bytes": len(wire_body)}
+        if error is not None:
+            entry["error"] = error
         line = (json.dumps(entry, sort_keys=True) + "\n").encode()
         fd = os.open(self.index, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             os.fchmod(fd, 0o640)  # readable by the support group whatever the umask
             adopt(fd, self.dir)
-            os.write(fd, line)
-            os.fsync(fd)
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                # a full disk: no torn line, which the next append would glue to its own
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
         finally:
             os.close(fd)
-        self._trim()
+        try:
+            self._trim()
+        except OSError as exc:  # the line is written; a later append trims
+            LOG.warning("%s: not trimmed now (%s)", self.index, exc.strerror)
         return entry
 
     def entries(self) -> list[dict[str, Any]]:

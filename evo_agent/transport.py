@@ -25,6 +25,7 @@ import contextlib
 import gzip
 import http.client
 import ipaddress
+import json
 import logging
 import socket
 import ssl
@@ -36,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from evo_agent import netlink
-from evo_agent.errors import DeliveryError
+from evo_agent.errors import DeliveryError, printable
 
 LOG = logging.getLogger(__name__)
 
@@ -71,7 +72,26 @@ class Response:
 
 
 class TransportError(Exception):
-    """The request did not get an HTTP answer (refused, reset, timed out, TLS failure...)."""
+    """The request did not get an HTTP answer (refused, reset, timed out, TLS failure...).
+
+    ``sent``: the whole request went out before the failure, so the registry may have stored
+    the report (the transparency log then records it)."""
+
+    def __init__(self, message: str, *, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+def answer_detail(resp: Response, limit: int = 200) -> str:
+    """Return what an answer says for a message: the registry's ``error`` (docs/protocol.md),
+    else the start of its body; escaped and bounded either way."""
+    try:
+        doc = json.loads(resp.body)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        return printable(doc["error"], limit)
+    return printable(resp.body, limit)
 
 
 def _host(url: str) -> str:
@@ -197,8 +217,10 @@ def exchange(url: str, path: str, body: bytes, headers: Mapping[str, str], *, ca
     timer.daemon = True
     started = time.monotonic()
     timer.start()
+    sent = False
     try:
         conn.request("POST", target, body=body, headers=all_headers)
+        sent = True
         resp = conn.getresponse()
         data = resp.read(MAX_RESPONSE)
         got = {k.lower(): v for k, v in resp.getheaders()}
@@ -208,11 +230,13 @@ def exchange(url: str, path: str, body: bytes, headers: Mapping[str, str], *, ca
             from None
     except (OSError, http.client.HTTPException) as exc:
         if expired.is_set():
-            raise TransportError(f"{url}: no complete answer within {total_timeout:g} s") \
-                from None
-        what = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
+            raise TransportError(f"{url}: no complete answer within {total_timeout:g} s",
+                                 sent=sent) from None
+        # str() of http.client's errors holds the server's raw bytes (BadStatusLine)
+        what = type(exc).__name__ if not str(exc) else \
+            f"{type(exc).__name__}: {printable(str(exc), 80)}"
         raise TransportError(f"{url}: {what} after "
-                             f"{time.monotonic() - started:.1f} s") from None
+                             f"{time.monotonic() - started:.1f} s", sent=sent) from None
     finally:
         timer.cancel()
         conn.close()

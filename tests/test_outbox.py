@@ -10,6 +10,7 @@ import pytest
 
 from evo_agent.errors import StateError
 from evo_agent.outbox import MAX_MANUFACTURING, Outbox, atomic_write, writer_lock
+from evo_agent.translog import TransparencyLog
 
 
 def _report(trigger: str = "daily") -> dict[str, object]:
@@ -50,9 +51,32 @@ def test_lost_counter_never_reuses_a_number_still_queued(tmp_path: Path) -> None
     box.enqueue(_report("manufacturing"))
     (tmp_path / "sequence").unlink()
     assert box.enqueue(_report()).sequence == 3
-    (tmp_path / "sequence").write_text("garbage")
-    with pytest.raises(StateError, match="not a number"):
-        box.enqueue(_report())
+
+
+def test_corrupt_or_old_counter_continues_after_the_highest_number_seen(tmp_path: Path) -> None:
+    """A corrupt counter does not stop delivery, and numbering never goes back: the registry
+    takes a lower number for a copied identity (sequence_backwards)."""
+    box = Outbox(tmp_path)
+    for _ in range(4):
+        box.acknowledge(box.enqueue(_report()))  # acknowledged: gone from the outbox
+    log = TransparencyLog(tmp_path)
+    log.record(b"{}", b"gz", time=1.0, path="https", url="http://127.0.0.1:1", status=201,
+               report_id="0" * 8, sequence=4)
+    expected = 5
+    for junk in (b"garbage\n", b"\xff\x00\n", b"1\n", b""):  # corrupt, not ASCII, old, lost
+        (tmp_path / "sequence").write_bytes(junk)
+        nxt = box.enqueue(_report())
+        assert nxt.sequence == expected, junk
+        box.acknowledge(nxt)
+        log.record(b"{}", b"gz", time=1.0, path="https", url="http://127.0.0.1:1", status=201,
+                   report_id=nxt.report_id, sequence=expected)
+        expected += 1
+    # a report refused for good still holds its number
+    aside = tmp_path / "outbox" / "rejected"
+    aside.mkdir()
+    (aside / f"{20:012d}-{'0' * 8}-0000-0000-0000-{'0' * 12}.json").write_text("{}")
+    (tmp_path / "sequence").write_text("oops")
+    assert box.enqueue(_report()).sequence == 21
 
 
 def test_recovery_removes_temp_files_and_sets_aside_corrupt_ones(tmp_path: Path) -> None:

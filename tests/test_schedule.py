@@ -25,6 +25,7 @@ from evo_agent.schedule import (
     Now,
     State,
     after_failure,
+    after_nothing_waiting,
     after_success,
     backoff,
     hold_for_network,
@@ -179,6 +180,20 @@ def test_retry_after_delays_the_next_attempt() -> None:
     s = after_failure(State(), now, "429", 0.0, retry_after=1800)
     assert next_due(s, now, KEY).at == 2800.0
     assert next_due(s, now, KEY).trigger == "boot" and next_due(s, now, KEY).retry
+
+
+def test_a_failure_after_this_boots_success_is_retried_at_the_backoff() -> None:
+    """A failed manual send leaves its report waiting: it goes at the backoff (sending only
+    what waits), not 24 h after the boot report."""
+    s = after_success(State(), Now("b", 100.0, 1e9), "https")
+    failed = Now("b", 5000.0, 1e9 + 4900)
+    s = after_failure(s, failed, "503", 0.0)
+    due = next_due(s, failed, KEY)
+    assert (due.at, due.trigger, due.retry) == (5000.0 + BACKOFF_MIN, "retry", True)
+    # the retry found nothing waiting: the next report is the daily one again
+    after = after_nothing_waiting(s)
+    assert next_due(after, failed, KEY).trigger == "daily"
+    assert next_due(after, failed, KEY).at > 100.0 + DAY
 
 
 def test_failures_from_another_boot_do_not_delay_the_boot_report() -> None:
