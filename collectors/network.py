@@ -18,15 +18,12 @@ import json
 import logging
 import os
 import re
+from typing import Any
 
 from collectors._udevdb import decimal, properties
 from evo_agent.collector import Collector, Raw
 from evo_agent.errors import CommandFailed, CommandUnavailable
 from evo_agent.hostroot import Host
-
-TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
-if TYPE_CHECKING:
-    from typing import Any
 
 LOG = logging.getLogger(__name__)
 

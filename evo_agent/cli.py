@@ -13,13 +13,10 @@ import os
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
+from typing import Any, TextIO
 
 from evo_agent import __version__
 from evo_agent.errors import EXIT_CODES, EvoError, OutputError, UsageError
-
-TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
-if TYPE_CHECKING:
-    from typing import Any, TextIO
 
 LOG = logging.getLogger("evo_agent")
 

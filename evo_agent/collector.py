@@ -19,20 +19,14 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
 
 from evo_agent.hostroot import Host
-
-TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
-if TYPE_CHECKING:
-    from typing import Any, ClassVar
 
 LOG = logging.getLogger(__name__)
 
 #: Raw values a collector may return: JSON-like data.
-if TYPE_CHECKING:
-    Raw = dict[str, Any]
-else:
-    Raw = dict
+Raw = dict[str, Any]
 
 ENTRY_POINT_GROUP = "evo_agent.collectors"
 

@@ -29,16 +29,13 @@ import errno
 import os
 import re
 import stat
+import tarfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 from evo_agent.errors import CaptureError, CommandFailed, CommandUnavailable
-
-TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
-if TYPE_CHECKING:
-    import tarfile
-    from pathlib import Path
 
 # subprocess, tarfile, shutil and pathlib are imported where they are used: on the
 # appliance (a QEMU TCG guest in the tests) every module imported costs, and a replay runs no

@@ -15,18 +15,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from evo_agent import __version__
 from evo_agent.collector import Collector, Raw
 from evo_agent.errors import EvoError
 from evo_agent.hostroot import Host
-from evo_agent.plain import Plain
 from evo_agent.policy import Policy, apply
-
-TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
-if TYPE_CHECKING:
-    from typing import Any
 
 LOG = logging.getLogger(__name__)
 
@@ -34,31 +31,25 @@ SCHEMA_ID = "evo-inventory/1"
 TRIGGERS = ("boot", "daily", "manual", "manufacturing")
 
 
-class Outcome(Plain):
+@dataclass
+class Outcome:
     """What one collector gave."""
 
-    _fields = ("name", "status", "duration_ms", "raw", "error_code", "error_message")
-
-    # positional, as the dataclass it replaced was called
-    def __init__(self, name: str, status: str, duration_ms: int, raw: Raw | None,  # noqa: PLR0917
-                 error_code: str | None = None, error_message: str | None = None) -> None:
-        self.name = name
-        self.status = status  # ok | no_data | error
-        self.duration_ms = duration_ms
-        self.raw = raw
-        #: short machine code for the report (never a value from the system)
-        self.error_code = error_code
-        #: full message, shown locally only (it may quote what the hardware said)
-        self.error_message = error_message
+    name: str
+    status: str  # ok | no_data | error
+    duration_ms: int
+    raw: Raw | None
+    #: short machine code for the report (never a value from the system)
+    error_code: str | None = None
+    #: full message, shown locally only (it may quote what the hardware said)
+    error_message: str | None = None
 
 
-class Inventory(Plain):
+@dataclass
+class Inventory:
     """All outcomes of one run, in collector-name order."""
 
-    _fields = ("outcomes",)
-
-    def __init__(self, outcomes: dict[str, Outcome] | None = None) -> None:
-        self.outcomes: dict[str, Outcome] = {} if outcomes is None else outcomes
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
 
     def raw(self) -> dict[str, Raw | None]:
         """Return raw values by collector."""
