@@ -195,29 +195,3 @@ def test_the_parser_of_one_verb_parses_as_the_whole_parser(
     verb = _verb_of(argv)
     assert (verb is not None) == (argv in FAST_ARGV)
     assert outcome(verb) == outcome(None)
-
-
-@pytest.mark.parametrize("columns", [None, "100", "57", "abc", "0", "-5"])
-@pytest.mark.parametrize("lines", [None, "40"])
-def test_help_is_as_wide_as_argparse_makes_it(columns: str | None, lines: str | None,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import argparse
-    import shutil
-
-    from evo_agent import cli
-
-    for name, value in (("COLUMNS", columns), ("LINES", lines)):
-        if value is None:
-            monkeypatch.delenv(name, raising=False)
-        else:
-            monkeypatch.setenv(name, value)
-    assert cli.terminal_columns() == shutil.get_terminal_size().columns
-
-    def helps() -> list[str]:
-        p = cli._parser()
-        subs = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-        return [p.format_help()] + [s.format_help() for s in subs.choices.values()]
-
-    ours = helps()
-    monkeypatch.setattr(cli._Parser, "_get_formatter", argparse.ArgumentParser._get_formatter)
-    assert ours == helps()

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evo_agent.collector import discover
-from evo_agent.inventory import Inventory, Outcome, build_report
+from evo_agent.inventory import Inventory, Outcome
 from evo_agent.policy import (
     CLEANERS,
     apply,
@@ -22,6 +22,7 @@ from evo_agent.policy import (
     load_policy,
     looks_personal,
 )
+from evo_agent.report import build_report
 from tests.conftest import REPO, SHARED_POLICY
 
 POLICY_COPY = REPO / "config" / "432evo-privacy-policy.txt"
