@@ -54,6 +54,20 @@ def test_inventory_json_from_a_capture(capture: Path, capsys: pytest.CaptureFixt
     assert report["trigger"] == "manual"
 
 
+def test_inventory_reads_the_configured_host_root(capture: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # [agent] host_root is the host every verb reads, as the daemon and manufacture read it
+    cfg = tmp_path / "root.toml"
+    cfg.write_text(f'[agent]\nhost_root = "{capture}"\n')
+    code, out, err = run(["inventory", "--json", "--config", str(cfg)], capsys)
+    assert code == 0, err
+    from_root = json.loads(out)
+    assert from_root["functional"]["vpnid"] == "EVO-000777"
+    code, out, err = run(["inventory", "--json", "--config", str(cfg), "--from", str(capture)],
+                         capsys)
+    assert strip_volatile(json.loads(out)) == strip_volatile(from_root)
+
+
 def test_table_and_raw_and_explain(capture: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["inventory", "--from", str(capture)], capsys)
     assert code == 0
