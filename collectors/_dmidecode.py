@@ -27,12 +27,8 @@ are nulled later by the privacy filter, not here.
 from __future__ import annotations
 
 import re
-
-from evo_agent.plain import Plain
-
-TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
-if TYPE_CHECKING:
-    from typing import Any
+from dataclasses import dataclass, field
+from typing import Any
 
 # re.ASCII everywhere: "\d" would also match digits of other scripts, which are no SMBIOS number.
 _HANDLE = re.compile(
@@ -46,20 +42,16 @@ _NOTE = re.compile(
 )
 
 
-class Record(Plain):
+@dataclass
+class Record:
     """One SMBIOS structure as dmidecode printed it."""
 
-    _fields = ("handle", "type", "title", "values", "lists")
-
-    def __init__(self, handle: int | None, type: int | None, title: str = "",
-                 values: dict[str, str] | None = None,
-                 lists: dict[str, list[str]] | None = None) -> None:
-        self.handle = handle
-        self.type = type
-        self.title = title
-        self.values: dict[str, str] = {} if values is None else values
-        #: Deeper lines under a "Key:" line, by key; lines with no key at all under "".
-        self.lists: dict[str, list[str]] = {} if lists is None else lists
+    handle: int | None
+    type: int | None
+    title: str = ""
+    values: dict[str, str] = field(default_factory=dict)
+    #: Deeper lines under a "Key:" line, by key; lines with no key at all under "".
+    lists: dict[str, list[str]] = field(default_factory=dict)
 
     def get(self, *keys: str) -> str | None:
         """Return the first of ``keys`` with a non-empty value, trimmed, else None."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 
 from collectors._hwids import hex_id, plausible_name
 from evo_agent.collector import Collector, Raw
 from evo_agent.hostroot import Host
-from evo_agent.plain import Plain
 
 LOG = logging.getLogger(__name__)
 
@@ -101,20 +101,18 @@ def _link_name(host: Host, path: str) -> str | None:
     return name or None
 
 
-class _Sysfs(Plain):
+@dataclass
+class _Sysfs:
     """What the sysfs device behind /sys/class/sound/cardN tells about a card."""
 
-    _fields = ("bus", "driver", "pci_address", "usb_id", "product", "manufacturer", "serial")
-
-    def __init__(self, usb_id: str | None = None) -> None:
-        self.bus: str | None = None
-        self.driver: str | None = None
-        self.pci_address: str | None = None
-        self.usb_id = usb_id
-        # A USB card's device strings, in full (None: no such string, or no USB device to read).
-        self.product: str | None = None
-        self.manufacturer: str | None = None
-        self.serial: str | None = None
+    usb_id: str | None = None
+    bus: str | None = None
+    driver: str | None = None
+    pci_address: str | None = None
+    # A USB card's device strings, in full (None: no such string, or no USB device to read).
+    product: str | None = None
+    manufacturer: str | None = None
+    serial: str | None = None
 
 
 def _sysfs_device(host: Host, n: object, usb_id: str | None) -> _Sysfs:

@@ -16,15 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass
+from typing import Any
 
 from collectors._udevdb import block_properties, decode_escapes
 from evo_agent.collector import Collector, Raw
 from evo_agent.hostroot import Host
-from evo_agent.plain import FrozenPlain
-
-TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
-if TYPE_CHECKING:
-    from typing import Any
 
 LOG = logging.getLogger(__name__)
 
@@ -52,11 +49,10 @@ _DISC_FORMAT = re.compile(r"ID_CDROM_(?:CD|CD_R|CD_RW|DVD(?:_[A-Z_]+)?|BD(?:_[A-
                           r"|HDDVD(?:_[A-Z_]+)?)")
 
 
-class Mount(FrozenPlain):
+@dataclass(frozen=True)
+class Mount:
     """One line of /proc/self/mountinfo (proc(5))."""
 
-    _fields = ("mount_id", "parent_id", "major", "minor", "root", "mountpoint", "fstype",
-               "source", "super_options")
     mount_id: int
     parent_id: int
     major: int
@@ -66,13 +62,6 @@ class Mount(FrozenPlain):
     fstype: str
     source: str
     super_options: str
-
-    def __init__(self, mount_id: int, parent_id: int, major: int,  # noqa: PLR0917
-                 minor: int, root: str, mountpoint: str, fstype: str, source: str,
-                 super_options: str) -> None:
-        self._set(mount_id=mount_id, parent_id=parent_id, major=major, minor=minor, root=root,
-                  mountpoint=mountpoint, fstype=fstype, source=source,
-                  super_options=super_options)
 
 
 def _unescape_octal(value: str) -> str:

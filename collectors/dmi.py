@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from collectors._dmidecode import parse, summarize, usable
 from evo_agent.collector import Collector, Raw
 from evo_agent.errors import HostReadError, NotCaptured, PartialData
 from evo_agent.hostroot import Host
 from evo_agent.policy import is_placeholder
-
-TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
-if TYPE_CHECKING:
-    from typing import Any
 
 LOG = logging.getLogger(__name__)
 

@@ -4,11 +4,10 @@ The published policy sends "mac address" (a hardware identity: it must not chang
 dongle is plugged in or when interfaces are renamed), the LAN IP (so the owner can find the device
 on his network) and the second LAN IP of the fiber dongle.  Interfaces are read from sysfs, where
 the kernel says which are hardware (``device`` link, a path outside ``/devices/virtual``), on which
-bus, with which driver.  Addresses are not in sysfs: IPv4 comes from an in-process probe (two
-rtnetlink dumps on a raw socket, as getifaddrs(3) makes them; never pyroute2, whose import alone
-costs 2.2 s in a QEMU guest), recorded in captures as ``commands/netlink-addresses.txt``, and
-without it from /proc/net; IPv6 comes from /proc/net/if_inet6, whose flags tell a stable address
-from a temporary one.
+bus, with which driver.  Addresses are not in sysfs: IPv4 comes from an in-process probe
+(psutil.net_if_addrs(), i.e. getifaddrs(3)), recorded in captures as
+``commands/netlink-addresses.txt``, and without it from /proc/net; IPv6 comes from
+/proc/net/if_inet6, whose flags tell a stable address from a temporary one.
 """
 
 from __future__ import annotations
@@ -18,15 +17,13 @@ import json
 import logging
 import os
 import re
+import socket
+from typing import Any
 
 from collectors._udevdb import decimal, properties
 from evo_agent.collector import Collector, Raw
 from evo_agent.errors import CommandFailed, CommandUnavailable
 from evo_agent.hostroot import Host
-
-TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
-if TYPE_CHECKING:
-    from typing import Any
 
 LOG = logging.getLogger(__name__)
 
@@ -61,120 +58,30 @@ _TETHERING_DRIVERS = frozenset({"ipheth", "rndis_host"})
 
 
 # ---- address sources ------------------------------------------------------------------------
-# rtnetlink (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h, linux/if_addr.h: stable ABI)
-_RTM_GETLINK, _RTM_NEWLINK, _RTM_GETADDR, _RTM_NEWADDR = 18, 16, 22, 20
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_NLM_F_REQUEST_DUMP = 0x1 | 0x300
-_IFLA_ADDRESS, _IFLA_IFNAME = 1, 3
-_IFA_ADDRESS, _IFA_LOCAL, _IFA_LABEL = 1, 2, 3
-#: glibc copies a link-layer address into a sockaddr union of 28 bytes (sockaddr_in6), and only
-#: when it fits
-_MAX_LINK_ADDRESS = 28
-
-
-def _netlink_dump(sock: Any, kind: int, seq: int) -> list[tuple[int, bytes]]:
-    """Send one rtnetlink dump request; return (type, payload) of every message of the answer."""
-    import struct
-
-    # nlmsghdr + rtgenmsg (family AF_UNSPEC, padded to 4 bytes), as glibc's getifaddrs sends
-    sock.send(struct.pack("=IHHIIB3x", 20, kind, _NLM_F_REQUEST_DUMP, seq, 0, 0))
-    out: list[tuple[int, bytes]] = []
-    while True:
-        data = sock.recv(65536)
-        offset = 0
-        while offset + 16 <= len(data):
-            length, msg_type, _flags, msg_seq, _pid = struct.unpack_from("=IHHII", data, offset)
-            if length < 16:
-                return out
-            payload = data[offset + 16:offset + length]
-            offset += (length + 3) & ~3
-            if msg_seq != seq:
-                continue
-            if msg_type == _NLMSG_DONE:
-                return out
-            if msg_type == _NLMSG_ERROR:
-                errno = -struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else 0
-                if errno:
-                    raise OSError(errno, os.strerror(errno))
-                continue
-            out.append((msg_type, payload))
-        if not data:
-            return out
-
-
-def _rtattrs(data: bytes, offset: int) -> dict[int, bytes]:
-    """Return the attributes (type -> payload) that follow a fixed header; the first one wins."""
-    import struct
-
-    attrs: dict[int, bytes] = {}
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        attrs.setdefault(kind & 0x3FFF, data[offset + 4:offset + length])  # without NLA_F_ flags
-        offset += (length + 3) & ~3
-    return attrs
-
-
 def probe_addresses() -> bytes:
-    """Live probe: every interface's IPv4 and IPv6 addresses as JSON, from rtnetlink.
+    """Live probe: every interface's IPv4 and IPv6 addresses as JSON, from psutil.net_if_addrs().
 
-    The answer is what psutil.net_if_addrs() gave (the probe's first implementation), read the
-    way glibc's getifaddrs(3) reads it: one RTM_GETLINK and one RTM_GETADDR dump.  Importing
-    psutil cost more than the network collector's own work in a QEMU TCG guest, and ``socket``
-    (an enum of every constant) is skipped for ``_socket`` likewise.  As with getifaddrs, a
-    link is listed when it has a link-layer address (a WireGuard or tun link has none, so it
-    appears only with an IP address); an IPv4 address is listed under its label (``eth0:1`` for
-    an alias made with ``label``); IFA_LOCAL is the address when present (point-to-point links
-    put the peer in IFA_ADDRESS).
+    psutil reads getifaddrs(3): a link is listed when it has a link-layer address (a WireGuard or
+    tun link has none, so it appears only with an IP address); an IPv4 alias made with ``label``
+    is listed under its label (``eth0:1``); a point-to-point link gives its local address.  An
+    IPv6 address comes with ``%scope`` for link-local ones, dropped here.
     """
-    import struct
-
     try:
-        import _socket
-
-        sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, 0)
-    except (ImportError, AttributeError):
-        raise CommandUnavailable("netlink-addresses: no rtnetlink on this system") from None
+        import psutil
+    except ImportError:
+        raise CommandUnavailable("netlink-addresses: python3-psutil is not installed") from None
+    try:
+        table = psutil.net_if_addrs()
     except OSError as exc:
         raise CommandFailed(f"netlink-addresses: {exc}") from None
     out: dict[str, dict[str, list[str]]] = {}
-    links: dict[int, str] = {}
-    try:
-        sock.settimeout(5.0)
-        sock.bind((0, 0))
-        for msg_type, payload in _netlink_dump(sock, _RTM_GETLINK, 1):
-            if msg_type != _RTM_NEWLINK or len(payload) < 16:
-                continue
-            index = struct.unpack_from("=i", payload, 4)[0]
-            attrs = _rtattrs(payload, 16)
-            name = attrs.get(_IFLA_IFNAME, b"").split(b"\0", 1)[0].decode("utf-8", "replace")
-            if not name:
-                continue
-            links[index] = name
-            if 0 < len(attrs.get(_IFLA_ADDRESS, b"")) <= _MAX_LINK_ADDRESS:
-                out.setdefault(name, {"ipv4": [], "ipv6": []})
-        for msg_type, payload in _netlink_dump(sock, _RTM_GETADDR, 2):
-            if msg_type != _RTM_NEWADDR or len(payload) < 8:
-                continue
-            family, _plen, _flags, _scope, index = struct.unpack_from("=BBBBI", payload)
-            if family not in (_socket.AF_INET, _socket.AF_INET6):
-                continue
-            attrs = _rtattrs(payload, 8)
-            raw = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
-            if raw is None or len(raw) != (4 if family == _socket.AF_INET else 16):
-                continue
-            label = attrs.get(_IFA_LABEL, b"").split(b"\0", 1)[0].decode("utf-8", "replace")
-            name = label or links.get(index, "")
-            if not name:
-                continue
-            key = "ipv4" if family == _socket.AF_INET else "ipv6"
-            out.setdefault(name, {"ipv4": [], "ipv6": []})[key].append(
-                _socket.inet_ntop(family, raw))
-    except OSError as exc:
-        raise CommandFailed(f"netlink-addresses: {exc}") from None
-    finally:
-        sock.close()
+    for name, addrs in table.items():
+        entry = out.setdefault(name, {"ipv4": [], "ipv6": []})
+        for addr in addrs:
+            if addr.family == socket.AF_INET:
+                entry["ipv4"].append(addr.address)
+            elif addr.family == socket.AF_INET6:
+                entry["ipv6"].append(addr.address.split("%", 1)[0])
     return json.dumps(out, sort_keys=True).encode()
 
 

@@ -12,55 +12,21 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from contextlib import ExitStack
+from typing import Any, TextIO
 
 from evo_agent import __version__
 from evo_agent.errors import EXIT_CODES, EvoError, MissingModule, OutputError, UsageError
-
-TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
-if TYPE_CHECKING:
-    from typing import Any, TextIO
 
 LOG = logging.getLogger("evo_agent")
 
 NEVER_SENT = "RAW DATA: collected on this device, never sent. Only 'evo-agent inventory' leaves."
 
 
-def terminal_columns() -> int:
-    """Return shutil.get_terminal_size().columns, without importing shutil (which imports the
-    zlib, bz2 and lzma modules: dear on the appliance, for a number)."""
-    try:
-        columns = int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        columns = 0
-    try:
-        lines = int(os.environ["LINES"])
-    except (KeyError, ValueError):
-        lines = 0
-    if columns <= 0 or lines <= 0:  # as shutil: the terminal is asked unless both are set
-        try:
-            size = os.get_terminal_size(sys.__stdout__.fileno())  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            size = os.terminal_size((80, 24))
-        if columns <= 0:
-            columns = size.columns or 80
-    return columns
-
-
 class _Parser(argparse.ArgumentParser):
-    #: the help width of this command line (argparse's default: the terminal's columns - 2),
-    #: found once by _parser(): argparse makes a formatter for every argument it adds
-    width: int | None = None
-
     def error(self, message: str) -> Any:  # argparse exits with 2; we raise for one exit table
         # main() prefixes "evo-agent: "; a verb's parser names the verb ("inventory: ...")
         verb = self.prog.removeprefix("evo-agent").strip()
         raise UsageError(f"{verb}: {message}" if verb else message)
-
-    def _get_formatter(self) -> argparse.HelpFormatter:
-        if _Parser.width is None:
-            _Parser.width = terminal_columns() - 2
-        return argparse.HelpFormatter(prog=self.prog, width=_Parser.width)
 
 
 #: The verbs of this module; the others come from cli_delivery and cli_manufacture.
@@ -74,7 +40,7 @@ def _verb_of(argv: Sequence[str]) -> str | None:
     alone: building every verb's parser (and importing the delivery and manufacturing verbs'
     modules for it) cost a tenth of ``evo-agent inventory --json`` in a QEMU TCG guest.  Any
     other command line (help, --version, an abbreviated option, a typo) gets the whole parser,
-    so its messages list every verb as before.
+    so its messages list every verb.
     """
     args = iter(argv)
     for arg in args:
@@ -88,7 +54,6 @@ def _verb_of(argv: Sequence[str]) -> str | None:
 
 
 def _parser(verb: str | None = None) -> argparse.ArgumentParser:
-    _Parser.width = None  # the terminal may have changed since the last command line
     common = _Parser(add_help=False)
     common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="read this file instead of /etc/evo-agent/agent.toml and agent.d/")
@@ -195,26 +160,12 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     return cfg, classes
 
 
-def _instances(cfg: Any, classes: dict[str, Any], *, all_of_them: bool = False) -> list[Any]:
-    out = []
-    for name, cls in sorted(classes.items()):
-        opts = dict(cfg.collectors.get(name, {}))
-        enabled = opts.pop("enabled", cls.default_enabled)
-        if enabled or all_of_them:
-            out.append(cls(opts, timeout=cfg.collector_timeout))
-    return out
-
-
-def _run_inventory(args: argparse.Namespace) -> tuple[Any, Any]:
-    from evo_agent.hostroot import CaptureSource, LiveHost
-    from evo_agent.inventory import collect
+def _run(args: argparse.Namespace, trigger: str = "manual") -> Any:
+    """Run the inventory pipeline on the host the configuration or --from names."""
+    from evo_agent.report import inventory_report
 
     cfg, classes = _load(args)
-    collectors = _instances(cfg, classes)
-    with ExitStack() as stack:
-        host = stack.enter_context(CaptureSource(args.source)) if args.source else LiveHost("/")
-        inventory = collect(collectors, host, deadline=cfg.collector_timeout * 3)
-    return cfg, inventory
+    return inventory_report(cfg, source=args.source, classes=classes, trigger=trigger)
 
 
 def _dump(doc: Any, out: TextIO) -> None:
@@ -224,10 +175,8 @@ def _dump(doc: Any, out: TextIO) -> None:
 
 # -- verbs -----------------------------------------------------------------------------------------
 def _cmd_inventory(args: argparse.Namespace, out: TextIO) -> int:
-    from evo_agent.inventory import build_report
-    from evo_agent.policy import load_policy
-
-    _cfg, inventory = _run_inventory(args)
+    run = _run(args, args.trigger)
+    inventory, report, dropped = run.inventory, run.report, run.dropped
     if args.raw:
         doc = {
             "never_sent": True,
@@ -241,7 +190,6 @@ def _cmd_inventory(args: argparse.Namespace, out: TextIO) -> int:
             print(f"== {NEVER_SENT} ==", file=out)
         _dump(doc, out)
         return 0
-    report, dropped = build_report(inventory, load_policy(), trigger=args.trigger)
     if dropped:
         LOG.info("not sent (undeclared by the policy): %s", ", ".join(sorted(dropped)))
     if args.json:
@@ -254,13 +202,14 @@ def _cmd_inventory(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
-    from evo_agent.inventory import build_report
     from evo_agent.policy import load_policy
     from evo_agent.render import explain_rows, explain_text
+    from evo_agent.report import inventory_report
 
-    _cfg, inventory = _run_inventory(args)
+    cfg, classes = _load(args)
     policy = load_policy()
-    report, dropped = build_report(inventory, policy)
+    run = inventory_report(cfg, source=args.source, classes=classes, policy=policy)
+    report, dropped = run.report, run.dropped
     rows = explain_rows(report, policy)
     if args.json:
         _dump({"policy_version": policy.version, "fields": rows,
@@ -273,8 +222,7 @@ def _cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_capture(args: argparse.Namespace, out: TextIO) -> int:
     from evo_agent.hostroot import LiveHost, RecordingHost, pack_capture
-    from evo_agent.inventory import build_report, collect
-    from evo_agent.policy import load_policy
+    from evo_agent.report import inventory_report
 
     cfg, classes = _load(args)
     target = os.path.abspath(args.output)
@@ -285,9 +233,8 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO) -> int:
     with tempfile.TemporaryDirectory(prefix="evo-capture-") as tmp:
         os.chmod(tmp, 0o700)
         host = RecordingHost(LiveHost("/"), tmp)
-        inventory = collect(_instances(cfg, classes), host, deadline=cfg.collector_timeout * 3)
+        report = inventory_report(cfg, host=host, classes=classes).report
         host.close()  # a collector abandoned at its deadline must not write while we pack
-        report, _dropped = build_report(inventory, load_policy())
         # What the live run made of this capture, so a replay can be compared with it.
         meta = os.path.join(tmp, "evo-agent")
         os.makedirs(meta, exist_ok=True)
@@ -303,16 +250,12 @@ def _cmd_capture(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_collectors(args: argparse.Namespace, out: TextIO) -> int:
-    from evo_agent.hostroot import CaptureSource, LiveHost
-    from evo_agent.inventory import collect
+    from evo_agent.report import enabled_collectors, inventory_report
 
     cfg, classes = _load(args)
-    collectors = _instances(cfg, classes, all_of_them=True)
-    enabled = {c.name for c in _instances(cfg, classes)}
-    with ExitStack() as stack:
-        host = stack.enter_context(CaptureSource(args.source)) if args.source else LiveHost("/")
-        inventory = collect([c for c in collectors if c.name in enabled], host,
-                            deadline=cfg.collector_timeout * 3)
+    collectors = enabled_collectors(cfg, classes, all_of_them=True)
+    enabled = {c.name for c in enabled_collectors(cfg, classes)}
+    inventory = inventory_report(cfg, source=args.source, classes=classes).inventory
     rows = []
     for c in collectors:
         o = inventory.outcomes.get(c.name)

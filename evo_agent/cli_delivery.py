@@ -324,36 +324,6 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 # -- diff, sent ----------------------------------------------------------------------------------
-VOLATILE = ("report_id", "sequence", "collected_at", "trigger")
-
-
-def flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
-    """Return dotted paths to leaf values (list items by index)."""
-    out: dict[str, Any] = {}
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(doc, list) and doc:
-        for i, v in enumerate(doc):
-            out.update(flatten(v, f"{prefix}[{i}]"))
-    else:
-        out[prefix] = doc
-    return out
-
-
-def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
-    """Return the fields that differ (volatile ones and timings left out)."""
-    a, b = flatten(old), flatten(new)
-    rows = []
-    for key in sorted(set(a) | set(b)):
-        if key in VOLATILE or key.endswith(".duration_ms"):
-            continue
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
-            rows.append({"field": key, "sent": a.get(key, "<absent>"),
-                         "now": b.get(key, "<absent>")})
-    return rows
-
-
 def current_report(cfg: Config) -> tuple[dict[str, Any], str]:
     """Return the inventory as of now, and who collected it.
 
@@ -379,6 +349,7 @@ def current_report(cfg: Config) -> tuple[dict[str, Any], str]:
 
 def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
     """Compare this inventory with the last report the registry acknowledged."""
+    from evo_agent.report import diff_reports
     from evo_agent.translog import TransparencyLog
 
     _audit("diff")

@@ -14,25 +14,19 @@ entry point), and declare in the policy file which of its fields the published p
 from __future__ import annotations
 
 import importlib
-import importlib.machinery
 import logging
-import os
+import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
 
 from evo_agent.hostroot import Host
-
-TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
-if TYPE_CHECKING:
-    from typing import Any, ClassVar
 
 LOG = logging.getLogger(__name__)
 
 #: Raw values a collector may return: JSON-like data.
-if TYPE_CHECKING:
-    Raw = dict[str, Any]
-else:
-    Raw = dict
+Raw = dict[str, Any]
 
 ENTRY_POINT_GROUP = "evo_agent.collectors"
 
@@ -77,52 +71,13 @@ def _collectors_in(module: Any) -> list[type[Collector]]:
     return found
 
 
-def _module_name(filename: str) -> str | None:
-    """Return the module a file name is (inspect.getmodulename): its longest import suffix off."""
-    for suffix in sorted(importlib.machinery.all_suffixes(), key=len, reverse=True):
-        if filename.endswith(suffix):
-            return filename[:-len(suffix)]
-    return None
-
-
-def module_names(paths: Iterable[str]) -> list[str]:
-    """Return the modules and packages in these directories, as pkgutil.iter_modules names them.
-
-    pkgutil imports inspect (and with it ast and dis) to name them: in a QEMU TCG guest that
-    import costs more than listing the directory, so its rules are followed here instead.
-    """
-    found: list[str] = []
-    for path in paths:
-        try:
-            filenames = sorted(os.listdir(path))  # packages before same-named modules
-        except OSError:
-            continue
-        for filename in filenames:
-            name = _module_name(filename)
-            if name == "__init__" or name in found:
-                continue
-            if not name:
-                full = os.path.join(path, filename)
-                if "." in filename or not os.path.isdir(full):
-                    continue
-                try:
-                    inside = os.listdir(full)
-                except OSError:
-                    continue
-                if not any(_module_name(f) == "__init__" for f in inside):
-                    continue  # a directory without __init__ is no package (__pycache__)
-                name = filename
-            if "." not in name:
-                found.append(name)
-    return found
-
-
 def discover() -> dict[str, type[Collector]]:
     """Return every available collector class by name: the ``collectors`` package, then plugins."""
     import collectors as builtin
 
     found: dict[str, type[Collector]] = {}
-    for name in sorted(module_names(builtin.__path__)):
+    for module_info in pkgutil.iter_modules(builtin.__path__):
+        name = module_info.name
         if name.startswith("_"):
             continue
         module = importlib.import_module(f"{builtin.__name__}.{name}")
@@ -136,55 +91,7 @@ def discover() -> dict[str, type[Collector]]:
     return found
 
 
-def plugins_may_exist(path: list[str] | None = None) -> bool:
-    """Return False only when no distribution on ``path`` (sys.path) declares a plugin collector.
-
-    ``importlib.metadata`` costs more than all the built-in collectors together in a QEMU TCG
-    guest (it imports email, zipfile and csv, then reads every distribution's metadata), while
-    the appliance has no plugin.  So the distributions it would find are looked at first, the way
-    it finds them (``*.dist-info`` and ``*.egg-info`` directories of each path entry, and the
-    ``EGG-INFO`` of ``*.egg`` directories): only when an ``entry_points.txt`` names the group, or
-    when something cannot be looked at this way (a zip file on the path, a meta path finder with
-    distributions of its own), does the full scan run.
-    """
-    import sys
-    from importlib.machinery import PathFinder
-
-    if any(hasattr(finder, "find_distributions") and finder is not PathFinder
-           for finder in sys.meta_path):
-        return True
-    group = ENTRY_POINT_GROUP.encode()
-    for entry in sys.path if path is None else path:
-        try:
-            names = os.listdir(entry or ".")
-        except NotADirectoryError:
-            return True  # a zip file: its metadata is inside
-        except OSError:
-            continue
-        for name in names:
-            low = name.lower()
-            if low.endswith((".dist-info", ".egg-info")):
-                meta = os.path.join(entry, name, "entry_points.txt")
-            elif low.endswith(".egg"):
-                if os.path.isfile(os.path.join(entry, name)):
-                    return True
-                meta = os.path.join(entry, name, "EGG-INFO", "entry_points.txt")
-            else:
-                continue
-            try:
-                with open(meta, "rb") as fh:
-                    if group in fh.read():
-                        return True
-            except OSError:
-                continue
-    return False
-
-
 def _entry_point_collectors() -> list[type[Collector]]:
-    if not plugins_may_exist():
-        return []
-    from importlib.metadata import entry_points
-
     classes: list[type[Collector]] = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:

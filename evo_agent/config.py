@@ -13,40 +13,30 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from evo_agent import toml
 from evo_agent.errors import ConfigError
-from evo_agent.plain import Plain
 
-TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
-if TYPE_CHECKING:
-    from pathlib import Path
-    from typing import Any
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10: tomli is the same parser, a dependency there only
+    import tomli as tomllib
 
-    Validator = Callable[[Any], str | None]
-    Spec = tuple[type, Any, Validator | None]
+Validator = Callable[[Any], str | None]
+Spec = tuple[type, Any, Validator | None]
 
-# pathlib is imported only when a Path is asked for (Config.state_dir, Config.sources, --config,
-# these constants): its import alone cost 14.5M instructions, 6% of ``evo-agent inventory``,
-# which needs none of them.
-_DEFAULT_FILE = "/etc/evo-agent/agent.toml"
-_DEFAULT_DROPIN_DIR = "/etc/evo-agent/agent.d"
-_DEFAULT_STATE_DIR = "/var/lib/evo-agent"
+DEFAULT_FILE = Path("/etc/evo-agent/agent.toml")
+DEFAULT_DROPIN_DIR = Path("/etc/evo-agent/agent.d")
+DEFAULT_STATE_DIR = Path("/var/lib/evo-agent")
 #: Where manufacturing writes the unit's VPNID: a directory of its own, owned by the agent's user,
 #: because the manufacturing unit runs with ProtectSystem=strict and may write only there
 #: (ReadWritePaths=); /etc/evo-agent itself stays root's.  Older units had /etc/evo-agent/vpnid;
 #: the package moves it here on upgrade (debian/postinst).
 DEFAULT_VPNID_FILE = "/etc/evo-agent/identity/vpnid"
-
-
-def __getattr__(name: str) -> Any:
-    """DEFAULT_FILE and DEFAULT_DROPIN_DIR, as Paths made when first asked for."""
-    if name in ("DEFAULT_FILE", "DEFAULT_DROPIN_DIR"):
-        from pathlib import Path
-
-        return Path(_DEFAULT_FILE if name == "DEFAULT_FILE" else _DEFAULT_DROPIN_DIR)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _positive(value: Any) -> str | None:
@@ -152,47 +142,19 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Validator | None]]] = {
 }
 
 
-class Config(Plain):
+@dataclass
+class Config:
     """The merged, validated configuration."""
 
-    _fields = ("enabled", "state_dir", "collector_timeout", "collectors", "sources", "values")
-
-    def __init__(self, enabled: bool = True,  # noqa: PLR0917 - as the dataclass it replaced
-                 state_dir: str | Path | None = None,
-                 collector_timeout: float = 10.0,
-                 collectors: dict[str, dict[str, Any]] | None = None,
-                 sources: list[str] | list[Path] | None = None,
-                 values: dict[str, dict[str, Any]] | None = None) -> None:
-        self.enabled = enabled
-        self._state_dir: str | Path = _DEFAULT_STATE_DIR if state_dir is None else state_dir
-        self.collector_timeout = collector_timeout
-        #: collector name -> its options (``enabled`` included).
-        self.collectors: dict[str, dict[str, Any]] = {} if collectors is None else collectors
-        self._sources: list[str] | list[Path] = [] if sources is None else sources
-        #: every value, by section then key, for verbs that need the raw sections.
-        self.values: dict[str, dict[str, Any]] = {} if values is None else values
-
-    @property
-    def state_dir(self) -> Path:
-        """The state directory (made a Path when first asked for)."""
-        if isinstance(self._state_dir, str):
-            from pathlib import Path
-
-            self._state_dir = Path(self._state_dir)
-        return self._state_dir
-
-    @state_dir.setter
-    def state_dir(self, value: Path) -> None:
-        self._state_dir = value
-
-    @property
-    def sources(self) -> list[Path]:
-        """The files read, in order (made Paths when first asked for)."""
-        if any(isinstance(p, str) for p in self._sources):
-            from pathlib import Path
-
-            self._sources = [Path(p) for p in self._sources]
-        return self._sources  # type: ignore[return-value]
+    enabled: bool = True
+    state_dir: Path = DEFAULT_STATE_DIR
+    collector_timeout: float = 10.0
+    #: collector name -> its options (``enabled`` included).
+    collectors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the files read, in precedence order
+    sources: list[Path] = field(default_factory=list)
+    #: every value, by section then key, for verbs that need the raw sections.
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _type_ok(expected: type, value: Any) -> bool:
@@ -223,58 +185,38 @@ def _check(path: str | Path | None, key: str, spec: Spec, value: Any) -> Any:
     return value
 
 
-def _read_toml(path: str | Path) -> dict[str, Any]:
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with open(path, "rb") as fh:
-            text = fh.read().decode()
+        text = path.read_bytes().decode()
     except UnicodeDecodeError:
         raise ConfigError(path, None, "not valid UTF-8") from None
     except OSError as exc:
         raise ConfigError(path, None, f"cannot be read: {exc.strerror}") from None
     try:
-        return toml.loads(text)  # the file as shipped (all commented out) without tomllib
-    except ValueError as exc:  # tomllib.TOMLDecodeError
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not valid TOML: {exc}") from None
 
 
-def _config_paths(
-    explicit: str | os.PathLike[str] | None,
-    system_file: str | os.PathLike[str] | None,
-    dropin_dir: str | os.PathLike[str] | None,
-) -> list[str]:
-    """Return the files to read, in precedence order (lowest first), as strings."""
-    if explicit is not None:
-        from pathlib import Path  # its spelling of the path, as the user gave it, in messages
-
-        path = os.fspath(Path(explicit))
-        if os.path.isdir(path):
-            raise ConfigError(path, None, "is a directory, not a configuration file")
-        if not os.path.isfile(path):
-            raise ConfigError(path, None, "no such file")
-        return [path]
-    system = os.fspath(_DEFAULT_FILE if system_file is None else system_file)
-    dropins = os.fspath(_DEFAULT_DROPIN_DIR if dropin_dir is None else dropin_dir)
-    files = [system] if os.path.isfile(system) else []
-    if os.path.isdir(dropins):
-        # as Path.glob("*.toml"): hidden names too, nothing when the directory cannot be read
-        try:
-            names = os.listdir(dropins)
-        except OSError:
-            names = []
-        files += sorted(os.path.join(dropins, n) for n in names
-                        if n.endswith(".toml") and os.path.isfile(os.path.join(dropins, n)))
-    return files
-
-
 def config_files(
-    explicit: str | Path | None,
+    explicit: str | os.PathLike[str] | None,
     system_file: Path | None = None,
     dropin_dir: Path | None = None,
 ) -> list[Path]:
     """Return the files to read, in precedence order (lowest first)."""
-    from pathlib import Path
-
-    return [Path(p) for p in _config_paths(explicit, system_file, dropin_dir)]
+    if explicit is not None:
+        path = Path(explicit)
+        if path.is_dir():
+            raise ConfigError(path, None, "is a directory, not a configuration file")
+        if not path.is_file():
+            raise ConfigError(path, None, "no such file")
+        return [path]
+    system = DEFAULT_FILE if system_file is None else system_file
+    dropins = DEFAULT_DROPIN_DIR if dropin_dir is None else dropin_dir
+    files = [system] if system.is_file() else []
+    # hidden names too; nothing when the directory cannot be read
+    files += sorted(p for p in dropins.glob("*.toml") if p.is_file())
+    return files
 
 
 def load(
@@ -303,12 +245,12 @@ def load(
         name: {"enabled": cls.default_enabled, **{k: d for k, (_t, d) in cls.options.items()}}
         for name, cls in collectors.items()
     }
-    files = _config_paths(explicit, system_file, dropin_dir)
+    files = config_files(explicit, system_file, dropin_dir)
     for path in files:
         merge_file(path, _read_toml(path), values, col, collector_options)
     return Config(
         enabled=values["agent"]["enabled"],
-        state_dir=values["agent"]["state_dir"],
+        state_dir=Path(values["agent"]["state_dir"]),
         collector_timeout=values["collectors"]["timeout"],
         collectors=col,
         sources=files,

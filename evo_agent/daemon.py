@@ -1,10 +1,10 @@
 """``evo-agent daemon``: the resident process that the systemd unit runs (Type=notify).
 
 Design: a small supervisor that sleeps.  The appliance plays music; the agent must cost it nothing
-between reports.  Importing psutil, pyudev, pyroute2 and requests together costs 41 MB RSS and
-3.2 s in a QEMU guest, so the resident process imports none of them, nor cryptography, ssl or the
-collectors: it holds the standard library's socket, selectors, signal, json and the pure modules
-``schedule`` and ``outbox``.  Each report cycle runs in a short-lived child
+between reports.  The resident process imports neither psutil nor cryptography, ssl or the
+collectors (pyudev only for its hot-plug monitor, see ``evo_agent.netlink``): it holds the
+standard library's socket, selectors, signal, json and the pure modules ``schedule`` and
+``outbox``.  Each report cycle runs in a short-lived child
 (``python3 -m evo_agent.delivery cycle``, see ``evo_agent.delivery``) which does the heavy work,
 prints one JSON line and exits, giving its memory back.  The config is validated the same way
 (``describe``), so the collectors' option tables are never imported here either.

@@ -92,8 +92,11 @@ class CycleResult:
 
 def vpnid_of(cfg: Config) -> str:
     """Return this device's VPNID as the identity collector would read it ('' when unset)."""
+    from evo_agent.report import open_host
+
     try:
-        return _host(cfg).read_attr(_vpnid_file(cfg)) or ""
+        with open_host(cfg) as host:
+            return host.read_attr(_vpnid_file(cfg)) or ""
     except ValueError:
         return ""
 
@@ -117,29 +120,11 @@ def vpnid_problem(cfg: Config) -> tuple[str, str | None]:
     return str(value), None
 
 
-def _host(cfg: Config) -> Any:
-    from evo_agent.hostroot import LiveHost, ReplayHost
-
-    root = str(cfg.values["agent"].get("host_root", "/"))
-    # A root other than "/" is a capture (tests, or a technician replaying one): commands are
-    # replayed from it, never run on this machine.
-    return LiveHost("/") if root == "/" else ReplayHost(root)
-
-
 def collect_report(cfg: Config, trigger: str) -> dict[str, Any]:
     """Collect the inventory and build the report as the privacy filter allows it."""
-    from evo_agent.collector import discover
-    from evo_agent.inventory import build_report, collect
-    from evo_agent.policy import load_policy
+    from evo_agent.report import inventory_report
 
-    instances = []
-    for name, cls in sorted(discover().items()):
-        opts = dict(cfg.collectors.get(name, {}))
-        if opts.pop("enabled", cls.default_enabled):
-            instances.append(cls(opts, timeout=cfg.collector_timeout))
-    inventory = collect(instances, _host(cfg), deadline=cfg.collector_timeout * 3)
-    report, _dropped = build_report(inventory, load_policy(), trigger=trigger)
-    return report
+    return inventory_report(cfg, trigger=trigger).report
 
 
 def _send(cfg: Config, entry: Entry, via: str, key: Any, *, clock: Callable[[], Now],
@@ -325,7 +310,7 @@ def snapshot(cfg: Config, reason: str) -> dict[str, Any]:
     last = TransparencyLog(cfg.state_dir).last_acknowledged()
     differences = None
     if last is not None:
-        from evo_agent.cli_delivery import diff_reports
+        from evo_agent.report import diff_reports
 
         differences = len(diff_reports(json.loads(last[1]), report))
     doc = {"time": time.time(), "reason": reason, "differences_from_sent": differences,

@@ -145,8 +145,7 @@ class PartialData(EvoError):
 
 #: Python module -> the Debian 12 package that provides it (debian/control's Depends)
 DEBIAN_PACKAGES = {"cryptography": "python3-cryptography", "systemd": "python3-systemd",
-                   "pyudev": "python3-pyudev", "pyroute2": "python3-pyroute2",
-                   "requests": "python3-requests", "psutil": "python3-psutil",
+                   "pyudev": "python3-pyudev", "psutil": "python3-psutil",
                    "tomli": "python3-tomli"}
 
 

@@ -1,4 +1,4 @@
-"""Runs the collectors and builds the report that would leave the device.
+"""Runs the collectors, each against its deadline.
 
 Collectors run one after the other in a worker thread, each with a deadline: one that raises,
 hangs or meets garbage gets status ``error`` (or ``no_data``) and the report carries on with the
@@ -9,56 +9,39 @@ report is then built by the privacy filter alone (``evo_agent.policy``).
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from evo_agent import __version__
 from evo_agent.collector import Collector, Raw
 from evo_agent.errors import EvoError, PartialData
 from evo_agent.hostroot import Host
-from evo_agent.plain import Plain
-from evo_agent.policy import Policy, apply
-
-TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
-if TYPE_CHECKING:
-    from typing import Any
 
 LOG = logging.getLogger(__name__)
 
-SCHEMA_ID = "evo-inventory/1"
-TRIGGERS = ("boot", "daily", "manual", "manufacturing")
 
-
-class Outcome(Plain):
+@dataclass
+class Outcome:
     """What one collector gave."""
 
-    _fields = ("name", "status", "duration_ms", "raw", "error_code", "error_message")
-
-    # positional, as the dataclass it replaced was called
-    def __init__(self, name: str, status: str, duration_ms: int, raw: Raw | None,  # noqa: PLR0917
-                 error_code: str | None = None, error_message: str | None = None) -> None:
-        self.name = name
-        self.status = status  # ok | no_data | error
-        self.duration_ms = duration_ms
-        self.raw = raw
-        #: short machine code for the report (never a value from the system)
-        self.error_code = error_code
-        #: full message, shown locally only (it may quote what the hardware said)
-        self.error_message = error_message
+    name: str
+    status: str  # ok | no_data | error
+    duration_ms: int
+    raw: Raw | None
+    #: short machine code for the report (never a value from the system)
+    error_code: str | None = None
+    #: full message, shown locally only (it may quote what the hardware said)
+    error_message: str | None = None
 
 
-class Inventory(Plain):
+@dataclass
+class Inventory:
     """All outcomes of one run, in collector-name order."""
 
-    _fields = ("outcomes",)
-
-    def __init__(self, outcomes: dict[str, Outcome] | None = None) -> None:
-        self.outcomes: dict[str, Outcome] = {} if outcomes is None else outcomes
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
 
     def raw(self) -> dict[str, Raw | None]:
         """Return raw values by collector."""
@@ -176,52 +159,3 @@ def collect(collectors: list[Collector], host: Host, deadline: float) -> Invento
             final[c.name] = Outcome(c.name, "error", int(deadline * 1000), None, "timeout",
                                     f"no answer within {deadline:g} s")
     return Inventory({c.name: final[c.name] for c in sorted(collectors, key=lambda c: c.name)})
-
-
-def rfc3339(now: datetime) -> str:
-    """Return a UTC RFC 3339 timestamp with second precision."""
-    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def uuid4() -> str:
-    """Return a random (version 4) UUID as text, as str(uuid.uuid4()) does.
-
-    The uuid module imports platform, whose import costs more than this whole function in a
-    QEMU TCG guest.
-    """
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40  # version 4 (RFC 4122 4.4)
-    b[8] = (b[8] & 0x3F) | 0x80  # variant RFC 4122
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def build_report(
-    inventory: Inventory,
-    policy: Policy,
-    *,
-    trigger: str = "manual",
-    sequence: int = 0,
-    report_id: str | None = None,
-    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-) -> tuple[dict[str, Any], Counter[str]]:
-    """Return the evo-inventory/1 document and the names of the dropped fields."""
-    if trigger not in TRIGGERS:
-        raise ValueError(f"unknown trigger {trigger!r}")
-    filtered = apply(policy, inventory.raw())
-    report: dict[str, Any] = {
-        "schema": SCHEMA_ID,
-        "policy_version": policy.version,
-        "report_id": report_id or uuid4(),
-        "sequence": sequence,
-        "trigger": trigger,
-        "collected_at": rfc3339(clock()),
-        "agent_version": __version__,
-        "functional": filtered.functional,
-        "hardware": filtered.hardware,
-        "collectors": {
-            name: {"status": o.status, "duration_ms": o.duration_ms, "error": o.error_code}
-            for name, o in inventory.outcomes.items()
-        },
-    }
-    return report, filtered.dropped

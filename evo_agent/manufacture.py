@@ -24,7 +24,6 @@ sends ``override: true`` and is logged to the journal.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -32,7 +31,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,6 +52,7 @@ from evo_agent.errors import (
     UsageError,
 )
 from evo_agent.hostroot import Host
+from evo_agent.report import open_host, rfc3339
 
 LOG = logging.getLogger(__name__)
 
@@ -222,19 +222,6 @@ def _audio_check(sent: list[Any], raw_cards: list[Any], expected: str,
 
 
 # ---- collection ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def open_host(cfg: Config, source: str | None) -> Iterator[Host]:
-    """Yield the host to read: a capture given with --from, else the configured host root."""
-    from evo_agent.hostroot import CaptureSource, LiveHost, ReplayHost
-
-    if source:
-        with CaptureSource(source) as host:
-            yield host
-        return
-    root = str(cfg.values["agent"].get("host_root", "/"))
-    yield LiveHost("/") if root == "/" else ReplayHost(root)
-
-
 @dataclass
 class Collected:
     """The report and what the checks need beside it."""
@@ -246,25 +233,14 @@ class Collected:
 
 def collect_report(cfg: Config, host: Host, vpnid: str, clock: Clock) -> Collected:
     """Collect the inventory and build the manufacturing report carrying ``vpnid``."""
-    from evo_agent.collector import discover
-    from evo_agent.inventory import build_report, collect
-    from evo_agent.policy import load_policy
+    from evo_agent.report import inventory_report
 
-    instances = []
-    for name, cls in sorted(discover().items()):
-        opts = dict(cfg.collectors.get(name, {}))
-        if opts.pop("enabled", cls.default_enabled):
-            instances.append(cls(opts, timeout=cfg.collector_timeout))
-    inventory = collect(instances, host, deadline=cfg.collector_timeout * 3)
-    ident = inventory.outcomes.get("identity")
-    if ident is not None:
-        # The VPNID file is written only once the unit passes: the report carries the VPNID the
-        # unit is about to get, not what a previous run may have left.
-        ident.raw = {**(ident.raw or {}), "vpnid": vpnid}
-    report, _dropped = build_report(inventory, load_policy(), trigger="manufacturing",
-                                    clock=clock)
-    return Collected(report, inventory.raw(),
-                     {n: o.error_message for n, o in inventory.outcomes.items()})
+    # The VPNID file is written only once the unit passes: the report carries the VPNID the
+    # unit is about to get, not what a previous run may have left.
+    run = inventory_report(cfg, host=host, trigger="manufacturing", clock=clock,
+                           raw_overrides={"identity": {"vpnid": vpnid}})
+    return Collected(run.report, run.inventory.raw(),
+                     {n: o.error_message for n, o in run.inventory.outcomes.items()})
 
 
 # ---- the kernel command line -----------------------------------------------------------------
@@ -341,10 +317,6 @@ def write_vpnid_file(path: Path, vpnid: str) -> None:
 
 
 # ---- the enrolment ---------------------------------------------------------------------------
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def enrol_body(vpnid: str, public_key: str, report: Mapping[str, Any], bom: Mapping[str, Any],
                *, now: datetime, override: bool) -> bytes:
     """Return the POST /v1/enroll body (docs/protocol.md)."""
@@ -352,7 +324,7 @@ def enrol_body(vpnid: str, public_key: str, report: Mapping[str, Any], bom: Mapp
         "vpnid": vpnid, "public_key": public_key, "report": report,
         "sales_region": sorted(set(bom["sales_region"])),
         "psu_variant": bom["psu_variant"].strip().upper(),
-        "manufactured_at": _rfc3339(now), "override": override,
+        "manufactured_at": rfc3339(now), "override": override,
     }
     if bom["model"]:
         doc["model"] = bom["model"]
@@ -600,7 +572,7 @@ def run(cfg: Config, req: Request, *,
         except (AlreadyEnrolled, RegistryUnreachable, RegistryRefused) as exc:
             doc["enrolment"] = {"status": _STATUS[type(exc)], "sent": True, "error": str(exc)}
             return finish(exc)
-        stamp = _rfc3339(clock())
+        stamp = rfc3339(clock())
         _write_marker(state_dir, {"vpnid": vpnid, "public_key": public_key,
                                   "registry": _base(url), "enrolled_at": stamp,
                                   "registration_form": form, "forced": req.force})

@@ -1,36 +1,34 @@
-"""Just enough netlink, on raw AF_NETLINK sockets: which interface routes to an address, events
-when the VPN link comes up or a default route appears, and udev's hot-plug announcements; each
-event socket carries a classic BPF filter so that the kernel itself drops what the daemon ignores.
+"""The daemon's netlink: which interface routes to an address, events when the VPN link comes up
+or a default route appears (rtnetlink, on raw AF_NETLINK sockets), and udev's hot-plug
+announcements (pyudev).  Each event source is filtered in the kernel, so that what the daemon
+ignores never wakes it.
 
-Why not pyroute2 or pyudev: importing pyroute2 costs 34 MB and 2.2 s in a QEMU guest (the
-inventory issue), pyudev loads libudev through ctypes, and the resident daemon needs a few tiny
-things from netlink.  A route lookup is one RTM_GETROUTE request (what ``ip route get ADDR``
-sends).  The events are sockets the daemon's event loop waits on like any other file descriptor.
+Why rtnetlink by hand and not pyroute2: measured natively (Debian 12, python 3.11.2, pyroute2
+0.7.2, 2-core x86-64, median of 5 runs under GNU time), ``from pyroute2 import IPRoute`` alone takes
+a process from 8.1 MB to 34.7 MB peak RSS and 0.43 s, while the resident daemon's idle PSS goal is
+20 MB (it idles at about 12 MB without it).  What the daemon needs is small: a route lookup is one
+RTM_GETROUTE request (what ``ip route get ADDR`` sends), and the events are one socket the event
+loop waits on.  This is the agent's only rtnetlink reader (the network collector takes its
+addresses from psutil).
 
 Why the filters: the goal is no wakeup of an idle daemon but the watchdog's.  A socket bound to
 the rtnetlink link and route groups is woken by every route the kernel adds for an address
 (local/broadcast routes, IPv6 temporary addresses) and every link message of any interface (each
-Wi-Fi scan result, each veth or bridge a container adds); a socket bound to the kernel's uevent
-group is woken by every device's every event.  A filter attached with SO_ATTACH_FILTER runs in
-the kernel before the message is queued, so a dropped message never wakes the process
-(``do_one_broadcast`` in net/netlink/af_netlink.c calls ``sk_filter`` before delivery).
+Wi-Fi scan result, each veth or bridge a container adds).  A filter attached with
+SO_ATTACH_FILTER runs in the kernel before the message is queued, so a dropped message never wakes
+the process (``do_one_broadcast`` in net/netlink/af_netlink.c calls ``sk_filter`` before
+delivery).  Only a unicast route to 0/0 (any table but ``local``) passes, i.e. a default route
+appearing; link events only for the VPN interface's index, plus the announcement of a new
+interface (``ifi_change`` all ones, ``rtmsg_ifinfo(..., ~0U, ...)`` in register_netdevice), so
+that the daemon learns the index of a VPN interface created later and re-attaches the filter.
 
-* Route events: only a unicast route to 0/0 (any table but ``local``), i.e. a default route
-  appearing; link events only for the VPN interface's index, plus the announcement of a new
-  interface (``ifi_change`` all ones, ``rtmsg_ifinfo(..., ~0U, ...)`` in register_netdevice), so
-  that the daemon learns the index of a VPN interface created later and re-attaches the filter.
-* Hot-plug: not the kernel's uevents (group 1) but udev's announcements (group 2), sent by
-  systemd-udevd once it has processed a device, in libudev's format: the header below, whose
-  ``filter_subsystem_hash`` (MurmurHash2 of the subsystem, network order) exists precisely so that
-  listeners can filter in the kernel, as libudev's own ``sd_device_monitor_filter_update`` does
-  (src/libsystemd/sd-device/device-monitor.c in systemd).  The sender is checked like libudev
-  does: SCM_CREDENTIALS uid 0, and a userspace port id (the kernel never sends to group 2).
-  Without udevd (a container), libudev subscribes to nothing; so does the daemon (no hot-plug
-  refresh, logged once), rather than falling back to the noisy kernel group.
+Hot-plug: udev's announcements (not the kernel's uevents), sent by systemd-udevd once it has
+processed a device; pyudev's ``Monitor.filter_by`` makes libudev attach its subsystem filter to
+the socket in the same way.  Without udevd (a container) libudev subscribes to nothing, and the
+daemon says so once (:func:`udev_running` is libudev's test).
 
 Structures from linux/netlink.h, linux/rtnetlink.h, linux/if_link.h, linux/filter.h (stable kernel
-ABI) and libudev's monitor_netlink_header (stable since udev 146: libudev of any version on the
-same host must understand udevd's messages).
+ABI).
 """
 
 from __future__ import annotations
@@ -44,6 +42,7 @@ import struct
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 LOG = logging.getLogger(__name__)
 
@@ -329,59 +328,7 @@ def drain(sock: socket.socket) -> list[Event]:
         events.extend(parse_events(data))
 
 
-
-
 # -- udev's hot-plug announcements ------------------------------------------------------------
-NETLINK_KOBJECT_UEVENT = 15
-#: udev's multicast group (libudev's MONITOR_GROUP_UDEV), as the bind() mask; 1 is the kernel's
-UDEV_GROUP = 2
-UDEV_MAGIC = 0xFEEDCAFE
-#: monitor_netlink_header: prefix "libudev\0", magic (network order), header_size,
-#: properties_off, properties_len (host order), subsystem and devtype hashes, tag bloom hi/lo
-#: (network order)
-_UDEV_HEADER = struct.Struct("=8sIIIIIIII")
-_UDEV_MAGIC_AT, _UDEV_SUBSYSTEM_HASH_AT = 8, 24
-_UCRED = struct.Struct("=iII")  # struct ucred: pid, uid, gid
-
-
-def murmurhash2(data: bytes, seed: int = 0) -> int:
-    """Return MurmurHash2 (32 bit) of ``data``, as libudev computes its subsystem hashes."""
-    m, mask = 0x5BD1E995, 0xFFFFFFFF
-    h = (seed ^ len(data)) & mask
-    tail = len(data) & ~3
-    # libudev reads each 4-byte block as a native uint32 (this hash differs between endiannesses,
-    # and so does udevd's header: both sides run on the same host)
-    for (block,) in struct.iter_unpack("=I", data[:tail]):
-        k = (block * m) & mask
-        k ^= k >> 24
-        k = (k * m) & mask
-        h = ((h * m) & mask) ^ k
-    rest = data[tail:]
-    if rest:
-        for i in reversed(range(len(rest))):
-            h ^= rest[i] << (8 * i)
-        h = (h * m) & mask
-    h ^= h >> 13
-    h = (h * m) & mask
-    return h ^ (h >> 15)
-
-
-def udev_filter(subsystems: Iterable[str]) -> bytes:
-    """Return the BPF program that passes udev messages of ``subsystems`` only."""
-    prog: list[Insn | str] = [
-        _ld(BPF_W, 0),
-        _jeq(int.from_bytes(b"libu", "big"), None, DROP),
-        _ld(BPF_W, 4),
-        _jeq(int.from_bytes(b"dev\0", "big"), None, DROP),
-        _ld(BPF_W, _UDEV_MAGIC_AT),
-        _jeq(UDEV_MAGIC, None, DROP),
-        _ld(BPF_W, _UDEV_SUBSYSTEM_HASH_AT),
-    ]
-    prog += [_jeq(murmurhash2(name.encode()), ACCEPT, None) for name in sorted(set(subsystems))]
-    prog.append((BPF_RET_K, 0, None, None))
-    return assemble(prog)
-
-
 def udev_running(control: str = "/run/udev/control",
                  mountinfo: str = "/proc/self/mountinfo") -> bool:
     """Return True where udevd announces devices: libudev's test (its control socket, or /dev
@@ -401,62 +348,36 @@ def udev_running(control: str = "/run/udev/control",
     return False
 
 
-def open_hotplug(subsystems: Iterable[str]) -> socket.socket:
-    """Return a non-blocking socket that receives udev's announcements for ``subsystems``."""
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                      NETLINK_KOBJECT_UEVENT)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        attach_filter(s, udev_filter(subsystems))  # before bind: nothing unfiltered is queued
-        s.bind((0, UDEV_GROUP))
-        s.setblocking(False)
-    except OSError:
-        s.close()
-        raise
-    return s
+def open_hotplug(subsystems: Iterable[str]) -> Any:
+    """Return a started, non-blocking pyudev Monitor of udev's announcements for ``subsystems``.
+
+    libudev attaches the subsystem filter to the socket (``filter_by``), so the kernel drops the
+    others before they wake the daemon, and it checks the sender (uid 0, not the kernel).  The
+    monitor has a ``fileno()``: the daemon's event loop waits on it like on any socket.
+    """
+    import pyudev
+
+    monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="udev")
+    for subsystem in sorted(set(subsystems)):
+        monitor.filter_by(subsystem)
+    monitor.start()
+    return monitor
 
 
-def parse_udev(data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int,
-               address: object) -> dict[str, str]:
-    """Return the properties of one udev announcement, or {} unless it comes from udevd intact."""
-    if flags & socket.MSG_TRUNC or len(data) < _UDEV_HEADER.size:
-        return {}
-    # who sent it: group 2, a userspace port (never the kernel), uid 0 (what libudev checks)
-    if not (isinstance(address, tuple) and len(address) == 2 and address[0] != 0
-            and address[1] == UDEV_GROUP):
-        LOG.debug("udev monitor: message from %r ignored", address)
-        return {}
-    uid = None
-    for level, kind, cdata in ancdata:
-        if (level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
-                and len(cdata) >= _UCRED.size):
-            uid = _UCRED.unpack_from(cdata)[1]
-    if uid != 0:
-        LOG.debug("udev monitor: message from uid %s ignored", uid)
-        return {}
-    prefix, _magic, _hsize, off, length, *_hashes = _UDEV_HEADER.unpack_from(data)
-    magic = struct.unpack_from(">I", data, _UDEV_MAGIC_AT)[0]
-    if prefix != b"libudev\0" or magic != UDEV_MAGIC or not _UDEV_HEADER.size <= off < len(data):
-        return {}
-    fields: dict[str, str] = {}
-    for part in data[off:off + length].split(b"\0"):
-        key, sep, value = part.partition(b"=")
-        if sep and key:
-            fields[key.decode("ascii", "replace")] = value.decode("utf-8", "replace")
-    return fields if "ACTION" in fields and "SUBSYSTEM" in fields else {}
-
-
-def drain_hotplug(sock: socket.socket) -> list[dict[str, str]]:
-    """Read every pending announcement from an ``open_hotplug`` socket."""
+def drain_hotplug(monitor: Any) -> list[dict[str, str]]:
+    """Read every pending announcement from an ``open_hotplug`` monitor."""
     events: list[dict[str, str]] = []
     while True:
         try:
-            data, anc, flags, address = sock.recvmsg(65536, socket.CMSG_SPACE(_UCRED.size))
-        except (BlockingIOError, InterruptedError):
-            return events
+            device = monitor.poll(timeout=0)
+        except ValueError as exc:
+            # EINVAL (pyudev raises ValueError for it): libudev refused one malformed message,
+            # already read; the next one may be fine
+            LOG.debug("udev monitor: message ignored (%s)", exc)
+            continue
         except OSError as exc:  # ENOBUFS under an event storm: say "something changed"
             LOG.debug("udev monitor: %s", exc)
             return [*events, {"ACTION": "change", "SUBSYSTEM": "unknown"}]
-        fields = parse_udev(data, anc, flags, address)
-        if fields:
-            events.append(fields)
+        if device is None:
+            return events
+        events.append({"ACTION": device.action or "", "SUBSYSTEM": device.subsystem or ""})

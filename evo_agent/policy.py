@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import re
+import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
 
-from evo_agent import toml
 from evo_agent.errors import PolicyError
-from evo_agent.plain import FrozenPlain, Plain
 
-TYPE_CHECKING = False  # typing is not imported at run time (see evo_agent/plain.py)
-if TYPE_CHECKING:
-    from typing import Any
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10: tomli is the same parser, a dependency there only
+    import tomli as tomllib
 
 LOG = logging.getLogger(__name__)
 
@@ -219,11 +222,10 @@ CLEANERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-class FieldRule(FrozenPlain):
+@dataclass(frozen=True)
+class FieldRule:
     """One declared field of the report."""
 
-    _fields = ("report", "collector", "key", "line", "section", "type", "purposes", "items",
-               "max_items")
     report: str
     collector: str
     key: str
@@ -231,74 +233,49 @@ class FieldRule(FrozenPlain):
     section: str
     type: str
     purposes: tuple[str, ...]
-    items: Mapping[str, str]
-    max_items: int
-
-    def __init__(self, report: str, collector: str, key: str, line: str,  # noqa: PLR0917
-                 section: str, type: str, purposes: tuple[str, ...],
-                 items: Mapping[str, str] | None = None, max_items: int = 0) -> None:
-        self._set(report=report, collector=collector, key=key, line=line, section=section,
-                  type=type, purposes=purposes, items={} if items is None else items,
-                  max_items=max_items)
+    items: Mapping[str, str] = field(default_factory=dict)
+    max_items: int = 0
 
 
-class Derived(FrozenPlain):
+@dataclass(frozen=True)
+class Derived:
     """A policy line the registry derives itself; the device sends nothing for it."""
 
-    _fields = ("line", "section", "by")
     line: str
     section: str
     by: str
 
-    def __init__(self, line: str, section: str, by: str) -> None:
-        self._set(line=line, section=section, by=by)
 
-
-class Policy(FrozenPlain):
+@dataclass(frozen=True)
+class Policy:
     """The parsed policy file."""
 
-    _fields = ("version", "sections", "fields", "derived", "published_text")
     version: str
     sections: Mapping[str, Mapping[str, Any]]
     fields: tuple[FieldRule, ...]
     derived: tuple[Derived, ...]
     published_text: str
 
-    def __init__(self, version: str, sections: Mapping[str, Mapping[str, Any]],
-                 fields: tuple[FieldRule, ...], derived: tuple[Derived, ...],
-                 published_text: str) -> None:
-        self._set(version=version, sections=sections, fields=fields, derived=derived,
-                  published_text=published_text)
-
     def sources(self) -> set[tuple[str, str]]:
         """Return the (collector, key) pairs the policy lets leave."""
         return {(f.collector, f.key) for f in self.fields}
 
 
-class FilterResult(Plain):
+@dataclass
+class FilterResult:
     """What the filter kept, and the names (never the values) of what it dropped."""
 
-    _fields = ("functional", "hardware", "dropped")
-
-    def __init__(self, functional: dict[str, Any], hardware: dict[str, Any],
-                 dropped: Counter[str]) -> None:
-        self.functional = functional
-        self.hardware = hardware
-        self.dropped = dropped
+    functional: dict[str, Any]
+    hardware: dict[str, Any]
+    dropped: Counter[str]
 
 
 def data_text(name: str) -> str:
     """Return a file of ``config/``: beside the code in a source tree or the .deb's private
     directory, else from the installed package data (``evo_agent.data``)."""
-    # os.path, not pathlib, and importlib.resources only when needed: both are dear to import
-    # on the appliance (see evo_agent.plain), and the .deb has the file beside the code
-    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "config",
-                          name)
-    if os.path.isfile(beside):
-        with open(beside, encoding="utf-8") as fh:
-            return fh.read()
-    from importlib import resources
-
+    beside = Path(__file__).resolve().parent.parent / "config" / name
+    if beside.is_file():
+        return beside.read_text("utf-8")
     try:
         return resources.files("evo_agent.data").joinpath(name).read_text("utf-8")
     except (ModuleNotFoundError, FileNotFoundError) as exc:
@@ -307,17 +284,11 @@ def data_text(name: str) -> str:
 
 def load_policy(text: str | None = None) -> Policy:
     """Parse the policy file shipped with the agent (or ``text``, for tests)."""
-    cache = None
     if text is None:
         text = data_text("policy.toml")
-        try:
-            # tomllib's result for the shipped text, used only if made from this very text
-            cache = data_text("policy.json")
-        except PolicyError:
-            cache = None
     try:
-        doc = toml.loads_cached(text, cache)
-    except ValueError as exc:  # tomllib.TOMLDecodeError
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy.toml: not valid TOML: {exc}") from None
     try:
         sections = doc["sections"]

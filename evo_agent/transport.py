@@ -12,9 +12,12 @@ system store: an appliance's trust store ages for years); plain ``http://`` is r
 over a verified VPN route or to a loopback address.  Every request is signed
 (``evo_agent.signing``) over the gzip bytes exactly as sent.
 
-Why http.client and ssl from the standard library rather than requests: importing requests costs
-25 MB and 1.1 s in a QEMU guest (measured by the inventory issue); one POST with two timeouts needs
-none of it.  Timeouts: ``connect_timeout`` bounds the TCP and TLS handshake and each read; a timer
+Why http.client and ssl from the standard library rather than requests (not a dependency): one
+POST with two timeouts, a pinned CA and a socket bound to the VPN's route needs nothing more, and
+measured natively (Debian 12, python 3.11.2, median of 5) ``import requests`` peaks at 25.8 MB RSS
+and 0.22 s against 16.1 MB and 0.07 s for ``import http.client, ssl``.
+
+Timeouts: ``connect_timeout`` bounds the TCP and TLS handshake and each read; a timer
 shuts the socket at ``total_timeout``, so a server that drips one byte a second cannot hold a
 report cycle (and the daemon's watchdog) hostage.
 """

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   python3 python3-venv python3-pip
   # the agent's runtime dependencies, Debian's versions (the .deb uses these)
-  python3-psutil python3-pyudev python3-pyroute2 python3-requests python3-systemd python3-cryptography
+  python3-psutil python3-pyudev python3-systemd python3-cryptography
   # what the collectors read or run, and the tests' real tools
   dmidecode pciutils usbutils hwdata tar gzip iproute2
   i2c-tools  # decode-dimms: the JEDEC manufacturer table is checked against it

@@ -761,8 +761,9 @@ def collect_all(host: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     from datetime import datetime, timezone
 
     from evo_agent.collector import discover
-    from evo_agent.inventory import build_report, collect
+    from evo_agent.inventory import collect
     from evo_agent.policy import load_policy
+    from evo_agent.report import build_report
 
     collectors = [cls() for _name, cls in sorted(discover().items())]
     inventory = collect(collectors, host, deadline=60.0)

@@ -54,6 +54,20 @@ def test_inventory_json_from_a_capture(capture: Path, capsys: pytest.CaptureFixt
     assert report["trigger"] == "manual"
 
 
+def test_inventory_reads_the_configured_host_root(capture: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # [agent] host_root is the host every verb reads, as the daemon and manufacture read it
+    cfg = tmp_path / "root.toml"
+    cfg.write_text(f'[agent]\nhost_root = "{capture}"\n')
+    code, out, err = run(["inventory", "--json", "--config", str(cfg)], capsys)
+    assert code == 0, err
+    from_root = json.loads(out)
+    assert from_root["functional"]["vpnid"] == "EVO-000777"
+    code, out, err = run(["inventory", "--json", "--config", str(cfg), "--from", str(capture)],
+                         capsys)
+    assert strip_volatile(json.loads(out)) == strip_volatile(from_root)
+
+
 def test_table_and_raw_and_explain(capture: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["inventory", "--from", str(capture)], capsys)
     assert code == 0
@@ -195,29 +209,3 @@ def test_the_parser_of_one_verb_parses_as_the_whole_parser(
     verb = _verb_of(argv)
     assert (verb is not None) == (argv in FAST_ARGV)
     assert outcome(verb) == outcome(None)
-
-
-@pytest.mark.parametrize("columns", [None, "100", "57", "abc", "0", "-5"])
-@pytest.mark.parametrize("lines", [None, "40"])
-def test_help_is_as_wide_as_argparse_makes_it(columns: str | None, lines: str | None,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import argparse
-    import shutil
-
-    from evo_agent import cli
-
-    for name, value in (("COLUMNS", columns), ("LINES", lines)):
-        if value is None:
-            monkeypatch.delenv(name, raising=False)
-        else:
-            monkeypatch.setenv(name, value)
-    assert cli.terminal_columns() == shutil.get_terminal_size().columns
-
-    def helps() -> list[str]:
-        p = cli._parser()
-        subs = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-        return [p.format_help()] + [s.format_help() for s in subs.choices.values()]
-
-    ours = helps()
-    monkeypatch.setattr(cli._Parser, "_get_formatter", argparse.ArgumentParser._get_formatter)
-    assert ours == helps()

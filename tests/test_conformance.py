@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from evo_agent.collector import Collector, discover, module_names, plugins_may_exist
+from evo_agent.collector import Collector, discover
 from evo_agent.hostroot import ReplayHost
-from tests.conftest import REPO
 
 COLLECTORS = discover()
 
@@ -98,59 +96,3 @@ def test_a_third_party_collector_plugs_in_by_entry_point(tmp_path: Path) -> None
         importlib.invalidate_caches()
 
 
-def _dist(root: Path, name: str, entry_points: str | None) -> None:
-    dist = root / name
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: x\nVersion: 1.0\n")
-    if entry_points is not None:
-        (dist / "entry_points.txt").write_text(entry_points)
-
-
-def test_the_plugin_scan_is_skipped_only_when_no_distribution_declares_one(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    _dist(site, "requests-2.28.1.egg-info", "[console_scripts]\nx = y:z\n")
-    _dist(site, "psutil-5.9.4.dist-info", None)
-    (site / "evo_fanspeed.py").write_text("")
-    assert plugins_may_exist([str(site), str(tmp_path / "missing")]) is False
-    _dist(site, "Evo_Fanspeed-1.0.DIST-INFO", "[evo_agent.collectors]\nfans = evo_fanspeed:Fans\n")
-    assert plugins_may_exist([str(site)]) is True
-    # an unpacked egg keeps its metadata in EGG-INFO; a zipped egg or a zip on the path cannot
-    # be looked into cheaply, so the full scan runs
-    eggs = tmp_path / "eggs"
-    _dist(eggs / "fans-1.0-py3.11.egg", "EGG-INFO", "[evo_agent.collectors]\nf = fans:F\n")
-    assert plugins_may_exist([str(eggs)]) is True
-    zipped = tmp_path / "zipped"
-    zipped.mkdir()
-    (zipped / "fans-1.0-py3.11.egg").write_bytes(b"PK\x05\x06" + bytes(18))
-    assert plugins_may_exist([str(zipped)]) is True
-    assert plugins_may_exist([str(zipped / "fans-1.0-py3.11.egg")]) is True
-
-
-def test_discovery_without_plugins_does_not_import_importlib_metadata() -> None:
-    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import evo_agent.collector as c; "
-            "found = c.discover(); print(sorted(found), 'importlib.metadata' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-I", "-c", code], cwd=REPO, capture_output=True,
-                          text=True, check=True, timeout=60)
-    assert proc.stdout.split(" False")[0].strip() == str(sorted(COLLECTORS))
-    assert proc.stdout.strip().endswith(" False")
-
-
-def test_module_names_are_those_pkgutil_gives(tmp_path: Path) -> None:
-    import pkgutil
-
-    one, two = tmp_path / "one", tmp_path / "two"
-    for d in (one / "pkg", one / "__pycache__", one / "nopkg", one / "dotted.dir", two):
-        d.mkdir(parents=True)
-    for f in ("a.py", "b.pyc", "c.cpython-311-x86_64-linux-gnu.so", "d.abi3.so", "pkg.py",
-              "pkg/__init__.py", "__init__.py", "notes.txt", "nopkg/x.py", "e.f.py",
-              "__pycache__/a.cpython-311.pyc"):
-        (one / f).write_text("")
-    (two / "a.py").write_text("")
-    (two / "z.py").write_text("")
-    paths = [str(one), str(tmp_path / "missing"), str(two)]
-    expected = [m.name for m in pkgutil.iter_modules(paths)]
-    assert module_names(paths) == expected
-    assert expected == ["a", "b", "c", "d", "pkg", "z"]
-    for package in ("collectors", "evo_agent", "tests"):
-        path = [str(REPO / package)]
-        assert module_names(path) == [m.name for m in pkgutil.iter_modules(path)]

@@ -13,9 +13,9 @@ import jsonschema
 
 from evo_agent.collector import Collector, Raw
 from evo_agent.hostroot import Host, ReplayHost
-from evo_agent.inventory import build_report as build
 from evo_agent.inventory import collect, error_code
 from evo_agent.policy import load_policy
+from evo_agent.report import build_report as build
 from tests.conftest import REPO
 
 SCHEMA = json.loads((REPO / "evo_agent/schemas/evo-inventory-1.schema.json").read_text())
@@ -164,16 +164,3 @@ def test_a_hung_collector_does_not_hold_up_the_ones_queued_after_it(tmp_path: Pa
     # the others went on after the hand-off time (a quarter of the deadline), in a new worker
     assert 0.5 <= _Probe.started["disks"] - start < 1.5
     assert _Probe.started["usb"] - start < 1.5
-
-
-def test_report_ids_are_random_version_4_uuids() -> None:
-    import uuid
-
-    from evo_agent.inventory import uuid4
-
-    ids = [uuid4() for _ in range(2000)]
-    assert len(set(ids)) == len(ids)
-    for text in ids:
-        value = uuid.UUID(text)
-        assert str(value) == text
-        assert value.version == 4 and value.variant == uuid.RFC_4122

@@ -1,13 +1,8 @@
-"""The address probe (two rtnetlink dumps) answers exactly what its psutil version answered.
-
-The network collector's live probe once called psutil.net_if_addrs(); importing psutil cost more
-than the collector's work in a QEMU TCG guest, so the probe now reads rtnetlink itself.  Captures
-made by either must replay alike, so the answers are compared byte for byte with the psutil version
-(kept here as the reference, run by Debian's python3, which has python3-psutil): on this machine,
-and in a network namespace this test creates, with what getifaddrs(3) treats specially: an IPv4
-alias with a label, several addresses on one link, IPv6 global and link-local addresses, a tun link
-(no link-layer address) with and without an address, a point-to-point peer, a veth pair, and a
-link that is down.
+"""The address probe (psutil.net_if_addrs()) on this machine, and in a network namespace this test
+creates with what getifaddrs(3) treats specially: an IPv4 alias with a label, several addresses on
+one link, IPv6 global addresses, a tun link (no link-layer address) with and without an address,
+a point-to-point peer, a veth pair, and a link that is down.  Run by Debian's python3 (which has
+python3-psutil, as the appliance does) inside the namespace.
 """
 
 from __future__ import annotations
@@ -22,25 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from collectors.network import _rtattrs, parse_probe, probe_addresses
+from collectors.network import parse_probe, probe_addresses
 from tests.conftest import REPO
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 IP = shutil.which("ip") or "/usr/sbin/ip"
 
-# The probe as it was (collectors/network.py before rtnetlink), run as a script.
-PSUTIL_PROBE = """
-import json, socket, psutil
-out = {}
-for name, addrs in psutil.net_if_addrs().items():
-    entry = out.setdefault(name, {"ipv4": [], "ipv6": []})
-    for addr in addrs:
-        if addr.family == socket.AF_INET:
-            entry["ipv4"].append(addr.address)
-        elif addr.family == socket.AF_INET6:
-            entry["ipv6"].append(addr.address.split("%", 1)[0])
-print(json.dumps(out, sort_keys=True))
-"""
 NEW_PROBE = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
              "from collectors.network import probe_addresses; "
              "print(probe_addresses().decode())")
@@ -60,11 +42,6 @@ needs_psutil = pytest.mark.skipif(not _has_psutil(),
 def _run(prefix: list[str], code: str) -> str:
     return subprocess.run([*prefix, DEBIAN_PYTHON, "-c", code], capture_output=True, text=True,
                           check=True, timeout=60).stdout.strip()
-
-
-@needs_psutil
-def test_same_answer_as_psutil_on_this_machine() -> None:
-    assert _run([], NEW_PROBE) == _run([], PSUTIL_PROBE)
 
 
 @pytest.fixture
@@ -87,7 +64,7 @@ def _ip(ns: str, *args: str) -> None:
 
 
 @needs_psutil
-def test_same_answer_as_psutil_in_a_namespace_with_aliases_tun_and_peers(netns: str) -> None:
+def test_probe_in_a_namespace_with_aliases_tun_and_peers(netns: str) -> None:
     # documentation prefixes only (RFC 5737, RFC 3849); the namespace is the test's own
     _ip(netns, "link", "set", "lo", "up")
     # veth pairs: this kernel may have no dummy module
@@ -110,7 +87,6 @@ def test_same_answer_as_psutil_in_a_namespace_with_aliases_tun_and_peers(netns: 
                        capture_output=True, check=False)
     prefix = [IP, "netns", "exec", netns]
     new = _run(prefix, NEW_PROBE)
-    assert new == _run(prefix, PSUTIL_PROBE)
     doc = json.loads(new)
     # what makes this namespace worth testing is there
     assert doc["lan0"]["ipv4"] == ["192.0.2.10", "192.0.2.11"]
@@ -130,10 +106,3 @@ def test_probe_runs_in_this_process() -> None:
     assert all(set(v) == {"ipv4", "ipv6"} for v in doc.values())
     if Path("/sys/class/net/lo").exists():
         assert "127.0.0.1" in doc.get("lo", {}).get("ipv4", [])
-
-
-def test_attribute_parser_stops_on_garbage() -> None:
-    assert _rtattrs(b"\x08\x00\x03\x00eth0", 0) == {3: b"eth0"}
-    assert _rtattrs(b"\x02\x00\x03\x00eth0", 0) == {}  # a length below the header
-    assert _rtattrs(b"\x08\x00\x03", 0) == {}
-    assert _rtattrs(b"\x06\x00\x01\x80ab\x00\x00\x06\x00\x01\x00cd", 0) == {1: b"ab"}

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evo_agent.collector import discover
-from evo_agent.inventory import Inventory, Outcome, build_report
+from evo_agent.inventory import Inventory, Outcome
 from evo_agent.policy import (
     CLEANERS,
     apply,
@@ -23,6 +23,7 @@ from evo_agent.policy import (
     load_policy,
     looks_personal,
 )
+from evo_agent.report import build_report
 from tests.conftest import PUBLISHED_POLICY_SHA256, REPO
 
 POLICY_COPY = REPO / "config" / "432evo-privacy-policy.txt"

@@ -23,8 +23,9 @@ from collectors.pci import Pci
 from collectors.usb import Usb
 from evo_agent import cli
 from evo_agent.hostroot import ReplayHost
-from evo_agent.inventory import Inventory, Outcome, build_report
+from evo_agent.inventory import Inventory, Outcome
 from evo_agent.policy import apply, load_policy
+from evo_agent.report import build_report
 
 SERIAL = "CANARY-USB-SERIAL-7731"
 SERIAL_2 = "CANARY-USB-SERIAL-8842"

@@ -19,8 +19,37 @@ import time
 
 from evo_agent import netlink
 
-#: udevd's own messages carry many more properties; these are the ones the daemon reads
+NETLINK_KOBJECT_UEVENT = 15
+#: udev's multicast group (libudev's MONITOR_GROUP_UDEV), as the bind() mask; 1 is the kernel's
+UDEV_GROUP = 2
+UDEV_MAGIC = 0xFEEDCAFE
+#: libudev's monitor_netlink_header: prefix "libudev\0", magic (network order), header_size,
+#: properties_off, properties_len (host order), subsystem and devtype hashes, tag bloom hi/lo
+#: (network order); udevd's own messages carry many more properties than the test sends
 HEADER = struct.Struct("=8s4sIII4s4s4s4s")
+
+
+def murmurhash2(data: bytes, seed: int = 0) -> int:
+    """Return MurmurHash2 (32 bit) of ``data``, as libudev computes its subsystem hashes."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    h = (seed ^ len(data)) & mask
+    tail = len(data) & ~3
+    # libudev reads each 4-byte block as a native uint32 (this hash differs between endiannesses,
+    # and so does udevd's header: both sides run on the same host)
+    for (block,) in struct.iter_unpack("=I", data[:tail]):
+        k = (block * m) & mask
+        k ^= k >> 24
+        k = (k * m) & mask
+        h = ((h * m) & mask) ^ k
+    rest = data[tail:]
+    if rest:
+        for i in reversed(range(len(rest))):
+            h ^= rest[i] << (8 * i)
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    return h ^ (h >> 15)
+
 
 
 def udev_message(subsystem: str, action: str = "add", devtype: str | None = None) -> bytes:
@@ -28,20 +57,20 @@ def udev_message(subsystem: str, action: str = "add", devtype: str | None = None
     props = (f"ACTION={action}\0DEVPATH=/devices/pci0000:00/0000:00:14.0/usb1/1-1\0"
              f"SUBSYSTEM={subsystem}\0SEQNUM=4711\0USEC_INITIALIZED=12345678\0"
              + (f"DEVTYPE={devtype}\0" if devtype else "")).encode()
-    devtype_hash = netlink.murmurhash2(devtype.encode()) if devtype else 0
-    return HEADER.pack(b"libudev", struct.pack(">I", netlink.UDEV_MAGIC), HEADER.size,
+    devtype_hash = murmurhash2(devtype.encode()) if devtype else 0
+    return HEADER.pack(b"libudev", struct.pack(">I", UDEV_MAGIC), HEADER.size,
                        HEADER.size, len(props),
-                       struct.pack(">I", netlink.murmurhash2(subsystem.encode())),
+                       struct.pack(">I", murmurhash2(subsystem.encode())),
                        struct.pack(">I", devtype_hash), b"\0" * 4, b"\0" * 4) + props
 
 
 def send(data: bytes) -> None:
     """Send ``data`` to udev's multicast group, as udevd does."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_KOBJECT_UEVENT) as s:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_KOBJECT_UEVENT) as s:
         s.bind((0, 0))
         # the kernel also hands a multicast to port 0 (its uevent socket), which refuses it
         with contextlib.suppress(ConnectionRefusedError):
-            s.sendto(data, (0, netlink.UDEV_GROUP))
+            s.sendto(data, (0, UDEV_GROUP))
 
 
 def _count(sock: socket.socket) -> list[bytes]:
@@ -59,10 +88,10 @@ def _ip(*args: str) -> None:
 
 def probe_udev() -> dict[str, object]:
     """Send udev messages of several subsystems and a kernel uevent; count what arrives."""
-    raw = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_KOBJECT_UEVENT)
-    raw.bind((0, netlink.UDEV_GROUP))
+    raw = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_KOBJECT_UEVENT)
+    raw.bind((0, UDEV_GROUP))
     raw.setblocking(False)
-    kernel = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_KOBJECT_UEVENT)
+    kernel = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_KOBJECT_UEVENT)
     kernel.bind((0, 1))
     kernel.setblocking(False)
     mon = netlink.open_hotplug(["usb", "sound", "block"])
@@ -73,10 +102,9 @@ def probe_udev() -> dict[str, object]:
     with open("/sys/class/net/lo/uevent", "w") as fh:  # a real kernel uevent (group 1)
         fh.write("change")
     time.sleep(0.3)
-    fds = [raw, kernel, mon]
     counts = {"raw": len(_count(raw)), "kernel": len(_count(kernel))}
     received = netlink.drain_hotplug(mon)
-    for s in fds:
+    for s in (raw, kernel):
         s.close()
     return {**counts, "sent": sent, "received": [e["SUBSYSTEM"] for e in received]}
 

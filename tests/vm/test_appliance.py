@@ -67,10 +67,11 @@ def test_package_installed_in_guest(guest: dict[str, Any]) -> None:
     assert "install ok installed" in pkg["dpkg"]["stdout"]
     assert "/etc/evo-agent/agent.toml" in pkg["dpkg"]["stdout"]  # a conffile
     assert pkg["user"]["stdout"].startswith("evo-agent:"), pkg["user"]
-    # Debian's own libraries, not PyPI's (bookworm: pyroute2 0.7, psutil 5.9).
+    # Debian's own libraries, not PyPI's (bookworm: psutil 5.9, pyudev 0.24, systemd 235).
     libs = dict(line.split("\t") for line in pkg["libs"]["stdout"].splitlines())
-    assert libs["python3-pyroute2"].startswith("0.7."), libs
     assert libs["python3-psutil"].startswith("5.9."), libs
+    assert libs["python3-pyudev"].startswith("0.24."), libs
+    assert libs["python3-systemd"].startswith("235"), libs
 
 
 def test_probe_steps_all_ran(guest: dict[str, Any]) -> None:

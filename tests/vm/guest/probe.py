@@ -256,9 +256,8 @@ def main() -> None:
             "user": text(["getent", "passwd", "evo-agent"]),
             "state_dir": text(["ls", "-ld", "/var/lib/evo-agent"]),
             "python": sys.version,
-            "libs": text(["dpkg-query", "-W", "python3-psutil", "python3-pyroute2",
-                          "python3-pyudev", "python3-requests", "python3-systemd",
-                          "python3-cryptography", "dmidecode"]),
+            "libs": text(["dpkg-query", "-W", "python3-psutil", "python3-pyudev",
+                          "python3-systemd", "python3-cryptography", "dmidecode"]),
         }
 
     @step("evidence")
