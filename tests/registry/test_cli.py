@@ -5,12 +5,14 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,7 +54,7 @@ def _serving(args: list[str], accepting: int = 0) -> Iterator[int]:
             m = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
             if m:
                 port = int(m.group(1))
-            accepting -= "accepting connections" in line
+            accepting -= "Application startup complete" in line
         assert port and accepting <= 0, f"the server did not start (status {proc.poll()})"
         yield port
     finally:
@@ -76,12 +78,12 @@ def _post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[i
         conn.close()
 
 
-@pytest.mark.parametrize(("workers", "http"), [(1, "asyncio"), (3, "asyncio"), (2, "waitress")])
+@pytest.mark.parametrize("workers", [1, 3])
 def test_serve_process_takes_reports(tmp_path: Path, db_url: str, geo_db: Path,
-                                     workers: int, http: str) -> None:
+                                     workers: int) -> None:
     cfg = _config(tmp_path, db_url, geo_db)
     with _serving(["serve", "--config", str(cfg), "--listen", "127.0.0.1:0",
-                   "--workers", str(workers), "--http-server", http]) as port:
+                   "--workers", str(workers)]) as port:
         dev = Device("EVO-500001")
         status, body = _post(port, "/v1/enroll", json.dumps(dev.enrolment()).encode(),
                              {"Content-Type": "application/json",
@@ -123,12 +125,9 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["migrate", "--config", str(cfg)]) == 78
     cfg.write_text("threads = 0\n")
     assert main(["migrate", "--config", str(cfg)]) == 78
-    cfg.write_text('http_server = "gunicorn"\n')
+    cfg.write_text('http_server = "waitress"\n')  # one server now: the key is gone
     assert main(["migrate", "--config", str(cfg)]) == 78
-    assert "http_server" in capsys.readouterr().err
-    cfg.write_text('report_writer = "process"\n')
-    assert main(["migrate", "--config", str(cfg)]) == 78
-    assert "report_writer" in capsys.readouterr().err
+    assert "unknown key 'http_server'" in capsys.readouterr().err
 
 
 def test_listen_in_use_is_a_clear_error(tmp_path: Path, geo_db: Path,
@@ -217,3 +216,68 @@ def test_workers_share_a_burst_of_connections(tmp_path: Path, db_url: str,
             time.sleep(0.5)  # the closed connections are gone before the next burst
     print("connections per worker, each burst:", seen)
     assert len(seen[-1]) == 2, seen
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_killed_worker_is_restarted_and_the_registry_keeps_answering(
+        tmp_path: Path, db_url: str, geo_db: Path) -> None:
+    """kill -9 of a worker: the others answer meanwhile, the supervisor logs it and starts
+    another (the former fork loop did neither)."""
+    cfg = _config(tmp_path, db_url, geo_db)
+    proc = subprocess.Popen([sys.executable, "-m", "evo_registry.cli", "serve", "--config",
+                             str(cfg), "--listen", "127.0.0.1:0", "--workers", "2"],
+                            cwd=REPO, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True)
+    reader.start()
+
+    def workers() -> list[int]:
+        return [int(m) for line in list(lines)
+                for m in re.findall(r"Started server process \[(\d+)\]", line)]
+
+    def ready(count: int) -> bool:
+        return sum("Application startup complete" in line for line in list(lines)) >= count
+
+    try:
+        deadline = time.monotonic() + 30
+        while not ready(2) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert ready(2), "".join(lines)
+        port = next(int(m.group(1)) for line in lines
+                    if (m := re.search(r"serving on 127\.0\.0\.1:(\d+)", line)))
+        first = workers()
+        assert len(first) == 2
+        os.kill(first[0], signal.SIGKILL)
+        statuses = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (ready(3) and len(statuses) >= 20):
+            statuses.append(_get(port, "/healthz"))
+        assert set(statuses) == {200}, statuses
+        assert ready(3), "no worker started in place of the killed one:\n" + "".join(lines)
+        assert any(f"Child process [{first[0]}] died" in line for line in lines), "".join(lines)
+        replacement = [pid for pid in workers() if pid not in first]
+        assert len(replacement) == 1
+        # The other original worker goes too: the replacement answers.
+        os.kill(first[1], signal.SIGKILL)
+        assert [_get(port, "/healthz") for _ in range(20)] == [200] * 20
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        reader.join(5)
+        proc.stderr.close()
+
+
+def _get(port: int, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
