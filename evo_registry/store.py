@@ -480,7 +480,7 @@ class Store:
     @staticmethod
     def finder_query(wan_ip: str, now: datetime, days: int = 30,
                      limit: int = 50) -> tuple[str, tuple[Any, ...]]:
-        """Return the finder's statement and parameters (also run by aioserver without a thread)."""
+        """Return the finder's statement and parameters."""
         return ("SELECT netbios_name, model, last_seen, lan_ip, lan_ip_secondary FROM devices "
                 "WHERE wan_key = ? AND last_seen >= ? ORDER BY last_seen DESC LIMIT ?",
                 (home_key(wan_ip), utc_text(now - timedelta(days=days)), limit))

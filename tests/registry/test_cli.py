@@ -189,12 +189,11 @@ def test_workers_share_a_burst_of_connections(tmp_path: Path, db_url: str,
                                               geo_db: Path) -> None:
     """A burst of keep-alive connections is spread over the real worker processes.
 
-    asyncio's own server accepted a whole burst in the first worker to wake: in the bench all
-    32 connections went to one of two workers.  Sixteen connections opened at once must be held
-    by both workers.  How they spread depends on which worker gets the CPU when (a worker that
-    gets none during a burst takes none), so up to three bursts are tried, and the old server
-    passed this now and then; the exact check of the mechanism is test_aioserver's
-    test_one_connection_accepted_per_turn_of_the_loop, which the old server always fails."""
+    An event loop may accept a whole burst in the first worker to wake (seen in the bench with
+    asyncio's server: all 32 connections in one of two workers).  Sixteen connections opened at
+    once must be held by both uvicorn workers.  How they spread depends on which worker gets the
+    CPU when (a worker that gets none during a burst takes none), so up to three bursts are
+    tried."""
     if shutil.which("ss") is None:
         pytest.fail("ss (iproute2) is needed to see which process holds a connection")
     cfg = _config(tmp_path, db_url, geo_db)
