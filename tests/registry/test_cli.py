@@ -39,36 +39,6 @@ def _config(tmp_path: Path, db_url: str, geo_db: Path, **extra: object) -> Path:
     return path
 
 
-@contextmanager
-def _serving(args: list[str], accepting: int = 0) -> Iterator[int]:
-    """Run ``evo-registry`` with ``args``; yield its port once ``accepting`` workers accept."""
-    proc = subprocess.Popen([sys.executable, "-m", "evo_registry.cli", *args],
-                            cwd=REPO, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 30
-        port = None
-        while time.monotonic() < deadline and (port is None or accepting > 0):
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                break
-            m = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-            accepting -= "Application startup complete" in line
-        assert port and accepting <= 0, f"the server did not start (status {proc.poll()})"
-        yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        if proc.stderr:
-            proc.stderr.close()
-
-
 def _post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -83,8 +53,7 @@ def _post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[i
 def test_serve_process_takes_reports(tmp_path: Path, db_url: str, geo_db: Path,
                                      workers: int) -> None:
     cfg = _config(tmp_path, db_url, geo_db)
-    with _serving(["serve", "--config", str(cfg), "--listen", "127.0.0.1:0",
-                   "--workers", str(workers)]) as port:
+    with _supervised(cfg, workers) as (port, _log):
         dev = Device("EVO-500001")
         status, body = _post(port, "/v1/enroll", json.dumps(dev.enrolment()).encode(),
                              {"Content-Type": "application/json",
@@ -199,8 +168,7 @@ def test_workers_share_a_burst_of_connections(tmp_path: Path, db_url: str,
         pytest.fail("ss (iproute2) is needed to see which process holds a connection")
     cfg = _config(tmp_path, db_url, geo_db)
     seen = []
-    with _serving(["serve", "--config", str(cfg), "--listen", "127.0.0.1:0",
-                   "--workers", "2"], accepting=2) as port:
+    with _supervised(cfg, 2) as (port, _log):
         for _ in range(3):
             socks = _burst(port, 16)
             try:
