@@ -291,11 +291,12 @@ def _hung_up(conn: Any) -> bool:
     fails, and that request would be answered 503 once per pooled connection: one poll of the
     socket (no round trip) finds it first.
     """
+    poller = select.poll()  # not select(): a process with 1,000 clients has fds above 1024
     try:
-        readable, _w, _x = select.select([conn.fileno()], [], [], 0)
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 def _is_closed(conn: Any) -> bool:
