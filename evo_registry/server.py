@@ -191,6 +191,9 @@ def uvicorn_config(settings: Settings, app: Any, level: int | None = logging.INF
     return uvicorn.Config(
         app, factory=not isinstance(app, Starlette), http=f"{__name__}:GuardedHttpTools",
         lifespan="on", workers=settings.workers, limit_concurrency=settings.max_connections,
+        # No route takes a WebSocket: an upgrade is a plain request (a protocol switched away
+        # would leave the per-client count of GuardedHttpTools behind).
+        ws="none",
         timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=20,
         # X-Forwarded-For is read by the app, from trusted_proxies only (wire.client_address).
         proxy_headers=False, server_header=False, access_log=False,

@@ -146,6 +146,16 @@ def test_keep_alive_pipelining_and_head(server: Server) -> None:
     assert head.headers["content-length"] == str(len(got.body))
 
 
+def test_a_websocket_upgrade_is_a_plain_request(quick: Server) -> None:
+    sock = _connect(quick.port, "127.0.0.2")
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                 b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    assert _answers(sock, 1)[0][0] == 200
+    sock.close()
+    assert _wait_for(lambda: quick.connections == 0 and not quick.guard.open, 3)
+
+
 @pytest.mark.parametrize("request_bytes", [
     b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n",
     b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
