@@ -125,7 +125,7 @@ def registry(config: Path, workers: int, threads: int) -> Iterator[tuple[int, in
             raise RuntimeError("the registry did not start")
         m = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
         port = int(m.group(1)) if m else port
-        accepting += "accepting connections" in line
+        accepting += "Application startup complete" in line  # uvicorn, once per worker
     # Keep reading its log so that it never blocks on a full pipe.
     threading.Thread(target=lambda: [None for _ in proc.stderr or []], daemon=True).start()
     try:

@@ -13,9 +13,10 @@ When a batch fails, nobody is acknowledged.  A database that is down fails every
 answers 503); any other error is retried one item per transaction, so one report that trips a bug
 fails alone.  A deadlock or serialization failure (PostgreSQL) retries the batch.
 
-Two writers with these rules: ``GroupCommit``, a thread (SQLite, whose calls block, and the
-waitress server's request threads), and ``AsyncGroupCommit``, a task of the asyncio server's
-loop on PostgreSQL, so that a report never changes thread between its parse and its answer.
+The writer is a thread because both drivers block (sqlite3, and psycopg's pipeline mode, which
+sends a batch's writes with COMMIT); the event loop hands it a report with ``submit_async`` and is
+woken once per batch.  A connection that the database closed (a restart) is replaced, and the
+batch tried once more on the new one, before anyone is answered 503.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from evo_registry.store import Limits, Outcome, Pending, Store
 
@@ -63,7 +63,7 @@ class _Slot:
     done: threading.Event = field(default_factory=threading.Event)
     outcome: Outcome | None = None
     error: BaseException | None = None
-    # For a waiter in an asyncio loop (evo_registry.aioserver): its future, resolved in its loop.
+    # For a waiter in an asyncio loop (the app's report route): its future, resolved there.
     future: asyncio.Future[Outcome] | None = None
 
 
@@ -175,6 +175,13 @@ class GroupCommit:
                     LOG.info("batch of %s reports hit a transient conflict (%s): retrying",
                              len(items), exc)
                     continue
+                if _database_down(exc) and attempt == 0:
+                    # The connection the database closed is dropped (db.Database); a database
+                    # that is back answers the new one.  A COMMIT whose answer was lost is no
+                    # harm: its reports come back as duplicates, stored once.
+                    LOG.info("batch of %s reports: database unavailable (%s): trying once "
+                             "more on a new connection", len(items), exc)
+                    continue
                 if _database_down(exc) or len(batch) == 1:
                     for slot in batch:
                         slot.error = exc
@@ -191,121 +198,3 @@ class GroupCommit:
         for slot, outcome in zip(batch, outcomes, strict=True):
             slot.outcome = outcome
         self._wake(batch)
-
-
-AsyncWriter = Callable[[Sequence[Pending]], Awaitable[list[Outcome]]]
-
-
-class AsyncGroupCommit:
-    """The group-commit writer of one asyncio loop on PostgreSQL: no thread at all.
-
-    With ``GroupCommit`` every report crossed threads twice (loop -> writer -> loop), and under
-    load the two threads of a process fought for the GIL: ~0.25 ms of CPU per report measured
-    (bench/registry_results.md).  Here the batch is a task of the loop that serves the requests,
-    on the loop's own ``psycopg.AsyncConnection`` in pipeline mode: a report goes from parse to
-    COMMIT to answer in one thread.  The rules are the same code as the thread writer's
-    (``Store._ingest_steps``), and so are the guarantees: a future resolves only after COMMIT;
-    a failed batch resolves nobody, is retried whole on a transient conflict, fails everyone
-    when the database is down (the app answers 503; the next batch reconnects), and otherwise
-    goes one report per transaction so that a bad report fails alone.
-    """
-
-    def __init__(self, store: Store, limits: Limits, max_batch: int = 128,
-                 write: AsyncWriter | None = None) -> None:
-        self.store = store
-        self.limits = limits
-        self.max_batch = max_batch
-        self._write: AsyncWriter = write or self._write_batch
-        self._queue: list[tuple[Pending, asyncio.Future[Outcome]]] = []
-        self._task: asyncio.Task[None] | None = None
-        self._conn: Any = None
-        # For the bench and the tests: how many batches, how many reports.
-        self.batches = 0
-        self.items = 0
-
-    def submit(self, item: Pending) -> asyncio.Future[Outcome]:
-        """Queue one report; the future resolves after COMMIT (call from the loop)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Outcome] = loop.create_future()
-        self._queue.append((item, future))
-        if self._task is None or self._task.done():
-            # Runs on the loop's next turn: whatever else arrives in this turn joins the batch.
-            self._task = loop.create_task(self._run(), name="group-commit")
-        return future
-
-    async def close(self) -> None:
-        """Store what is queued, then close the connection."""
-        while self._task is not None and not self._task.done():
-            await asyncio.wait([self._task])
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
-
-    async def _run(self) -> None:
-        while self._queue:
-            batch = self._queue[:self.max_batch]
-            del self._queue[:self.max_batch]
-            try:
-                await self._store(batch)
-            except asyncio.CancelledError:
-                for _item, future in batch:
-                    future.cancel()
-                await self._drop_connection()  # the transaction's state is unknown
-                raise
-            except BaseException as exc:  # never leave a waiter hanging
-                LOG.exception("group commit writer failed")
-                self._fail(batch, exc)
-
-    async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await conn.close()
-            except Exception:  # already broken: nothing more to do
-                LOG.debug("closing a broken connection failed", exc_info=True)
-
-    async def _write_batch(self, items: Sequence[Pending]) -> list[Outcome]:
-        """Store a batch over this loop's connection (opened or reopened here)."""
-        import psycopg
-
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await self.store.db.connect_async()
-        conn = self._conn
-        try:
-            return await self.store.ingest_batch_async(conn, items, self.limits)
-        except psycopg.OperationalError:
-            if conn.closed or conn.broken:
-                await self._drop_connection()  # cut or restarted server: reconnect next time
-            raise
-
-    @staticmethod
-    def _fail(batch: Sequence[tuple[Pending, asyncio.Future[Outcome]]],
-              exc: BaseException) -> None:
-        for _item, future in batch:
-            if not future.done():
-                future.set_exception(exc)
-
-    async def _store(self, batch: list[tuple[Pending, asyncio.Future[Outcome]]]) -> None:
-        items = [item for item, _future in batch]
-        for attempt in range(3):
-            try:
-                outcomes = await self._write(items)
-            except Exception as exc:
-                if _retryable(exc) and attempt < 2:
-                    LOG.info("batch of %s reports hit a transient conflict (%s): retrying",
-                             len(items), exc)
-                    continue
-                if _database_down(exc) or len(batch) == 1:
-                    self._fail(batch, exc)
-                    return
-                LOG.warning("batch of %s reports failed (%s): storing them one by one",
-                            len(batch), exc)
-                for one in batch:
-                    await self._store([one])
-                return
-            break
-        self.batches += 1
-        self.items += len(batch)
-        for (_item, future), outcome in zip(batch, outcomes, strict=True):
-            if not future.done():  # its request was cancelled (client gone): stored anyway
-                future.set_result(outcome)

@@ -16,7 +16,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,7 +92,7 @@ def verify(data: bytes, factory_tokens: Sequence[str]) -> tuple[bytes, str, dict
 
 
 def import_one(app: Any, path: Path) -> Outcome:
-    """Verify one bundle and enrol it through the live enrolment handler."""
+    """Verify one bundle and enrol it as the enrolment route does (``Registry.enroll_body``)."""
     try:
         with path.open("rb") as fh:
             data = fh.read(MAX_BUNDLE + 1)
@@ -101,16 +100,12 @@ def import_one(app: Any, path: Path) -> Outcome:
         return Outcome(str(path), None, "refused", f"cannot be read: {exc.strerror}")
     vpnid: str | None = None
     try:
-        body, token, request = verify(data, app.settings.factory_tokens)
+        body, _token, request = verify(data, app.settings.factory_tokens)
         vpnid = request.get("vpnid") if isinstance(request.get("vpnid"), str) else None
-        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/enroll",
-                   "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
-                   "HTTP_AUTHORIZATION": f"Bearer {token}", "REMOTE_ADDR": "127.0.0.1",
-                   "wsgi.input": io.BytesIO(body)}
-        answer = app.dispatch(environ)
+        status, _answer = app.enroll_body(body)  # authorised by the bundle's factory MAC
     except HttpError as exc:
         return Outcome(str(path), vpnid, "refused", exc.reason)
-    if answer.status == 200:
+    if status == 200:
         return Outcome(str(path), vpnid, "unchanged", "enrolled before with this key")
     LOG.info("imported the enrolment of %s from %s", vpnid, path)
     return Outcome(str(path), vpnid, "imported")

@@ -11,11 +11,7 @@ Errors become exit statuses here and nowhere else (``RegistryError.exit_code``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
-import signal
-import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -23,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TextIO
 
 from evo_registry import __version__
-from evo_registry.config import HTTP_SERVERS, Settings, load, parse_listen
+from evo_registry.config import Settings, load
 from evo_registry.db import Database
 from evo_registry.errors import RegistryError
 from evo_registry.store import Store
@@ -47,10 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--database", help="sqlite:///PATH or postgresql://... URL")
         if name == "serve":
             s.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:8432)")
-            s.add_argument("--workers", type=int, help="processes sharing the socket")
+            s.add_argument("--workers", type=int,
+                           help="processes sharing the socket (restarted if one dies)")
             s.add_argument("--threads", type=int, help="threads per process")
-            s.add_argument("--http-server", choices=HTTP_SERVERS,
-                           help="asyncio (default: reports never wait for a thread) or waitress")
         if name == "prune":
             s.add_argument("--retention-days", type=int)
         if name == "import":
@@ -60,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     s = load(args.config)
-    for key in ("database", "listen", "workers", "threads", "http_server"):
+    for key in ("database", "listen", "workers", "threads"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(s, key, value)
@@ -99,7 +94,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             from evo_registry.bundles import run_import
 
             return run_import(settings, args.bundles, out)
-        return serve(settings)
+        return serve(settings, logging.DEBUG if args.verbose else logging.INFO)
     except RegistryError as exc:
         print(f"evo-registry: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -119,69 +114,21 @@ def _pruner(settings: Settings, stop: threading.Event) -> None:
             LOG.exception("retention pruning failed; next try in %s s", PRUNE_EVERY_S)
 
 
-def _serve_socket(settings: Settings, sock: socket.socket) -> None:
-    from evo_registry.app import Registry
+def serve(settings: Settings, level: int = logging.INFO) -> int:
+    """Migrate, then serve until stopped (evo_registry.server), pruning now and then."""
+    from evo_registry import server
 
-    app = Registry(settings)
-    stop = threading.Event()
-    threading.Thread(target=_pruner, args=(settings, stop), daemon=True).start()
-    if settings.http_server == "asyncio":
-        from evo_registry import aioserver
-
-        aioserver.run(app, sock, settings.threads)
-        return
-    import waitress
-
-    # 1 MiB: the largest body of any route (enrolment); reports stop at 64 KiB in the app.
-    waitress.serve(app, sockets=[sock], threads=settings.threads,
-                   max_request_body_size=1024 * 1024 + 1, ident="evo-registry",
-                   clear_untrusted_proxy_headers=False)
-
-
-def serve(settings: Settings) -> int:
-    """Migrate, bind, and serve until stopped (several pre-forked workers if configured)."""
     db = Database(settings.database)
     applied = db.migrate()
     if applied:
         LOG.info("database %s migrated to %s", db.describe(), applied[-1])
     db.close()
-    host, port = parse_listen(settings.listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    stop = threading.Event()
+    threading.Thread(target=_pruner, args=(settings, stop), daemon=True).start()
     try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise RegistryError(f"cannot listen on {settings.listen}: {exc.strerror}") from exc
-    sock.listen(1024)
-    LOG.info("evo-registry %s serving on %s:%s with %s worker(s)", __version__, host,
-             sock.getsockname()[1], settings.workers)
-    if settings.workers <= 1:
-        _serve_socket(settings, sock)
-        return 0
-    children = []
-    for _ in range(settings.workers):
-        pid = os.fork()
-        if pid == 0:  # child: its own connections, the shared listening socket
-            try:
-                _serve_socket(settings, sock)
-            finally:
-                os._exit(0)
-        children.append(pid)
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    status = 0
-    for child in children:
-        _pid, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
-    return 0 if status in (0, -signal.SIGTERM, -signal.SIGINT) else 1
+        return server.run(settings, level)
+    finally:
+        stop.set()
 
 
 if __name__ == "__main__":

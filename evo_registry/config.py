@@ -14,10 +14,11 @@ The file (``/etc/evo-registry/registry.toml`` in production, mode 0640: it holds
     finder_days = 30
     rate_limit_reports = 30                                  # per device and window
     rate_limit_window_s = 3600
-    threads = 8                                              # for the routes other than reports
-    workers = 1                                              # processes sharing the socket
-    http_server = "asyncio"                                  # or "waitress" (the former server)
-    report_writer = "thread"                                 # or "loop" (PostgreSQL + asyncio)
+    threads = 8                                              # per process, for database reads
+    workers = 1                                              # processes (a dead one restarted)
+    max_connections = 1000                                   # per process; beyond: 503
+    connections_per_client = 32                              # per process and address (v6: /64)
+    stored_bytes_per_day = 1048576                           # report text one unit may store a day
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Debian 12 has 3.11
     import tomli as tomllib
 
-HTTP_SERVERS = ("asyncio", "waitress")
-REPORT_WRITERS = ("thread", "loop")
 DEFAULT_DATABASE = "sqlite:///var/lib/evo-registry/registry.db"
 
 
@@ -58,11 +57,13 @@ class Settings:
     rate_limit_window_s: int = 3600
     threads: int = 8
     workers: int = 1
-    http_server: str = "asyncio"
-    # Who stores reports on PostgreSQL under the asyncio server: the process's writer thread, or
-    # a task of the event loop on an asyncio connection (batch.AsyncGroupCommit).  The thread is
-    # the default because it measured faster here (bench/registry_results.md).
-    report_writer: str = "thread"
+    # uvicorn's limit_concurrency: open connections (and requests) of one process.
+    max_connections: int = 1000
+    # Open connections of one client address (an IPv6 /64) in one process; trusted proxies are
+    # not counted (behind one, every visitor has the proxy's address).
+    connections_per_client: int = 32
+    # Report text (JSON characters) one unit may store in 24 hours: a daily report is ~4 KB.
+    stored_bytes_per_day: int = 1024 * 1024
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """Return the trusted proxies as networks."""
@@ -90,10 +91,6 @@ def _check(path: str, data: dict[str, Any]) -> Settings:
         if (isinstance(default, str) or key == "geo_database") and not isinstance(value, str):
             raise ConfigError(f"{path}: key '{key}': a string is needed")
         setattr(s, key, value)
-    if s.http_server not in HTTP_SERVERS:
-        raise ConfigError(f"{path}: key 'http_server': one of {', '.join(HTTP_SERVERS)}")
-    if s.report_writer not in REPORT_WRITERS:
-        raise ConfigError(f"{path}: key 'report_writer': one of {', '.join(REPORT_WRITERS)}")
     for key, check in (("trusted_proxies", s.networks), ("vpn_networks", s.vpn)):
         try:
             check()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import select
 import sqlite3
 import threading
 import time
@@ -213,10 +214,9 @@ class _Tx:
             self._raw.executemany(sql, [tuple(p) for p in params])
 
 
-# A transaction's work written once for both the blocking and the asyncio drivers: a generator
-# that yields each statement as a Step and is sent its result.  ``drive`` runs it on a Cursor
-# (SQLite, or PostgreSQL from a thread), ``adrive`` on an asyncio PostgreSQL connection in the
-# event loop itself (evo_registry.batch.AsyncGroupCommit), so the rules exist in one copy.
+# A transaction's work written as a generator that yields each statement as a Step and is sent
+# its result, so that ``drive`` can run it on either dialect's cursor (and, on PostgreSQL, in
+# pipeline mode: sends travel together until a result is read).
 # Kinds: ("query", sql, params) -> rows; ("queries", [(sql, params), ...], None) -> rows of each;
 # ("run", sql, params) -> rows changed; ("many", sql, [params, ...]) -> None;
 # ("send", sql, params) -> None: a write whose answer nobody reads (in a pipeline it travels with
@@ -260,55 +260,6 @@ def _pg_sql(sql: str) -> str:
     return sql.replace("%", "%%").replace("?b", "%b").replace("?", "%s")
 
 
-class AsyncTx:
-    """Run steps on a psycopg AsyncConnection in pipeline mode, inside its transaction."""
-
-    def __init__(self, conn: Any, pipeline: Any) -> None:
-        self._conn = conn
-        self._pipeline = pipeline
-
-    async def step(self, kind: str, sql: Any, params: Any) -> Any:
-        """Run one step; reads and row counts sync the pipeline (one round trip)."""
-        if kind == "send":
-            await self._conn.execute(_pg_sql(sql), tuple(params))
-            return None
-        if kind == "many":
-            async with self._conn.cursor() as cur:
-                await cur.executemany(_pg_sql(sql), [tuple(p) for p in params])
-            return None
-        if kind == "queries":
-            statements = sql
-        elif kind in ("query", "run"):
-            statements = [(sql, params)]
-        else:
-            raise ValueError(f"unknown step {kind!r}")
-        cursors = [self._conn.cursor() for _ in statements]
-        try:
-            for cur, (text, values) in zip(cursors, statements, strict=True):
-                await cur.execute(_pg_sql(text), tuple(values))
-            await self._pipeline.sync()
-            if kind == "run":
-                return int(cursors[0].rowcount)
-            out = [list(await cur.fetchall()) if cur.description is not None else []
-                   for cur in cursors]
-        finally:
-            for cur in cursors:
-                await cur.close()
-        return out if kind == "queries" else out[0]
-
-
-async def adrive(tx: AsyncTx, steps: Steps[T]) -> T:
-    """Run a transaction's steps on an asyncio connection; return what the generator returns."""
-    result: Any = None
-    while True:
-        try:
-            kind, sql, params = steps.send(result)
-        except StopIteration as stop:
-            value: T = stop.value
-            return value
-        result = await tx.step(kind, sql, params)
-
-
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {col[0]: row[i] for i, col in enumerate(cursor.description)}
 
@@ -330,6 +281,22 @@ def _wal(conn: sqlite3.Connection, patience_s: float = 30.0) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def _hung_up(conn: Any) -> bool:
+    """Return True when the server has spoken on an idle PostgreSQL connection: it closed it.
+
+    Between transactions the server sends nothing unless it goes away (a restart sends FATAL
+    57P01, then EOF; a crash, EOF or a reset).  psycopg learns of it only when the next statement
+    fails, and that request would be answered 503 once per pooled connection: one poll of the
+    socket (no round trip) finds it first.
+    """
+    poller = select.poll()  # not select(): a process with 1,000 clients has fds above 1024
+    try:
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
 
 
 def _is_closed(conn: Any) -> bool:
@@ -400,20 +367,10 @@ class Database:
         conn.execute("PRAGMA foreign_keys=ON")
         return conn
 
-    async def connect_async(self) -> Any:
-        """Open an asyncio connection (PostgreSQL only), rows as dicts; DatabaseError if down."""
-        import psycopg
-        from psycopg.rows import dict_row
-
-        try:
-            return await psycopg.AsyncConnection.connect(self.url, autocommit=True,
-                                                         row_factory=dict_row)
-        except psycopg.OperationalError as exc:
-            raise DatabaseError(f"cannot connect to {self.describe()}: {exc}") from exc
-
     def _conn(self) -> Any:
         conn = getattr(self._local, "conn", None)
-        if conn is not None and self.dialect == "postgresql" and conn.closed:
+        if conn is not None and self.dialect == "postgresql" and (conn.closed or _hung_up(conn)):
+            conn.close()
             conn = None
         if conn is None:
             conn = self._connect()

@@ -38,17 +38,15 @@ def parse(doc: Any, now: datetime) -> tuple[Enrolment, bool]:
     if unknown:
         raise HttpError(400, f"unknown keys: {', '.join(sorted(unknown))}")
     vpnid = doc.get("vpnid")
-    if not isinstance(vpnid, str) or not wire.VPNID.match(vpnid):
+    if not isinstance(vpnid, str) or not wire.VPNID.fullmatch(vpnid):
         raise HttpError(400, "vpnid: missing or not a vpnid")
     if not isinstance(doc.get("public_key"), str):
         raise HttpError(400, "public_key: base64 of the 32-byte Ed25519 key is needed")
     wire.public_key_bytes(doc["public_key"])
-    report = doc.get("report")
-    reason = wire.schema_errors(report)
-    if reason:
-        raise HttpError(400, f"report: {reason}")
-    if not isinstance(report, dict):  # the schema says object; this tells mypy
-        raise HttpError(400, "report: a JSON object is needed")
+    try:
+        report = wire.storable_report(doc.get("report"))
+    except HttpError as exc:
+        raise HttpError(400, f"report: {exc.reason}") from exc
     if report["trigger"] != "manufacturing":
         raise HttpError(400, "report: trigger must be \"manufacturing\"")
     if report["functional"]["vpnid"] != vpnid:

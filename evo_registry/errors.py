@@ -46,7 +46,7 @@ class UnknownDevice(HttpError):
 class RateLimited(HttpError):
     """The device sent too many reports in the window."""
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(429, f"too many reports: retry after {retry_after} s",
+    def __init__(self, retry_after: int, what: str = "too many reports") -> None:
+        super().__init__(429, f"{what}: retry after {retry_after} s",
                          {"Retry-After": str(retry_after)})
         self.retry_after = retry_after

@@ -1,22 +1,32 @@
-"""The two HTML pages: the owner's finder (public) and the support list of open events.
+"""The HTML pages: the owner's finder (public) and the support list of open events.
 
-The finder shows, of each of the visitor's devices, only what the policy gives it for: the
-NetBIOS name, the model, when it was last seen and the link to its web interface at its LAN IP
-(and the second LAN IP).  Everything that comes from a device is escaped; links are built only
-from values that parse as IP addresses.
+Jinja2 templates (``templates/``) with auto-escaping: everything that comes from a device is
+escaped by the template engine, not by hand.  The finder shows, of each of the visitor's devices,
+only what the policy gives it for: the NetBIOS name, the model, when it was last seen and the
+link to its web interface at its LAN IP (and the second LAN IP); links are built only from values
+that parse as IP addresses.  Pages carry no script and load nothing from elsewhere.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
-from collections.abc import Sequence
-from html import escape
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-from evo_registry.db import Row
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.templating import Jinja2Templates
 
-_STYLE = ("body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
-          "td,th{padding:.3em .8em;border-bottom:1px solid #ccc;text-align:left}")
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 def lan_link(address: object) -> str | None:
@@ -31,57 +41,25 @@ def lan_link(address: object) -> str | None:
     return f"http://{host}/"
 
 
-def _page(title: str, body: str) -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
-            f"<body><h1>{escape(title)}</h1>\n{body}\n</body></html>\n")
+def when(stamp: object) -> str:
+    """Return a stored time (2026-11-23T01:40:23.123456Z) to the minute, for people."""
+    return str(stamp)[:16].replace("T", " ") + " UTC" if stamp else ""
 
 
-def _when(stamp: object) -> str:
-    # Stored as 2026-11-23T01:40:23.123456Z: minutes are enough for people.
-    return escape(str(stamp)[:16].replace("T", " ") + " UTC") if stamp else ""
+def detail(text: object) -> str:
+    """Return an event's detail (stored as JSON text) as one line of JSON."""
+    return json.dumps(json.loads(text) if isinstance(text, str) else {})
 
 
-def finder(rows: Sequence[Row], days: int = 30) -> str:
-    """Return the finder page for the visitor's devices."""
-    if not rows:
-        body = (f"<p>No 432 EVO has reported from your network in the last {int(days)} days. "
-                "Check that it is switched on and connected to the internet, then reload this "
-                "page.</p>")
-        return _page("Your 432 EVO", body)
-    items = []
-    for r in rows:
-        links = []
-        for key in ("lan_ip", "lan_ip_secondary"):
-            url = lan_link(r.get(key))
-            if url:
-                links.append(f'<a class="lan" href="{escape(url)}">{escape(url)}</a>')
-        name = escape(str(r.get("netbios_name") or "(no name)"))
-        model = escape(str(r.get("model") or "432 EVO"))
-        items.append(f'<tr class="device"><td class="name">{name}</td><td>{model}</td>'
-                     f"<td>{_when(r.get('last_seen'))}</td><td>{' '.join(links)}</td></tr>")
-    body = ("<table><thead><tr><th>Name</th><th>Model</th><th>Last seen</th>"
-            "<th>Web interface</th></tr></thead><tbody>\n" + "\n".join(items)
-            + "\n</tbody></table>")
-    return _page("Your 432 EVO", body)
+@functools.lru_cache(maxsize=1)
+def templates() -> Jinja2Templates:
+    """Return the template engine (auto-escaping on: Starlette's default for .html)."""
+    t = Jinja2Templates(directory=Path(__file__).with_name("templates"))
+    t.env.filters.update(lan_link=lan_link, when=when, detail=detail)
+    return t
 
 
-def support(rows: Sequence[Row]) -> str:
-    """Return the support page: open events with their device."""
-    if not rows:
-        return _page("Open events", "<p>No open events.</p>")
-    items = []
-    for r in rows:
-        detail = json.loads(r["detail"]) if isinstance(r.get("detail"), str) else {}
-        vpnid = escape(str(r["vpnid"]))
-        items.append(
-            f'<tr class="event"><td><a href="/v1/devices/{vpnid}">{vpnid}</a></td>'
-            f"<td>{escape(str(r['kind']))}</td><td>{escape(json.dumps(detail))}</td>"
-            f"<td>{escape(str(r.get('country') or ''))}</td><td>{_when(r['first_at'])}</td>"
-            f"<td>{_when(r['last_at'])}</td><td>{int(r['occurrences'])}</td>"
-            f"<td>{int(r['id'])}</td></tr>")
-    body = ("<table><thead><tr><th>VPNID</th><th>Event</th><th>Detail</th><th>Country</th>"
-            "<th>First</th><th>Last</th><th>Times</th><th>Id</th></tr></thead><tbody>\n"
-            + "\n".join(items) + "\n</tbody></table>")
-    return _page("Open events", body)
+def render(request: Request, name: str, context: Mapping[str, Any]) -> Response:
+    """Return a page from its template."""
+    return templates().TemplateResponse(request, name, dict(context),
+                                        headers=dict(PAGE_HEADERS))

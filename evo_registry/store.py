@@ -21,13 +21,11 @@ from typing import Any
 
 from evo_registry import rules, wire
 from evo_registry.db import (
-    AsyncTx,
     Cursor,
     Database,
     Row,
     Step,
     Steps,
-    adrive,
     drive,
     parse_utc,
     utc_text,
@@ -64,10 +62,16 @@ class Enrolment:
 
 @dataclass(frozen=True)
 class Limits:
-    """How often a device may report: at most ``count`` reports per ``window``."""
+    """How much a device may send: ``count`` reports per ``window``, ``stored_per_day``
+    characters of report text in 24 hours (a unit whose key was extracted must not fill the
+    database at the rate limit)."""
 
     count: int = 30
     window: timedelta = timedelta(hours=1)
+    stored_per_day: int = 1024 * 1024
+
+
+DAY = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -235,17 +239,12 @@ class Store:
         with self.db.transaction(pipeline=True) as tx:
             return drive(tx, self._ingest_steps(items, limits))
 
-    async def ingest_batch_async(self, conn: Any, items: Sequence[Pending],
-                                 limits: Limits) -> list[Outcome]:
-        """``ingest_batch`` on a psycopg AsyncConnection, from the event loop (no thread)."""
-        async with conn.pipeline() as pipe, conn.transaction():
-            return await adrive(AsyncTx(conn, pipe), self._ingest_steps(items, limits))
-
     def _ingest_steps(self, items: Sequence[Pending], limits: Limits) -> Steps[list[Outcome]]:
         """The statements of ``ingest_batch`` (see db.Step), for either driver."""
         vpnids = sorted({i.vpnid for i in items})
         ids = [str(i.report["report_id"]) for i in items]
-        since = min(i.now for i in items) - limits.window
+        since = min(i.now for i in items) - max(limits.window, DAY)
+        texts = [_json(i.report) for i in items]
         outcomes: list[Outcome | None] = [None] * len(items)
         # Lock the devices' rows, always in the same order (no deadlock between processes
         # writing overlapping batches).  The reads are a separate statement so that, on
@@ -253,18 +252,19 @@ class Store:
         locked, known = yield ("queries", self._batch_reads(vpnids, ids, since), None)
         devs = {str(d["vpnid"]): d for d in locked}
         seen: dict[str, str] = {}
-        recent: dict[str, list[str]] = {v: [] for v in vpnids}
+        recent: dict[str, list[tuple[str, int]]] = {v: [] for v in vpnids}
         for row in known:
             if row["k"] == "d":
                 seen[str(row["a"])] = str(row["b"])
             else:
-                recent[str(row["a"])].append(str(row["b"]))
+                recent[str(row["a"])].append((str(row["b"]), int(row["c"])))
         todo: list[int] = []
         for n, item in enumerate(items):
-            outcomes[n] = self._admit(item, devs.get(item.vpnid), seen, recent, limits)
+            outcomes[n] = self._admit(item, devs.get(item.vpnid), seen, recent, limits,
+                                      size=len(texts[n]))
             if outcomes[n] is None:
                 seen[ids[n]] = item.vpnid
-                recent[item.vpnid].append(utc_text(item.now))
+                recent[item.vpnid].append((utc_text(item.now), len(texts[n])))
                 todo.append(n)
         if todo:
             # Sent without waiting: with the events, the devices' update and COMMIT, the second
@@ -274,7 +274,7 @@ class Store:
             # stores the batch's reports one per transaction, and that one's read sees it (409).
             rows = [(ids[n], items[n].vpnid, int(items[n].report["sequence"]),
                      str(items[n].report["trigger"]), str(items[n].report["collected_at"]),
-                     utc_text(items[n].now), items[n].path, _json(items[n].report))
+                     utc_text(items[n].now), items[n].path, texts[n])
                     for n in todo]
             yield self._insert_reports(rows)
         changes: dict[str, dict[str, Any]] = {}
@@ -303,9 +303,9 @@ class Store:
         lock_sql = ("SELECT vpnid, public_key, sales_region, psu_variant, last_sequence, "  # noqa: S608
                     "cur_motherboard_serial, " + ", ".join(f"fp_{p}" for p in rules.PARTS)
                     + " FROM devices WHERE ")
-        known_sql = ("SELECT 'd' AS k, report_id AS a, vpnid AS b FROM reports WHERE {ids} "
-                     "UNION ALL SELECT 'r' AS k, vpnid AS a, received_at AS b FROM reports "
-                     "WHERE {vpnids} AND received_at > ?")
+        known_sql = ("SELECT 'd' AS k, report_id AS a, vpnid AS b, 0 AS c FROM reports "
+                     "WHERE {ids} UNION ALL SELECT 'r' AS k, vpnid AS a, received_at AS b, "
+                     "length(body) AS c FROM reports WHERE {vpnids} AND received_at > ?")
         if self._arrays:
             return [(lock_sql + "vpnid = ANY(?b) ORDER BY vpnid" + self.db.for_update,
                      (list(vpnids),)),
@@ -331,7 +331,8 @@ class Store:
 
     @staticmethod
     def _admit(item: Pending, dev: Row | None, seen: Mapping[str, str],
-               recent: Mapping[str, list[str]], limits: Limits) -> Outcome | None:
+               recent: Mapping[str, list[tuple[str, int]]], limits: Limits, *,
+               size: int) -> Outcome | None:
         """Return why an item is not stored (an error or a duplicate), or None to store it."""
         if dev is None:
             return UnknownDevice()
@@ -348,11 +349,18 @@ class Store:
                 return HttpError(409, "report_id already used by another device")
             return Accepted(report_id, duplicate=True)
         since = utc_text(item.now - limits.window)
-        window = [t for t in recent[item.vpnid] if t > since]
+        window = [t for t, _size in recent[item.vpnid] if t > since]
         if len(window) >= limits.count:
             oldest = parse_utc(min(window))
             return RateLimited(max(1, int((oldest + limits.window - item.now).total_seconds())
                                    + 1))
+        day_start = utc_text(item.now - DAY)
+        day = [(t, n) for t, n in recent[item.vpnid] if t > day_start]
+        if sum(n for _t, n in day) + size > limits.stored_per_day:
+            oldest = parse_utc(min(t for t, _n in day)) if day else item.now
+            return RateLimited(max(1, int((oldest + DAY - item.now).total_seconds()) + 1),
+                               f"more than {limits.stored_per_day} characters of reports "
+                               "in 24 hours")
         return None
 
     @staticmethod
@@ -472,7 +480,7 @@ class Store:
     @staticmethod
     def finder_query(wan_ip: str, now: datetime, days: int = 30,
                      limit: int = 50) -> tuple[str, tuple[Any, ...]]:
-        """Return the finder's statement and parameters (also run by aioserver without a thread)."""
+        """Return the finder's statement and parameters."""
         return ("SELECT netbios_name, model, last_seen, lan_ip, lan_ip_secondary FROM devices "
                 "WHERE wan_key = ? AND last_seen >= ? ORDER BY last_seen DESC LIMIT ?",
                 (home_key(wan_ip), utc_text(now - timedelta(days=days)), limit))

@@ -498,26 +498,11 @@ def test_as_a_process(station: Station, good: Path, registry: Server, registry_u
 # ---- HTTPS: the registry's CA only -----------------------------------------------------------
 @pytest.fixture
 def tls_registry(tmp_path: Path, registry: Server) -> Iterator[tuple[str, Pki]]:
-    """The same registry app served over TLS on 127.0.0.1 (wsgiref: one request at a time)."""
-    import ssl
-    import threading
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-    class Quiet(WSGIRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
+    """The same registry app served over TLS on 127.0.0.1 by uvicorn."""
     pki = make_pki(tmp_path / "pki", "registry")
-    httpd = make_server("127.0.0.1", 0, registry.app, handler_class=Quiet)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(pki.cert_pem, pki.key_pem)
-    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"https://127.0.0.1:{httpd.server_port}", pki
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(10)
+    tls = Server(registry.app, tls=(str(pki.cert_pem), str(pki.key_pem)))
+    yield f"https://127.0.0.1:{tls.port}", pki
+    tls.close()
 
 
 def test_https_verified_against_the_registry_ca(tmp_path: Path, good: Path, registry: Server,

@@ -6,22 +6,20 @@
 - The GEO database is a real MaxMind-format file written by ``mmdb_writer``; its networks are
   documentation ranges, which are only data here: no test connects to them.
 - Devices have real Ed25519 keys and send gzip reports signed per docs/protocol.md to the real
-  registry served by its own asyncio server on 127.0.0.1 (a free port; EVO_REGISTRY_HTTP=waitress
-  for the former waitress server).
+  registry served by uvicorn on 127.0.0.1 (a free port), as ``evo-registry serve`` serves it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import gzip
 import http.client
 import http.server
 import json
-import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,11 +32,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from evo_registry.aioserver import HttpServer
-from evo_registry.app import Registry
+from evo_registry.app import Registry, create_app
 from evo_registry.config import Settings
 from evo_registry.db import Database
 from evo_registry.geo import Geo
+from evo_registry.server import ConnectionGuard, uvicorn_config
 from tests.registry.pgserver import PgServer, pg_bin, postgres
 
 FACTORY = "factory-token-for-tests"
@@ -124,35 +122,43 @@ class Reply:
 
 
 class Server:
-    """The registry served on 127.0.0.1:<free port> by its own asyncio server (as in production).
+    """The registry served on 127.0.0.1:<free port> by uvicorn, as ``evo-registry serve`` does
+    (evo_registry.server: same protocol class, limits and timeouts), in a thread of the test.
 
-    ``EVO_REGISTRY_HTTP=waitress`` runs the same tests against the former waitress server.
+    ``protocol``: another protocol class (a test's shorter deadlines); ``tls``: (certificate,
+    key) files to serve HTTPS with.
     """
 
-    def __init__(self, app: Registry, kind: str | None = None) -> None:
-        self.app = app
-        self.kind = kind or os.environ.get("EVO_REGISTRY_HTTP", "asyncio")
-        self.http: HttpServer | None = None
-        if self.kind == "waitress":
-            from waitress.server import create_server
+    def __init__(self, app: Registry, protocol: type | None = None,
+                 tls: tuple[str, str] | None = None) -> None:
+        import uvicorn
 
-            self._server = create_server(app, host="127.0.0.1", port=0, threads=4,
-                                         clear_untrusted_proxy_headers=False,
-                                         max_request_body_size=2 * 1024 * 1024)
-            self.port = int(self._server.effective_port)
-            self._thread = threading.Thread(target=self._server.run, daemon=True)
-        else:
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sock.listen(128)
-            self.port = int(sock.getsockname()[1])
-            self._loop = asyncio.new_event_loop()
-            self._stop = asyncio.Event()
-            http = self.http = HttpServer(app, threads=4, idle_s=10)
-            self._thread = threading.Thread(
-                target=self._loop.run_until_complete, args=(http.serve(sock, self._stop),),
-                daemon=True)
+        self.app = app
+        self.guard = ConnectionGuard(app.settings.connections_per_client,
+                                     app.settings.networks())
+        self.asgi = create_app(registry=app, guard=self.guard)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1024)
+        self.port = int(sock.getsockname()[1])
+        config = uvicorn_config(app.settings, self.asgi, level=None)
+        if protocol is not None:
+            config.http = protocol
+        if tls is not None:
+            config.ssl_certfile, config.ssl_keyfile = tls
+        self.uvicorn = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.uvicorn.run, kwargs={"sockets": [sock]},
+                                        daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self.uvicorn.started:
+            assert self._thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.01)
+
+    @property
+    def connections(self) -> int:
+        """Return how many connections the server holds open."""
+        return len(self.uvicorn.server_state.connections)
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> Reply:
@@ -165,29 +171,12 @@ class Server:
             conn.close()
 
     def stored_by_writers(self) -> int:
-        """Return how many reports the writers took: the app's thread one and the loop's."""
-        loop_writer = self.http.writer if self.http is not None else None
-        return self.app.writer.items + (loop_writer.items if loop_writer is not None else 0)
+        """Return how many reports the app's group-commit writer took."""
+        return self.app.writer.items
 
     def close(self) -> None:
-        if self.kind != "waitress":
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(15)
-            assert not self._thread.is_alive(), "the server did not stop"
-            self._loop.close()
-            return
-        from waitress import wasyncore
-
-        # Let running requests finish, then close every socket from inside the server's own
-        # loop thread (closing them from here races with its poll() and raises EBADF there).
-        self._server.task_dispatcher.shutdown()
-        try:
-            self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._server._map))
-        except OSError:
-            # EBADF: the loop has already closed its trigger (seen once in ~2,000 teardowns);
-            # what is left of its map is closed from here
-            wasyncore.close_all(self._server._map)
-        self._thread.join(10)
+        self.uvicorn.should_exit = True
+        self._thread.join(30)
         assert not self._thread.is_alive(), "the server did not stop"
 
 

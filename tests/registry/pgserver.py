@@ -37,6 +37,10 @@ class PgServer:
     socket_dir: Path
     user: str
     counter: Iterator[int] = field(default_factory=itertools.count)
+    # How to run pg_ctl on it again (restart, stop, start).
+    bindir: Path | None = None
+    run_as: dict[str, Any] = field(default_factory=dict)
+    options: str = ""
 
     def url(self, dbname: str) -> str:
         """Return the URL of a database on this server."""
@@ -50,6 +54,27 @@ class PgServer:
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def restart(self) -> None:
+        """Restart the server (fast shutdown: every connection is closed by the server)."""
+        self._pg_ctl("-m", "fast", "restart")
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown)."""
+        self._pg_ctl("-m", "fast", "stop")
+
+    def start(self) -> None:
+        """Start the server again, with the options it first had."""
+        self._pg_ctl("-o", self.options, "start")
+
+    def _pg_ctl(self, *args: str) -> None:
+        if self.bindir is None:
+            raise RuntimeError("no pg_ctl known for this server")
+        env = {**os.environ, "LC_ALL": "C.UTF-8", "TZ": "UTC"}
+        subprocess.run([str(self.bindir / "pg_ctl"), "-D", str(self.socket_dir / "data"),
+                        "-l", str(self.socket_dir / "log"), "-w", "-t", "60", *args],
+                       check=True, capture_output=True, env=env, cwd=self.socket_dir,
+                       **self.run_as)
 
 
 @contextmanager
@@ -73,7 +98,7 @@ def postgres(bindir: Path, durable: bool = False) -> Iterator[PgServer]:
                     str(base / "log"), "-w", "-t", "60", "start"], check=True,
                    capture_output=True, env=env, cwd=base, **kwargs)
     try:
-        yield PgServer(base, "evo")
+        yield PgServer(base, "evo", bindir=bindir, run_as=kwargs, options=opts)
     finally:
         subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
                         "stop"], check=False, capture_output=True, env=env, cwd=base, **kwargs)

@@ -1,7 +1,7 @@
 """schemathesis against the served OpenAPI document, over HTTP on loopback: never a 5xx.
 
-Generated requests go to a real server (SQLite) with one enrolled device; half of them carry a
-valid support token, so the handlers behind the authorisation are reached too.
+Generated requests go to a real server (SQLite, then PostgreSQL) with one enrolled device; half of
+them carry a valid support token, so the handlers behind the authorisation are reached too.
 """
 
 from __future__ import annotations
@@ -23,10 +23,14 @@ SPEC = Path(__file__).resolve().parents[2] / "evo_registry" / "openapi.json"
 schema = schemathesis.openapi.from_path(str(SPEC))
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    db = tmp_path_factory.mktemp("st") / "registry.db"
-    app = Registry(Settings(database=f"sqlite:///{db}", factory_tokens=[FACTORY],
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def live(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('st') / 'registry.db'}"
+    else:
+        url = request.getfixturevalue("pg_server").create_database()
+    app = Registry(Settings(database=url, factory_tokens=[FACTORY],
                             support_tokens=[SUPPORT], rate_limit_reports=1000))
     app.db.migrate()
     srv = Server(app)
@@ -34,6 +38,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     assert enroll(srv, dev).status == 201
     yield srv
     srv.close()
+    app.close()
     app.db.close()
 
 
