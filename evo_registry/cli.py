@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--retention-days", type=int)
         if name == "import":
             s.add_argument("bundles", nargs="+", metavar="BUNDLE", help="files or directories")
+    # The console's accounts and dealers (evo_registry/console/cli.py).
+    from evo_registry.console import cli as console_cli
+
+    console_cli.add_parsers(sub)
     return p
 
 
@@ -99,6 +103,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             from evo_registry.bundles import run_import
 
             return run_import(settings, args.bundles, out)
+        if args.command in ("user", "dealer"):
+            from evo_registry.console import cli as console_cli
+
+            return console_cli.run(args, settings, out)
         return serve(settings)
     except RegistryError as exc:
         print(f"evo-registry: {exc}", file=sys.stderr)

@@ -1,0 +1,75 @@
+"""Login sessions kept in the database: revocable (logout, a disabled account) and shared by
+every registry process.
+
+The browser holds a random session id in an HttpOnly, SameSite=Lax cookie (Secure when the request
+came over https); the database holds only its SHA-256, so a copy of the database signs nobody in.
+Each session has its own CSRF token, put in every form and checked on every POST.  Before login
+there is no session: the login form carries a token matched against a short-lived cookie
+(double submit), so a login cannot be forged from another site either.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from evo_registry.console.accounts import Account, by_id, digest
+from evo_registry.db import Cursor, parse_utc, utc_text
+
+COOKIE = "evo_console"
+LOGIN_COOKIE = "evo_console_login"
+IDLE = timedelta(hours=8)
+ABSOLUTE = timedelta(days=7)
+# last_at is written at most this often (not on every page view).
+TOUCH_EVERY = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Session:
+    """A live session: who, and the CSRF token its forms carry."""
+
+    account: Account
+    csrf: str
+    token_hash: str
+
+
+def create(tx: Cursor, account: Account, now: datetime) -> str:
+    """Open a session; return the id for the cookie."""
+    token = secrets.token_urlsafe(32)
+    stamp = utc_text(now)
+    tx.run("INSERT INTO console_sessions (token_hash, account_id, csrf, created_at, last_at) "
+           "VALUES (?, ?, ?, ?, ?)", (digest(token), account.id, secrets.token_urlsafe(32),
+                                      stamp, stamp))
+    return token
+
+
+def lookup(tx: Cursor, token: str, now: datetime) -> Session | None:
+    """Return the live session of a cookie, or None (unknown, expired, account disabled)."""
+    hashed = digest(token)
+    row = tx.one("SELECT account_id, csrf, created_at, last_at FROM console_sessions "
+                 "WHERE token_hash = ?", (hashed,))
+    if row is None:
+        return None
+    last = parse_utc(row["last_at"])
+    if now - last > IDLE or now - parse_utc(row["created_at"]) > ABSOLUTE:
+        tx.run("DELETE FROM console_sessions WHERE token_hash = ?", (hashed,))
+        return None
+    account = by_id(tx, int(row["account_id"]))
+    if account is None:
+        return None
+    if now - last > TOUCH_EVERY:
+        tx.run("UPDATE console_sessions SET last_at = ? WHERE token_hash = ?",
+               (utc_text(now), hashed))
+    return Session(account, str(row["csrf"]), hashed)
+
+
+def end(tx: Cursor, session: Session) -> None:
+    """Log out: the cookie's id is worthless from now on."""
+    tx.run("DELETE FROM console_sessions WHERE token_hash = ?", (session.token_hash,))
+
+
+def same(expected: str, given: str | None) -> bool:
+    """Compare a CSRF token in constant time (a missing one never matches)."""
+    return bool(given) and hmac.compare_digest(expected.encode(), str(given).encode())
