@@ -1,8 +1,8 @@
-"""The login form, logout, and the one route open to everyone: the style sheet.
+"""The login form and logout.
 
 A failed login says only "wrong username or password" whatever the cause (unknown user, wrong
-password, locked or disabled account), and is recorded in the audit trail with the typed name if
-it looks like a username (a password typed in the wrong field is never written anywhere).
+password, locked or disabled account), and is recorded in the audit trail with the typed name only
+if it is an account's (a password typed in the wrong field is never written anywhere).
 """
 
 from __future__ import annotations
@@ -63,8 +63,12 @@ async def login(console: Console, request: Request) -> Response:
         now = console.clock()
         with console.db.transaction() as tx:
             account = accounts.authenticate(tx, username, password, now)
-            shown = username if accounts.USERNAME.match(username) else "(not a username)"
             if account is None:
+                # The typed name only when it is an account's: a password typed in the
+                # wrong field must not land in the trail.
+                known = accounts.USERNAME.match(username) and tx.one(
+                    "SELECT id FROM console_accounts WHERE username = ?", (username,))
+                shown = username if known else "(unknown)"
                 audit.record(tx, at=now, actor=shown, role="-", action="login_failed",
                              target=shown, address=address)
                 return None

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -66,6 +66,13 @@ class World:
     url: str
     db: Database
     clock: Clock
+    clients: list[requests.Session] = field(default_factory=list)
+
+    def client(self) -> requests.Session:
+        """Return a new HTTP client (like a new browser), closed with the world."""
+        s = requests.Session()
+        self.clients.append(s)
+        return s
 
 
 def _unit(store: Store, vpnid: str, when: datetime, name: str) -> Device:
@@ -100,7 +107,7 @@ def populate(db: Database, clock: Clock) -> None:
     store.ingest(two.report(), two.vpnid, "198.51.100.9", Location("DE", "Berlin"),
                  now=first, path="vpn", limits=limits)
     store.ingest(three.report(), three.vpnid, "192.0.2.50", Location("BE", "Gent"),
-                 now=clock.now - timedelta(days=1), path="https", limits=limits)
+                 now=clock.now - timedelta(days=3), path="https", limits=limits)
     with db.transaction() as tx:
         for vpnid, dealer in (("EVO-100001", "DLR-A"), ("EVO-100002", "DLR-B")):
             tx.run("INSERT INTO console_device_dealers (vpnid, dealer, assigned_at, assigned_by) "
@@ -142,16 +149,19 @@ def served(db_url: str, tmp: Path) -> Iterator[World]:
     settings = Settings(database=db_url, warranty_months=24)
     app = Starlette(routes=[console.mount(settings, db, clock)])
     server = Uvicorn(app)
+    world = World(f"http://127.0.0.1:{server.port}/console", db, clock)
     try:
-        yield World(f"http://127.0.0.1:{server.port}/console", db, clock)
+        yield world
     finally:
+        for client in world.clients:
+            client.close()
         server.close()
         db.close()
 
 
 def login(world: World, username: str, password: str | None = None) -> requests.Session:
     """Return an HTTP session signed in as ``username`` (through the real login form)."""
-    s = requests.Session()
+    s = world.client()
     form = s.get(f"{world.url}/login", timeout=30)
     csrf = _hidden(form.text, "csrf")
     r = s.post(f"{world.url}/login", data={"csrf": csrf, "username": username,
