@@ -110,12 +110,13 @@ def fill(db: Database, devices: int, per_device: int) -> dict[str, float]:
     for first in range(0, devices * per_device, chunk):
         count = min(chunk, devices * per_device - first)
         with db.transaction() as tx:
+            received = ("'2026-' || " + f["pad"](f"1 + ({seq}) % 11", 2) + " || '-' || "
+                        + f["pad"](f"10 + {seq}", 2) + " || 'T12:00:00.000000Z'")
             tx.run(
                 "INSERT INTO reports (report_id, vpnid, sequence, report_trigger, "  # noqa: S608
                 "collected_at, received_at, path, body) "
                 f"SELECT 'r-' || {vp} || '-' || {seq}, {vp}, {seq}, 'daily', "
-                "'2026-02-01T09:00:00Z', '2026-' || " + f["pad"](f"1 + ({seq}) % 11", 2)
-                + " || '-' || " + f["pad"](f"10 + {seq}", 2) + " || 'T12:00:00.000000Z', "
+                f"'2026-02-01T09:00:00Z', {received}, "
                 f"'https', replace(replace(replace(?, '@V@', {vp}), '@R@', "
                 f"CASE WHEN ({dev}) % 100 = 0 AND {seq} > {per_device // 2} THEN 'NEW' "
                 f"ELSE 'R' END), '@ID@', 'r-' || {vp} || '-' || {seq}) "
@@ -130,7 +131,7 @@ def fill(db: Database, devices: int, per_device: int) -> dict[str, float]:
         tx.run("INSERT INTO console_device_dealers (vpnid, dealer, assigned_at, assigned_by) "  # noqa: S608
                f"SELECT {vpnid}, 'DLR-' || " + f["pad"](f"1 + i % {DEALERS}", 2)
                + f", '2026-02-01T00:00:00.000000Z', 'bench' FROM {f['series']()}", (devices,))
-        tx.run("INSERT INTO events (vpnid, kind, detail, first_at, last_at, occurrences, "  # noqa: S608
+        tx.run("INSERT INTO events (vpnid, kind, detail, first_at, last_at, occurrences, "
                f"resolved_at) SELECT {vpnid}, CASE WHEN i % 20 = 0 "
                "THEN 'outside_assigned_region' ELSE 'fingerprint_changed' END, "
                "'{\"country\":\"DE\",\"city\":\"Berlin\"}', '2026-03-01T00:00:00.000000Z', "
@@ -222,7 +223,8 @@ def measure(base: str, devices: int, n: int) -> dict[str, Any]:
     out = {
         "device_page_support": _time(support, [f"{base}/devices/EVO-{unit():06d}"
                                                for _ in range(n)]),
-        "device_page_changed_timeline": _time(support, [f"{base}/devices/EVO-{100 * rnd.randint(1, devices // 100):06d}" for _ in range(n)]),
+        "device_page_changed_timeline": _time(support, [
+            f"{base}/devices/EVO-{100 * rnd.randint(1, devices // 100):06d}" for _ in range(n)]),
         "search_support": _time(support, [f"{base}/devices?q={query(k)}" for k in range(n)]),
         "inbox_open": _time(support, [f"{base}/events"] * n),
         "inbox_kind": _time(support, [f"{base}/events?kind=outside_assigned_region"] * n),
@@ -276,7 +278,7 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     db.migrate()
     filled = fill(db, args.devices, args.reports_per_device)
     db.close()
-    print(f"{url.split(':')[0]}: filled in {filled}", file=sys.stderr, flush=True)
+    print(f"{url.split(':', maxsplit=1)[0]}: filled in {filled}", file=sys.stderr, flush=True)
     with serve(url) as base:
         return {"fill": filled, **measure(base, args.devices, args.requests)}
 
