@@ -93,8 +93,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             db = Database(settings.database)
             try:
                 db.migrate()
-                gone = Store(db).prune(datetime.now(timezone.utc),
-                                       timedelta(days=settings.retention_days))
+                gone = _prune(db, datetime.now(timezone.utc),
+                              timedelta(days=settings.retention_days))
             finally:
                 db.close()
             print(f"pruned: {gone}", file=out)
@@ -113,15 +113,23 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return exc.exit_code
 
 
+def _prune(db: Database, now: datetime, retention: timedelta) -> dict[str, int]:
+    """Delete what is older than the retention period: history, and the console's audit trail."""
+    from evo_registry.console import audit
+
+    gone = Store(db).prune(now, retention)
+    gone["audit"] = audit.prune(db, now, retention)
+    return gone
+
+
 def _pruner(settings: Settings, stop: threading.Event) -> None:
     """Prune now and then; idempotent, so several processes may all do it."""
     db = Database(settings.database)
-    store = Store(db)
     wait = PRUNE_FIRST_S
     while not stop.wait(wait):
         wait = PRUNE_EVERY_S
         try:
-            gone = store.prune(datetime.now(timezone.utc), timedelta(days=settings.retention_days))
+            gone = _prune(db, datetime.now(timezone.utc), timedelta(days=settings.retention_days))
             LOG.info("retention: pruned %s", gone)
         except Exception:
             LOG.exception("retention pruning failed; next try in %s s", PRUNE_EVERY_S)

@@ -94,3 +94,24 @@ def test_the_installed_command_has_the_verbs(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60, check=False)
     assert (out.returncode, out.stdout) == (0, "")
     assert "applying migration 3" in out.stderr
+
+
+def test_prune_deletes_the_audit_trail_after_the_retention_period(db_url: str) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from evo_registry.console import audit
+
+    database = Database(db_url)
+    database.migrate()
+    now = datetime.now(timezone.utc)
+    try:
+        with database.transaction() as tx:
+            for age in (800, 10):
+                audit.record(tx, at=now - timedelta(days=age), actor="a", role="support",
+                             action="view", target=f"EVO-{age}", address=None)
+        code, out = _run("prune", "--database", db_url, "--retention-days", "730")
+        assert code == 0 and "'audit': 1" in out
+        assert [r["target"] for r in database.read("SELECT target FROM console_audit")] == \
+            ["EVO-10"]
+    finally:
+        database.close()
