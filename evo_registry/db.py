@@ -104,7 +104,8 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     ]),
     # The console (evo_registry/console): people, not devices.  Self-contained: only its own
     # tables, plus two indexes on devices for its search (MAC, NetBIOS name without case).
-    (3, "console: dealers, accounts, sessions, API tokens, audit, assignments, sales", [
+    (3, "console: dealers, accounts, sessions, API tokens, audit, assignments, sales, "
+        "webhooks", [
         """CREATE TABLE console_dealers (
             code TEXT PRIMARY KEY,
             name TEXT NOT NULL,
@@ -167,6 +168,18 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             comment TEXT NOT NULL
         )""",
         "CREATE INDEX console_event_notes_event ON console_event_notes (event_id)",
+        """CREATE TABLE console_webhooks (
+            id {pk},
+            url TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            dealer TEXT REFERENCES console_dealers (code),
+            created_at TEXT NOT NULL,
+            last_event_id BIGINT NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0,
+            next_try_at TEXT,
+            lease_until TEXT,
+            last_error TEXT
+        )""",
         "CREATE INDEX console_devices_mac ON devices (fp_mac)",
         "CREATE INDEX console_devices_netbios ON devices (lower(netbios_name))",
         "CREATE INDEX console_devices_last_seen ON devices (last_seen)",

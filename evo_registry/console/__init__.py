@@ -4,8 +4,8 @@
 below with the roles that may use each.  Modules: ``accounts`` (people, roles, dealers, tokens),
 ``sessions`` (cookies, CSRF), ``audit`` (the trail), ``devices``/``timeline``/``warranty`` (what
 is read about units), ``inbox`` (events), ``dealers`` (assignment, sales, entitlement), ``export``
-(CSV, JSON, fleet counts), ``web`` (the guard every route goes through), ``login``, ``pages`` and
-``admin`` (the handlers), ``cli`` (``evo-registry user|dealer``).
+(CSV, JSON, fleet counts), ``alerts`` (webhooks), ``web`` (the guard every route goes
+through), ``login``, ``pages`` and ``admin`` (the handlers), ``cli`` (``evo-registry user|dealer``).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def mount(settings: Settings, db: Database,
         Route("/admin/dealers", c.endpoint(admin.dealers_page, ("admin",)), methods=both),
         Route("/admin/dealers/{code}/regions", c.endpoint(admin.dealer_regions, ("admin",)),
               methods=post),
+        Route("/admin/webhooks", c.endpoint(admin.webhooks_page, ("admin",)), methods=both),
         Route("/admin/audit", c.endpoint(admin.audit_page, ("admin",)), methods=get),
         Route("/admin/audit.{fmt}", c.endpoint(admin.audit_export, ("admin",)), methods=get),
     ]

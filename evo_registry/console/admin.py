@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from starlette.responses import PlainTextResponse, Response
 
-from evo_registry.console import accounts, audit
+from evo_registry.console import accounts, alerts, audit
 from evo_registry.console.export import to_csv, to_json
 from evo_registry.console.web import Call, Console, int_arg, see_other
 from evo_registry.errors import HttpError
@@ -106,6 +106,25 @@ def audit_export(console: Console, call: Call) -> Response:
     if fmt == "csv":
         return PlainTextResponse(to_csv(audit.COLUMNS, rows), 200, name, "text/csv")
     return Response(to_json(rows), 200, name, "application/json")
+
+
+def webhooks_page(console: Console, call: Call) -> Response:
+    """GET: the webhooks; POST: add one (events opened from now on), or remove one."""
+    if call.request.method == "POST":
+        remove = call.form.get("remove", "")
+        if remove:
+            if not alerts.remove(console.db, int_arg(remove, 0, 1, 2**62)):
+                raise HttpError(404, "no such webhook")
+            console.record(call, "webhook_remove", remove)
+        else:
+            url = call.form.get("url", "").strip()
+            dealer = call.form.get("dealer", "").strip() or None
+            hook = alerts.add(console.db, url, call.form.get("secret", ""), dealer,
+                              console.clock())
+            console.record(call, "webhook_add", str(hook), {"url": url, "dealer": dealer})
+        return see_other("/admin/webhooks")
+    return console.render("webhooks.html", {"rows": alerts.listing(console.db),
+                                            "dealers": accounts.dealers(console.db)}, call=call)
 
 
 def my_account(console: Console, call: Call) -> Response:
