@@ -74,6 +74,7 @@ async def login(console: Console, request: Request) -> Response:
                 return None
             audit.record(tx, at=now, actor=account.username, role=account.role,
                          action="login", target=account.username, address=address)
+            sessions.expire(tx, now)  # everyone's dead sessions go when someone signs in
             return sessions.create(tx, account, now)
 
     try:

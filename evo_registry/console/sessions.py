@@ -45,24 +45,33 @@ def create(tx: Cursor, account: Account, now: datetime) -> str:
     return token
 
 
-def lookup(tx: Cursor, token: str, now: datetime) -> Session | None:
-    """Return the live session of a cookie, or None (unknown, expired, account disabled)."""
+def lookup(tx: Cursor, token: str, now: datetime) -> tuple[Session | None, bool]:
+    """Return the live session of a cookie (None: unknown, expired, account disabled), and
+    whether its last use should be written (``touch``).  Reads only."""
     hashed = digest(token)
     row = tx.one("SELECT account_id, csrf, created_at, last_at FROM console_sessions "
                  "WHERE token_hash = ?", (hashed,))
     if row is None:
-        return None
+        return None, False
     last = parse_utc(row["last_at"])
     if now - last > IDLE or now - parse_utc(row["created_at"]) > ABSOLUTE:
-        tx.run("DELETE FROM console_sessions WHERE token_hash = ?", (hashed,))
-        return None
+        return None, False
     account = by_id(tx, int(row["account_id"]))
     if account is None:
-        return None
-    if now - last > TOUCH_EVERY:
-        tx.run("UPDATE console_sessions SET last_at = ? WHERE token_hash = ?",
-               (utc_text(now), hashed))
-    return Session(account, str(row["csrf"]), hashed)
+        return None, False
+    return Session(account, str(row["csrf"]), hashed), now - last > TOUCH_EVERY
+
+
+def touch(tx: Cursor, session: Session, now: datetime) -> None:
+    """Record a session's last use (the idle timeout counts from it)."""
+    tx.run("UPDATE console_sessions SET last_at = ? WHERE token_hash = ?",
+           (utc_text(now), session.token_hash))
+
+
+def expire(tx: Cursor, now: datetime) -> int:
+    """Delete the sessions past their idle or absolute limit; return how many."""
+    return tx.run("DELETE FROM console_sessions WHERE last_at < ? OR created_at < ?",
+                  (utc_text(now - IDLE), utc_text(now - ABSOLUTE)))
 
 
 def end(tx: Cursor, session: Session) -> None:

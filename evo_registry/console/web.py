@@ -101,7 +101,7 @@ class Console:
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         now = self.clock()
-        with self.db.transaction() as tx:
+        with self.db.transaction(write=False) as tx:
             if scheme.lower() == "bearer" and token.strip():
                 account = accounts.token_account(tx, token.strip())
                 if account is None:
@@ -110,8 +110,14 @@ class Console:
             cookie = request.cookies.get(sessions.COOKIE)
             if not cookie:
                 return None
-            session = sessions.lookup(tx, cookie, now)
-        return None if session is None else (session.account, session)
+            session, touch = sessions.lookup(tx, cookie, now)
+        if session is None:
+            return None
+        if touch:
+            # Written at most every few minutes: a page view is otherwise a pure read.
+            with self.db.transaction() as tx:
+                sessions.touch(tx, session, now)
+        return session.account, session
 
     def endpoint(self, handler: Handler, roles: Sequence[str],
                  ) -> Callable[[Request], Awaitable[Response]]:

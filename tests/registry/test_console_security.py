@@ -293,3 +293,11 @@ def test_api_tokens_are_scoped_to_the_role(world: World) -> None:
     assert r.status_code == 401
     assert world.db.read("SELECT COUNT(*) AS n FROM console_tokens")[0]["n"] == 1
     assert token.group(1) not in _database_text(world.db)
+
+
+def test_sessions_end_after_eight_idle_hours(world: World) -> None:
+    s = login(world, "sam.support")
+    for hours, status in ((7, 200), (7, 200), (8.1, 303)):
+        world.clock.now += timedelta(hours=hours)
+        r = s.get(f"{world.url}/devices", timeout=30, allow_redirects=False)
+        assert r.status_code == status, hours
