@@ -185,6 +185,8 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "CREATE INDEX console_devices_last_seen ON devices (last_seen)",
         "CREATE INDEX console_events_kind ON events (kind, last_at)",
         "CREATE INDEX console_events_open ON events (last_at) WHERE resolved_at IS NULL",
+        # A device's events, open and resolved (the device page).
+        "CREATE INDEX console_events_vpnid ON events (vpnid, last_at)",
     ]),
 ]
 

@@ -197,12 +197,6 @@ def authenticate(tx: Cursor, username: str, password: str, now: datetime) -> Acc
     return None
 
 
-def by_id(tx: Cursor, account_id: int) -> Account | None:
-    """Return an enabled account by id."""
-    row = tx.one("SELECT * FROM console_accounts WHERE id = ? AND disabled = 0", (account_id,))
-    return _account(row) if row else None
-
-
 # ---- API tokens ----------------------------------------------------------------------------
 def new_token(tx: Cursor, username: str, now: datetime) -> str:
     """Create an API token for an account (scoped to its role); return it (shown once)."""
@@ -213,9 +207,9 @@ def new_token(tx: Cursor, username: str, now: datetime) -> str:
     return token
 
 
-def token_account(tx: Cursor, token: str) -> Account | None:
+def token_account(db: Database, token: str) -> Account | None:
     """Return the enabled account of an API token, or None."""
-    row = tx.one("SELECT a.* FROM console_tokens t JOIN console_accounts a "
-                 "ON a.id = t.account_id WHERE t.token_hash = ? AND a.disabled = 0",
-                 (digest(token),))
-    return _account(row) if row else None
+    rows = db.read("SELECT a.* FROM console_tokens t JOIN console_accounts a "
+                   "ON a.id = t.account_id WHERE t.token_hash = ? AND a.disabled = 0",
+                   (digest(token),))
+    return _account(rows[0]) if rows else None

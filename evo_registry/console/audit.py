@@ -22,7 +22,7 @@ COLUMNS = ("id", "at", "actor", "role", "action", "target", "address", "detail")
 def record(tx: Cursor, *, at: datetime, actor: str, role: str, action: str, target: str,
            address: str | None, detail: Mapping[str, Any] | None = None) -> None:
     """Write one row of the trail inside the caller's transaction."""
-    tx.run("INSERT INTO console_audit (at, actor, role, action, target, address, detail) "
+    tx.send("INSERT INTO console_audit (at, actor, role, action, target, address, detail) "
            "VALUES (?, ?, ?, ?, ?, ?, ?)",
            (utc_text(at), actor, role, action, target[:200], address,
             json.dumps(dict(detail or {}), sort_keys=True, ensure_ascii=False)))

@@ -45,8 +45,11 @@ def scope(account: Account) -> tuple[str, tuple[Any, ...]]:
     if account.role in ("admin", "support"):
         return "1 = 1", ()
     if account.role == "dealer":
-        return ("d.vpnid IN (SELECT vpnid FROM console_device_dealers WHERE dealer = ?)",
-                (account.dealer,))
+        # EXISTS, not IN (SELECT ...): SQLite drives a query from an IN list (all of the
+        # dealer's units, then the search on each: 37 ms for 5,000 units), while a correlated
+        # EXISTS is checked on the few rows the search's indexes find (0.3 ms).
+        return ("EXISTS (SELECT 1 FROM console_device_dealers x WHERE x.vpnid = d.vpnid "
+                "AND x.dealer = ?)", (account.dealer,))
     return "1 = 0", ()
 
 
@@ -122,24 +125,30 @@ def _event(account: Account, row: Row) -> Row:
 
 def page(db: Database, account: Account, vpnid: str, months: int, now: datetime) -> dict[str, Any]:
     """Return everything the device page shows to this account (HttpError 404 if hidden)."""
-    dev = visible(db, account, vpnid)
-    with db.transaction(write=False) as tx:
-        extra = tx.one("SELECT a.dealer, a.assigned_at, a.assigned_by, s.sold_on, "
-                       "s.recorded_by, c.name AS dealer_name FROM devices d "
-                       "LEFT JOIN console_device_dealers a ON a.vpnid = d.vpnid "
-                       "LEFT JOIN console_dealers c ON c.code = a.dealer "
-                       "LEFT JOIN console_sales s ON s.vpnid = d.vpnid WHERE d.vpnid = ?",
-                       (vpnid,)) or {}
-        events = tx.query("SELECT id, kind, detail, first_at, last_at, occurrences, report_id, "
-                          "resolved_at FROM events WHERE vpnid = ? "
-                          "ORDER BY last_at DESC, id DESC LIMIT 200", (vpnid,))
-        notes = tx.query("SELECT n.event_id, n.at, n.actor, n.comment FROM console_event_notes n "
-                         "JOIN events e ON e.id = n.event_id WHERE e.vpnid = ? ORDER BY n.id",
-                         (vpnid,))
-        reports = tx.query("SELECT report_id, sequence, report_trigger, collected_at, "
-                           "received_at, path, body FROM reports WHERE vpnid = ? "
-                           "ORDER BY received_at DESC, id DESC LIMIT ?",
-                           (vpnid, TIMELINE_REPORTS))
+    where, params = scope(account)
+    # One round trip on PostgreSQL (pipelined): the page is a dozen reads otherwise.
+    with db.transaction(write=False, pipeline=True) as tx:
+        found, extra_rows, events, notes, reports = tx.queries([
+            (f"SELECT d.* FROM devices d WHERE d.vpnid = ? AND {where}",  # noqa: S608
+             (check_vpnid(vpnid), *params)),
+            ("SELECT a.dealer, a.assigned_at, a.assigned_by, s.sold_on, "
+             "s.recorded_by, c.name AS dealer_name FROM devices d "
+             "LEFT JOIN console_device_dealers a ON a.vpnid = d.vpnid "
+             "LEFT JOIN console_dealers c ON c.code = a.dealer "
+             "LEFT JOIN console_sales s ON s.vpnid = d.vpnid WHERE d.vpnid = ?", (vpnid,)),
+            ("SELECT id, kind, detail, first_at, last_at, occurrences, report_id, "
+             "resolved_at FROM events WHERE vpnid = ? "
+             "ORDER BY last_at DESC, id DESC LIMIT 200", (vpnid,)),
+            ("SELECT n.event_id, n.at, n.actor, n.comment FROM console_event_notes n "
+             "JOIN events e ON e.id = n.event_id WHERE e.vpnid = ? ORDER BY n.id", (vpnid,)),
+            ("SELECT report_id, sequence, report_trigger, collected_at, "
+             "received_at, path, body FROM reports WHERE vpnid = ? "
+             "ORDER BY received_at DESC, id DESC LIMIT ?", (vpnid, TIMELINE_REPORTS)),
+        ])
+    if not found:
+        raise HttpError(404, "unknown unit")
+    dev = _redact(account, found[0])
+    extra = extra_rows[0] if extra_rows else {}
     by_event: dict[int, list[Row]] = {}
     for n in notes:
         by_event.setdefault(int(n["event_id"]), []).append(n)

@@ -15,8 +15,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from evo_registry.console.accounts import Account, by_id, digest
-from evo_registry.db import Cursor, parse_utc, utc_text
+from evo_registry.console.accounts import Account, digest
+from evo_registry.db import Cursor, Database, parse_utc, utc_text
 
 COOKIE = "evo_console"
 LOGIN_COOKIE = "evo_console_login"
@@ -45,21 +45,20 @@ def create(tx: Cursor, account: Account, now: datetime) -> str:
     return token
 
 
-def lookup(tx: Cursor, token: str, now: datetime) -> tuple[Session | None, bool]:
+def lookup(db: Database, token: str, now: datetime) -> tuple[Session | None, bool]:
     """Return the live session of a cookie (None: unknown, expired, account disabled), and
-    whether its last use should be written (``touch``).  Reads only."""
-    hashed = digest(token)
-    row = tx.one("SELECT account_id, csrf, created_at, last_at FROM console_sessions "
-                 "WHERE token_hash = ?", (hashed,))
-    if row is None:
+    whether its last use should be written (``touch``).  One read."""
+    rows = db.read("SELECT s.csrf, s.created_at, s.last_at, a.id, a.username, a.role, a.dealer "
+                   "FROM console_sessions s JOIN console_accounts a ON a.id = s.account_id "
+                   "WHERE s.token_hash = ? AND a.disabled = 0", (digest(token),))
+    if not rows:
         return None, False
+    row = rows[0]
     last = parse_utc(row["last_at"])
     if now - last > IDLE or now - parse_utc(row["created_at"]) > ABSOLUTE:
         return None, False
-    account = by_id(tx, int(row["account_id"]))
-    if account is None:
-        return None, False
-    return Session(account, str(row["csrf"]), hashed), now - last > TOUCH_EVERY
+    account = Account(int(row["id"]), str(row["username"]), str(row["role"]), row["dealer"])
+    return Session(account, str(row["csrf"]), digest(token)), now - last > TOUCH_EVERY
 
 
 def touch(tx: Cursor, session: Session, now: datetime) -> None:
