@@ -143,6 +143,50 @@ def export_devices(console: Console, call: Call) -> Response:
     raise HttpError(404, "exports are .csv or .json")
 
 
+FORMS_LIMIT = 500
+
+
+def forms(console: Console, call: Call) -> Response:
+    """GET without a batch: the form; with one: its registration forms as one PDF.
+
+    A batch is a list of VPNIDs, or the units enrolled on one day (the line's production of that
+    day), at most ``FORMS_LIMIT``.
+    """
+    vpnids = [v.strip() for v in call.arg("vpnids").replace("\n", ",").split(",") if v.strip()]
+    day = call.arg("enrolled_on").strip()
+    if not vpnids and not day:
+        return console.render("forms.html", {}, call=call)
+    if vpnids:
+        if len(vpnids) > FORMS_LIMIT or not all(devices.VPNID_TEXT.match(v) for v in vpnids):
+            raise HttpError(400, f"vpnids: at most {FORMS_LIMIT} VPNIDs, separated by commas")
+        marks = ", ".join("?" * len(vpnids))
+        rows = console.db.read(f"SELECT * FROM devices WHERE vpnid IN ({marks}) "  # noqa: S608
+                               "ORDER BY vpnid", vpnids)
+        missing = sorted(set(vpnids) - {r["vpnid"] for r in rows})
+        if missing:
+            raise HttpError(404, f"unknown unit(s): {', '.join(missing[:10])}")
+        label = f"{len(rows)} units"
+    else:
+        start = dealers.parse_date(day)
+        # Stored times are fixed-width text: a day is from "YYYY-MM-DDT" to "YYYY-MM-DDU".
+        rows = console.db.read("SELECT * FROM devices WHERE enrolled_at >= ? AND "
+                               "enrolled_at < ? ORDER BY vpnid LIMIT ?",
+                               (f"{start.isoformat()}T", f"{start.isoformat()}U",
+                                FORMS_LIMIT + 1))
+        if not rows:
+            raise HttpError(404, f"no unit enrolled on {start.isoformat()}")
+        if len(rows) > FORMS_LIMIT:
+            raise HttpError(400, f"more than {FORMS_LIMIT} units that day: list VPNIDs")
+        label = f"enrolled on {start.isoformat()}"
+    from evo_registry import form
+
+    pdf = form.render_batch(rows, f"432 EVO registration forms, {label}")
+    console.record(call, "forms", label, {"vpnids": [r["vpnid"] for r in rows]})
+    return Response(pdf, 200, {"Content-Disposition":
+                               'inline; filename="evo-registration-forms.pdf"'},
+                    "application/pdf")
+
+
 def fleet(console: Console, call: Call) -> Response:
     """Counts by model, country, agent version and open events, on one page."""
     counts = export.fleet(console.db, call.account)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,3 +128,37 @@ def test_admin_accounts_dealers_and_audit_export(world: World) -> None:
     assert admin.get(f"{world.url}/devices/stale", params={"days": "x"},
                      timeout=30).status_code == 400
     assert admin.get(f"{world.url}/devices/not%20a%20vpnid", timeout=30).status_code == 404
+
+
+def test_the_forms_of_a_batch_as_one_pdf(world: World, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    factory = login(world, "fay.factory")
+    r = factory.get(f"{world.url}/forms.pdf", params={"enrolled_on": "2026-10-14"}, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/pdf"
+    pdf = tmp_path / "batch.pdf"
+    pdf.write_bytes(r.content)
+    if shutil.which("pdftotext") is None:
+        pytest.skip("poppler-utils absent: apt-get install poppler-utils")
+    info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True)
+    assert "Pages:           3" in info.stdout
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    pages = [sorted(set(re.findall(r"EVO-10000\d", p))) for p in text.split("\f")[:3]]
+    assert pages == [["EVO-100001"], ["EVO-100002"], ["EVO-100003"]]
+    two = factory.get(f"{world.url}/forms.pdf", params={"vpnids": "EVO-100002, EVO-100001"},
+                      timeout=30)
+    assert two.status_code == 200 and two.content.startswith(b"%PDF")
+    for params, status in (({"vpnids": "EVO-100001,EVO-999999"}, 404),
+                           ({"enrolled_on": "2026-10-15"}, 404),
+                           ({"vpnids": "not a vpnid"}, 400)):
+        assert factory.get(f"{world.url}/forms.pdf", params=params,
+                           timeout=30).status_code == status
+    dealer = login(world, "dana.dealer")
+    assert dealer.get(f"{world.url}/forms.pdf", params={"enrolled_on": "2026-10-14"},
+                      timeout=30).status_code == 403
+    # The factory reads no device data: search and device pages are not for its role.
+    assert factory.get(f"{world.url}/devices/EVO-100001", timeout=30).status_code == 403
+    trail = world.db.read("SELECT target FROM console_audit WHERE action = 'forms'")
+    assert [t["target"] for t in trail] == ["enrolled on 2026-10-14", "2 units"]
