@@ -12,7 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.registry.consoleenv import CITY_CANARY, WAN_CANARY, World, csrf_of, login, served
+from evo_registry.config import Settings
+from evo_registry.console import accounts
+from evo_registry.db import Database
+from tests.registry.conftest import Device, Server, enroll
+from tests.registry.consoleenv import (
+    CITY_CANARY,
+    WAN_CANARY,
+    Clock,
+    World,
+    csrf_of,
+    login,
+    served,
+)
 
 CARL = "carl-password-123"
 
@@ -162,3 +174,21 @@ def test_the_forms_of_a_batch_as_one_pdf(world: World, tmp_path: Path) -> None:
     assert factory.get(f"{world.url}/devices/EVO-100001", timeout=30).status_code == 403
     trail = world.db.read("SELECT target FROM console_audit WHERE action = 'forms'")
     assert [t["target"] for t in trail] == ["enrolled on 2026-10-14", "2 units"]
+
+
+def test_enrolment_can_assign_the_dealer(server: Server, settings: Settings) -> None:
+    db = Database(settings.database)
+    try:
+        with db.transaction() as tx:
+            accounts.add_dealer(tx, "DLR-A", "Hifi Gent", ["BE"], Clock().now)
+        ok, unknown, bad = Device("EVO-200001"), Device("EVO-200002"), Device("EVO-200003")
+        assert enroll(server, ok, dealer="DLR-A").status == 201
+        r = enroll(server, unknown, dealer="DLR-X")
+        assert (r.status, r.json()) == (400, {"error": "dealer: no dealer DLR-X"})
+        r = enroll(server, bad, dealer="dlr a")
+        assert r.status == 400 and r.json()["error"].startswith("dealer:")
+        assert db.read("SELECT vpnid, dealer, assigned_by FROM console_device_dealers") == [
+            {"vpnid": "EVO-200001", "dealer": "DLR-A", "assigned_by": "enrolment"}]
+        assert [r["vpnid"] for r in db.read("SELECT vpnid FROM devices")] == ["EVO-200001"]
+    finally:
+        db.close()
