@@ -37,11 +37,14 @@ from starlette.routing import Route
 from evo_registry import enrol, pages, rules, wire
 from evo_registry.batch import GroupCommit
 from evo_registry.config import Settings
+from evo_registry.console import accounts, audit
 from evo_registry.db import Database, Row, parse_utc, utc_text
 from evo_registry.errors import DatabaseError, HttpError
 from evo_registry.geo import Geo
 from evo_registry.store import Limits, Outcome, Pending, Store
 
+#: which console roles an account's API token needs for the routes of a shared token kind
+_API_ROLES = {"support": ("support", "admin"), "factory": ("factory",)}
 LOG = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
@@ -253,6 +256,9 @@ class Registry:
         return wire.client_address(peer, forwarded, self.trusted)
 
     def _authorize(self, request: Request, *kinds: str) -> None:
+        """Accept the line's shared tokens of ``kinds``, or the API token of an account whose
+        role may do the same (console accounts: support and admin for "support", factory for
+        "factory"); a use by an account is written to the audit trail."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -261,6 +267,15 @@ class Registry:
             for good in getattr(self.settings, f"{kind}_tokens"):
                 if hmac.compare_digest(token.encode(), good.encode()):
                     return
+        if token.startswith(accounts.TOKEN_PREFIX):
+            account = accounts.token_account(self.db, token)
+            if account is not None and account.role in {
+                    role for kind in kinds for role in _API_ROLES[kind]}:
+                with self.db.transaction() as tx:
+                    audit.record(tx, at=datetime.now(timezone.utc), actor=account.username,
+                                 role=account.role, action=f"api {request.method}",
+                                 target=request.url.path, address=self.wan_ip(request))
+                return
         raise HttpError(401, "token not accepted here", {"WWW-Authenticate": "Bearer"})
 
     @staticmethod
@@ -475,8 +490,10 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
                 owned.close()
                 owned.db.close()
 
-    app = Starlette(routes=reg.routes(), exception_handlers=reg.exception_handlers(),
-                    lifespan=lifespan)
+    from evo_registry import console
+
+    app = Starlette(routes=[*reg.routes(), console.mount(reg.settings, reg.db)],
+                    exception_handlers=reg.exception_handlers(), lifespan=lifespan)
     app.state.registry = reg
     app.state.settings = reg.settings
     app.state.db = reg.db

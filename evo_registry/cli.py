@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--retention-days", type=int)
         if name == "import":
             s.add_argument("bundles", nargs="+", metavar="BUNDLE", help="files or directories")
+    # The console's accounts and dealers (evo_registry/console/cli.py).
+    from evo_registry.console import cli as console_cli
+
+    console_cli.add_parsers(sub)
     return p
 
 
@@ -84,8 +88,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             db = Database(settings.database)
             try:
                 db.migrate()
-                gone = Store(db).prune(datetime.now(timezone.utc),
-                                       timedelta(days=settings.retention_days))
+                gone = _prune(db, datetime.now(timezone.utc),
+                              timedelta(days=settings.retention_days))
             finally:
                 db.close()
             print(f"pruned: {gone}", file=out)
@@ -94,24 +98,43 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             from evo_registry.bundles import run_import
 
             return run_import(settings, args.bundles, out)
+        if args.command in ("user", "dealer"):
+            from evo_registry.console import cli as console_cli
+
+            return console_cli.run(args, settings, out)
         return serve(settings, logging.DEBUG if args.verbose else logging.INFO)
     except RegistryError as exc:
         print(f"evo-registry: {exc}", file=sys.stderr)
         return exc.exit_code
 
 
+def _prune(db: Database, now: datetime, retention: timedelta) -> dict[str, int]:
+    """Delete what is older than the retention period: history, and the console's audit trail."""
+    from evo_registry.console import audit
+
+    gone = Store(db).prune(now, retention)
+    gone["audit"] = audit.prune(db, now, retention)
+    return gone
+
+
 def _pruner(settings: Settings, stop: threading.Event) -> None:
     """Prune now and then; idempotent, so several processes may all do it."""
     db = Database(settings.database)
-    store = Store(db)
     wait = PRUNE_FIRST_S
     while not stop.wait(wait):
         wait = PRUNE_EVERY_S
         try:
-            gone = store.prune(datetime.now(timezone.utc), timedelta(days=settings.retention_days))
+            gone = _prune(db, datetime.now(timezone.utc), timedelta(days=settings.retention_days))
             LOG.info("retention: pruned %s", gone)
         except Exception:
             LOG.exception("retention pruning failed; next try in %s s", PRUNE_EVERY_S)
+
+
+def _alerts(settings: Settings, stop: threading.Event) -> None:
+    """Send new events to the configured webhooks until stopped (evo_registry.console.alerts)."""
+    from evo_registry.console.alerts import Dispatcher
+
+    Dispatcher(Database(settings.database)).run(stop)
 
 
 def serve(settings: Settings, level: int = logging.INFO) -> int:
@@ -125,6 +148,7 @@ def serve(settings: Settings, level: int = logging.INFO) -> int:
     db.close()
     stop = threading.Event()
     threading.Thread(target=_pruner, args=(settings, stop), daemon=True).start()
+    threading.Thread(target=_alerts, args=(settings, stop), daemon=True).start()
     try:
         return server.run(settings, level)
     finally:

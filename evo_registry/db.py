@@ -103,6 +103,92 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "CREATE INDEX devices_wan_key ON devices (wan_key, last_seen)",
         "DROP INDEX devices_wan_ip",
     ]),
+    # The console (evo_registry/console): people, not devices.  Self-contained: only its own
+    # tables, plus two indexes on devices for its search (MAC, NetBIOS name without case).
+    (3, "console: dealers, accounts, sessions, API tokens, audit, assignments, sales, "
+        "webhooks", [
+        """CREATE TABLE console_dealers (
+            code TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            regions TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE console_accounts (
+            id {pk},
+            username TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL,
+            dealer TEXT REFERENCES console_dealers (code),
+            password_hash TEXT NOT NULL,
+            disabled INTEGER NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0,
+            locked_until TEXT,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE console_sessions (
+            token_hash TEXT PRIMARY KEY,
+            account_id BIGINT NOT NULL REFERENCES console_accounts (id) ON DELETE CASCADE,
+            csrf TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            last_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX console_sessions_account ON console_sessions (account_id)",
+        """CREATE TABLE console_tokens (
+            token_hash TEXT PRIMARY KEY,
+            account_id BIGINT NOT NULL REFERENCES console_accounts (id) ON DELETE CASCADE,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE console_audit (
+            id {pk},
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            role TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            address TEXT,
+            detail TEXT NOT NULL
+        )""",
+        "CREATE INDEX console_audit_at ON console_audit (at)",
+        """CREATE TABLE console_device_dealers (
+            vpnid TEXT PRIMARY KEY REFERENCES devices (vpnid) ON DELETE CASCADE,
+            dealer TEXT NOT NULL REFERENCES console_dealers (code),
+            assigned_at TEXT NOT NULL,
+            assigned_by TEXT NOT NULL
+        )""",
+        "CREATE INDEX console_device_dealers_dealer ON console_device_dealers (dealer, vpnid)",
+        """CREATE TABLE console_sales (
+            vpnid TEXT PRIMARY KEY REFERENCES devices (vpnid) ON DELETE CASCADE,
+            sold_on TEXT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            recorded_by TEXT NOT NULL
+        )""",
+        """CREATE TABLE console_event_notes (
+            id {pk},
+            event_id BIGINT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            comment TEXT NOT NULL
+        )""",
+        "CREATE INDEX console_event_notes_event ON console_event_notes (event_id)",
+        """CREATE TABLE console_webhooks (
+            id {pk},
+            url TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            dealer TEXT REFERENCES console_dealers (code),
+            created_at TEXT NOT NULL,
+            last_event_id BIGINT NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0,
+            next_try_at TEXT,
+            lease_until TEXT,
+            last_error TEXT
+        )""",
+        "CREATE INDEX console_devices_mac ON devices (fp_mac)",
+        "CREATE INDEX console_devices_netbios ON devices (lower(netbios_name))",
+        "CREATE INDEX console_devices_last_seen ON devices (last_seen)",
+        "CREATE INDEX console_events_kind ON events (kind, last_at)",
+        "CREATE INDEX console_events_open ON events (last_at) WHERE resolved_at IS NULL",
+        # A device's events, open and resolved (the device page).
+        "CREATE INDEX console_events_vpnid ON events (vpnid, last_at)",
+    ]),
 ]
 
 _PK = {

@@ -6,6 +6,7 @@ checks: an offline line can never enrol what the live endpoint would refuse.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -15,7 +16,9 @@ from evo_registry.store import Enrolment, region_list
 
 BUNDLE_FORMAT = "evo-enrolment-bundle/1"
 _KEYS = {"vpnid", "public_key", "report", "sales_region", "psu_variant", "manufactured_at",
-         "override", "model"}
+         "override", "model", "dealer"}
+# A dealer's code in the console (evo_registry/console/accounts.py: DEALER_CODE).
+_DEALER = re.compile(r"^[A-Z0-9][A-Z0-9_-]{0,31}$")
 
 
 def _parse_rfc3339(text: Any) -> datetime:
@@ -64,5 +67,8 @@ def parse(doc: Any, now: datetime) -> tuple[Enrolment, bool]:
     override = doc.get("override", False)
     if not isinstance(override, bool):
         raise HttpError(400, "override: true or false")
+    dealer = doc.get("dealer")
+    if dealer is not None and not (isinstance(dealer, str) and _DEALER.match(dealer)):
+        raise HttpError(400, "dealer: a dealer code (upper-case letters, digits, - and _)")
     return (Enrolment(vpnid, doc["public_key"].strip(), report, region, psu.strip().upper(),
-                      made, model), override)
+                      made, model, dealer), override)

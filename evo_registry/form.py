@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from evo_registry.db import Row, parse_utc
@@ -24,20 +25,35 @@ def _value(value: Any) -> str:
 
 def render(device: Row) -> bytes:
     """Return the PDF of one enrolled device's registration form."""
+    return render_batch([device], f"432 EVO registration form {device['vpnid']}")
+
+
+def render_batch(devices: Sequence[Row], title: str) -> bytes:
+    """Return one PDF holding the registration forms of several devices, a page each."""
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfgen import canvas
+
+    buf = io.BytesIO()
+    pdf = canvas.Canvas(buf, pagesize=A4, pageCompression=1, invariant=1)
+    pdf.setTitle(title)
+    pdf.setAuthor("432 EVO")
+    for device in devices:
+        _page(pdf, device)
+    pdf.save()
+    return buf.getvalue()
+
+
+def _page(pdf: Any, device: Row) -> None:
+    """Draw one device's form on the next page."""
     from reportlab.graphics import renderPDF
     from reportlab.graphics.barcode.qr import QrCodeWidget
     from reportlab.graphics.shapes import Drawing
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.units import mm
-    from reportlab.pdfgen import canvas
 
     report = json.loads(device["enrolment_report"])
     hw = report.get("hardware") or {}
     vpnid = str(device["vpnid"])
-    buf = io.BytesIO()
-    pdf = canvas.Canvas(buf, pagesize=A4, pageCompression=1, invariant=1)
-    pdf.setTitle(f"432 EVO registration form {vpnid}")
-    pdf.setAuthor("432 EVO")
     width, height = A4
     left = 20 * mm
     y = height - 25 * mm
@@ -89,5 +105,3 @@ def render(device: Row) -> bytes:
     pdf.setFont("Helvetica", 8)
     pdf.drawString(left, 15 * mm, "Keep this form: it is needed for support and warranty claims.")
     pdf.showPage()
-    pdf.save()
-    return buf.getvalue()

@@ -58,6 +58,8 @@ class Enrolment:
     psu_variant: str
     manufactured_at: datetime
     model: str | None = None
+    # The dealer the unit is for, when the line knows it (the console's assignment).
+    dealer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,9 @@ class Store:
         fp = rules.fingerprint(e.report)
         stamp = utc_text(now)
         with self.db.transaction() as tx:
+            if e.dealer is not None and tx.one("SELECT code FROM console_dealers WHERE code = ?",
+                                               (e.dealer,)) is None:
+                raise HttpError(400, f"dealer: no dealer {e.dealer}")
             existing = tx.one(self._lock_device, (e.vpnid,))
             values = (e.public_key, stamp, utc_text(e.manufactured_at), e.model,
                       _json(list(e.sales_region)), e.psu_variant, _json(e.report),
@@ -197,6 +202,12 @@ class Store:
                 )
             drive(tx, self._check_clone(e.vpnid, fp.get("motherboard_serial"), now=stamp,
                                         report_id=None))
+            if e.dealer is not None:
+                # The console's assignment (evo_registry/console): the dealer sees the unit.
+                tx.run("INSERT INTO console_device_dealers (vpnid, dealer, assigned_at, "
+                       "assigned_by) VALUES (?, ?, ?, 'enrolment') ON CONFLICT (vpnid) DO UPDATE "
+                       "SET dealer = excluded.dealer, assigned_at = excluded.assigned_at, "
+                       "assigned_by = excluded.assigned_by", (e.vpnid, e.dealer, stamp))
         return True
 
     KEY_QUERY = "SELECT public_key FROM devices WHERE vpnid = ?"

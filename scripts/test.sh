@@ -13,6 +13,8 @@ APT_PACKAGES=(
   i2c-tools  # decode-dimms: the JEDEC manufacturer table is checked against it
   # the registry's tests: a real PostgreSQL, the finder in headless Chromium, the form's QR code
   postgresql chromium poppler-utils zbar-tools
+  # the console in headless Chromium driven by Selenium
+  chromium-driver python3-selenium
   # the delivery tests: the VPN path over WireGuard between network namespaces (userspace)
   wireguard-go wireguard-tools
   # benchmarks (bench/): GNU time, and the tools evo-agent is compared with
