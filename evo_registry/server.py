@@ -112,7 +112,10 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        if self._request_timer is not None:
+        if self.cycle is not None and self.cycle.response_complete:
+            # Answered before its body was in (413): the rest was read, the next request waits.
+            self._arm_request_timer()
+        elif self._request_timer is not None:
             self._request_timer.cancel()
             self._request_timer = None
 

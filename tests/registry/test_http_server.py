@@ -252,6 +252,20 @@ def test_a_client_that_never_reads_is_cut(quick: Server) -> None:
     assert _wait_for(lambda: quick.connections == 0, 6), "the never-reading client stays"
 
 
+def test_a_body_sent_on_after_its_refusal_leaves_no_idle_connection(quick: Server) -> None:
+    sock = _connect(quick.port, "127.0.0.2")
+    sock.sendall(b"POST /v1/reports HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Encoding: gzip\r\nX-Evo-Vpnid: EVO-1\r\nX-Evo-Signature: x\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n%s\r\n" % (16384, b"x" * 16384)
+    for _ in range(5):
+        sock.sendall(chunk)
+    assert _answers(sock, 1)[0][0] == 413
+    sock.sendall(chunk + b"0\r\n\r\n")  # the rest of the body, then nothing
+    assert _closed(sock, 4.0)
+    assert _wait_for(lambda: quick.connections == 0, 2)
+
+
 def test_one_address_gets_its_share_of_connections(quick: Server) -> None:
     hog = [_connect(quick.port, "127.0.0.2") for _ in range(12)]
     time.sleep(0.3)
