@@ -67,16 +67,23 @@ def search(db: Database, account: Account, q: str, limit: int = SEARCH_LIMIT) ->
         return [_redact(account, r) for r in db.read(
             f"SELECT {_LIST_COLUMNS} FROM {_LIST_FROM} WHERE {where} "  # noqa: S608
             "ORDER BY d.vpnid LIMIT ?", (*params, limit))]
+    match, match_params = matching(q)
+    rows = db.read(
+        f"SELECT {_LIST_COLUMNS} FROM {_LIST_FROM} WHERE {where} AND {match} "  # noqa: S608
+        "ORDER BY d.vpnid LIMIT ?", (*params, *match_params, limit))
+    return [_redact(account, r) for r in rows]
+
+
+def matching(q: str) -> tuple[str, tuple[Any, ...]]:
+    """Return the condition (on ``d``) of a search: VPNID or its beginning, motherboard serial
+    (enrolled or current), MAC, NetBIOS name or its beginning (any case); each has its index."""
+    q = q.strip()[:128]
     mac = q.lower().replace("-", ":") if _MAC.match(q) else None
     name = q.lower()
-    rows = db.read(
-        f"SELECT {_LIST_COLUMNS} FROM {_LIST_FROM} WHERE {where} AND ("  # noqa: S608
-        "(d.vpnid >= ? AND d.vpnid < ?) OR d.fp_motherboard_serial = ? OR "
-        "d.cur_motherboard_serial = ? OR d.fp_mac = ? OR "
-        "(lower(d.netbios_name) >= ? AND lower(d.netbios_name) < ?)) "
-        "ORDER BY d.vpnid LIMIT ?",
-        (*params, q, q + _TOP, q, q, mac, name, name + _TOP, limit))
-    return [_redact(account, r) for r in rows]
+    return ("((d.vpnid >= ? AND d.vpnid < ?) OR d.fp_motherboard_serial = ? OR "
+            "d.cur_motherboard_serial = ? OR d.fp_mac = ? OR "
+            "(lower(d.netbios_name) >= ? AND lower(d.netbios_name) < ?))",
+            (q, q + _TOP, q, q, mac, name, name + _TOP))
 
 
 def stale(db: Database, account: Account, days: int, now: datetime,

@@ -41,11 +41,9 @@ def rows(db: Database, account: Account, q: str, stale_days: int | None, *, mont
            "LEFT JOIN console_sales s ON s.vpnid = d.vpnid WHERE " + where)
     extra: list[Any] = []
     if q.strip():
-        matches = [r["vpnid"] for r in devices.search(db, account, q, limit=EXPORT_LIMIT)]
-        if not matches:
-            return []
-        sql += " AND d.vpnid IN (" + ", ".join("?" * len(matches)) + ")"
-        extra += matches
+        match, match_params = devices.matching(q)
+        sql += " AND " + match
+        extra += match_params
     if stale_days is not None:
         sql += " AND (d.last_seen < ? OR d.last_seen IS NULL)"
         extra.append(utc_text(now - timedelta(days=stale_days)))

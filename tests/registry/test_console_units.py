@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
-from datetime import date
+from datetime import date, datetime, timezone
 
 from evo_registry.console import export, timeline
+from evo_registry.console.accounts import Account
 from evo_registry.console.warranty import add_months, warranty
+from evo_registry.db import Database
 from tests.registry.conftest import base_report
 
 
@@ -54,3 +56,23 @@ def test_csv_cells_never_start_a_formula() -> None:
         {"vpnid": "EVO-2", "netbios_name": None}])
     assert text.splitlines() == ["vpnid,netbios_name", "EVO-1,\"'=HYPERLINK(\"\"http://x\"\")\"",
                                  "EVO-2,"]
+
+
+def test_an_export_of_a_broad_search_has_no_list_of_matches(db_url: str) -> None:
+    """70,000 matches: listed as parameters they would pass PostgreSQL's 65,535."""
+    db = Database(db_url)
+    db.migrate()
+    try:
+        with db.transaction() as tx:
+            tx.many("INSERT INTO devices (vpnid, public_key, enrolled_at, manufactured_at, "
+                    "sales_region, psu_variant, enrolment_report) "
+                    "VALUES (?, 'k', '2026-01-01T00:00:00.000000Z', "
+                    "'2026-01-01T00:00:00.000000Z', '[\"BE\"]', '230V', '{}')",
+                    [(f"EVO-{i:06d}",) for i in range(70_000)])
+        support = Account(1, "s", "support", None)
+        now = datetime(2026, 11, 23, tzinfo=timezone.utc)
+        rows = export.rows(db, support, "EVO-0", None, months=24, now=now)
+        assert len(rows) == 70_000
+        assert rows[0]["warranty_end"] == "2028-01-01"
+    finally:
+        db.close()
