@@ -180,7 +180,7 @@ def _mac(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     mac = value.strip().lower().replace("-", ":")
-    if not _MAC.match(mac) or mac in ("00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff"):
+    if not _MAC.fullmatch(mac) or mac in ("00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff"):
         return None
     return mac
 
@@ -193,7 +193,7 @@ def _netbios(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     name = value.strip().upper()
-    return name if _NETBIOS.match(name) else None
+    return name if _NETBIOS.fullmatch(name) else None
 
 
 # The VPNID is printed on the box and the registration form: letters, digits, '-' and '_'.
@@ -204,7 +204,7 @@ def _vpnid(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     text = value.strip()
-    return text if _VPNID.match(text) and not is_placeholder(text) else None
+    return text if _VPNID.fullmatch(text) and not is_placeholder(text) else None
 
 
 CLEANERS: dict[str, Callable[[Any], Any]] = {

@@ -78,7 +78,7 @@ def parse_regions(text: str | Sequence[str]) -> list[str]:
 # ---- dealers -------------------------------------------------------------------------------
 def add_dealer(tx: Cursor, code: str, name: str, regions: Sequence[str], now: datetime) -> None:
     """Create a dealer; HttpError 400 on a bad code or name, 409 when the code exists."""
-    if not DEALER_CODE.match(code):
+    if not DEALER_CODE.fullmatch(code):
         raise HttpError(400, "dealer code: upper-case letters, digits, - and _ (at most 32)")
     name = name.strip()
     if not name or len(name) > 200 or "\x00" in name:
@@ -112,7 +112,7 @@ def dealers(db: Database) -> list[Row]:
 def add_account(tx: Cursor, username: str, role: str, dealer: str | None, *, password: str,
                 now: datetime) -> int:
     """Create an account; return its id.  HttpError 400 on bad input, 409 when it exists."""
-    if not USERNAME.match(username):
+    if not USERNAME.fullmatch(username):
         raise HttpError(400, "username: lower-case letters, digits, . _ @ - (at most 64)")
     if role not in ROLES:
         raise HttpError(400, f"role: one of {', '.join(ROLES)}")

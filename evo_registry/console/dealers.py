@@ -81,7 +81,7 @@ def entitlement(db: Database, vpnid: str, months: int, today: date) -> tuple[str
     """Return the answer for any VPNID: the sentence, and the warranty behind it if known."""
     vpnid = vpnid.strip()
     rows: list[dict[str, Any]] = []
-    if devices.VPNID_TEXT.match(vpnid):
+    if devices.VPNID_TEXT.fullmatch(vpnid):
         rows = db.read("SELECT d.manufactured_at, s.sold_on FROM devices d "
                        "LEFT JOIN console_sales s ON s.vpnid = d.vpnid WHERE d.vpnid = ?",
                        (vpnid,))

@@ -78,7 +78,7 @@ def matching(q: str) -> tuple[str, tuple[Any, ...]]:
     """Return the condition (on ``d``) of a search: VPNID or its beginning, motherboard serial
     (enrolled or current), MAC, NetBIOS name or its beginning (any case); each has its index."""
     q = q.strip()[:128]
-    mac = q.lower().replace("-", ":") if _MAC.match(q) else None
+    mac = q.lower().replace("-", ":") if _MAC.fullmatch(q) else None
     name = q.lower()
     return ("((d.vpnid >= ? AND d.vpnid < ?) OR d.fp_motherboard_serial = ? OR "
             "d.cur_motherboard_serial = ? OR d.fp_mac = ? OR "
@@ -101,7 +101,7 @@ VPNID_TEXT = wire.VPNID
 
 def check_vpnid(vpnid: str) -> str:
     """Return a VPNID from a URL, or 404 (a malformed one is as unknown as any)."""
-    if not wire.VPNID.match(vpnid):
+    if not wire.VPNID.fullmatch(vpnid):
         raise HttpError(404, "unknown unit")
     return vpnid
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from evo_registry.console import accounts, audit, sessions
-from evo_registry.console.web import PREFIX, Call, Console
+from evo_registry.console.web import PREFIX, Call, Console, client_address, is_https
 from evo_registry.errors import DatabaseError
 
 _LOGIN_COOKIE_S = 3600
@@ -30,8 +30,6 @@ def _next(text: str | None) -> str:
     return PREFIX + "/"
 
 
-def _secure(request: Request) -> bool:
-    return request.url.scheme == "https"
 
 
 def login_page(console: Console, request: Request, status: int = 200,
@@ -42,7 +40,7 @@ def login_page(console: Console, request: Request, status: int = 200,
                                               "next": _next(request.query_params.get("next"))},
                                status)
     response.set_cookie(sessions.LOGIN_COOKIE, token, max_age=_LOGIN_COOKIE_S, path=PREFIX,
-                        httponly=True, samesite="lax", secure=_secure(request))
+                        httponly=True, samesite="lax", secure=is_https(request, console.trusted))
     return response
 
 
@@ -57,7 +55,7 @@ async def login(console: Console, request: Request) -> Response:
         return login_page(console, request, 403, "The form expired: please sign in again.")
     username = str(form.get("username") or "").strip().lower()
     password = str(form.get("password") or "")
-    address = request.client.host if request.client else None
+    address = client_address(request, console.trusted)
 
     def check() -> str | None:
         now = console.clock()
@@ -66,7 +64,7 @@ async def login(console: Console, request: Request) -> Response:
             if account is None:
                 # The typed name only when it is an account's: a password typed in the
                 # wrong field must not land in the trail.
-                known = accounts.USERNAME.match(username) and tx.one(
+                known = accounts.USERNAME.fullmatch(username) and tx.one(
                     "SELECT id FROM console_accounts WHERE username = ?", (username,))
                 shown = username if known else "(unknown)"
                 audit.record(tx, at=now, actor=shown, role="-", action="login_failed",
@@ -85,7 +83,7 @@ async def login(console: Console, request: Request) -> Response:
         return login_page(console, request, 401, "Wrong username or password.")
     response = RedirectResponse(_next(str(form.get("next") or "")), 303)
     response.set_cookie(sessions.COOKIE, token, path=PREFIX, httponly=True, samesite="lax",
-                        secure=_secure(request))
+                        secure=is_https(request, console.trusted))
     response.delete_cookie(sessions.LOGIN_COOKIE, path=PREFIX)
     return response
 

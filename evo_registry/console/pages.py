@@ -157,7 +157,7 @@ def forms(console: Console, call: Call) -> Response:
     if not vpnids and not day:
         return console.render("forms.html", {}, call=call)
     if vpnids:
-        if len(vpnids) > FORMS_LIMIT or not all(devices.VPNID_TEXT.match(v) for v in vpnids):
+        if len(vpnids) > FORMS_LIMIT or not all(devices.VPNID_TEXT.fullmatch(v) for v in vpnids):
             raise HttpError(400, f"vpnids: at most {FORMS_LIMIT} VPNIDs, separated by commas")
         marks = ", ".join("?" * len(vpnids))
         rows = console.db.read(f"SELECT * FROM devices WHERE vpnid IN ({marks}) "  # noqa: S608

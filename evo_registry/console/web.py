@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from evo_registry import wire
 from evo_registry.config import Settings
 from evo_registry.console import accounts, audit, sessions
 from evo_registry.console.accounts import Account
@@ -40,6 +41,22 @@ HEADERS = {
 }
 
 
+def client_address(request: Request, trusted: Sequence[Any]) -> str | None:
+    """Return the client's address: the peer, or what a trusted proxy says it is."""
+    forwarded = ", ".join(request.headers.getlist("x-forwarded-for")) or None
+    peer = request.client.host if request.client else None
+    return wire.client_address(peer, forwarded, trusted)
+
+
+def is_https(request: Request, trusted: Sequence[Any]) -> bool:
+    """Return whether the browser's connection is TLS (here, or at a trusted TLS proxy)."""
+    if request.url.scheme == "https":
+        return True
+    peer = request.client.host if request.client else None
+    return (wire.in_networks(peer, trusted)
+            and request.headers.get("x-forwarded-proto", "").strip().lower() == "https")
+
+
 @dataclass(frozen=True)
 class Call:
     """One authorised request, as a handler sees it."""
@@ -48,11 +65,13 @@ class Call:
     account: Account
     session: Session | None
     form: Mapping[str, str] = field(default_factory=dict)
+    #: the registry's trusted proxies, whose X-Forwarded-For names the client
+    trusted: Sequence[Any] = ()
 
     @property
     def address(self) -> str | None:
-        """Return the client's address (the proxy's client when uvicorn trusts the proxy)."""
-        return self.request.client.host if self.request.client else None
+        """Return the client's address (through the trusted proxies, as the API sees it)."""
+        return client_address(self.request, self.trusted)
 
     def arg(self, name: str, default: str = "") -> str:
         """Return a query parameter."""
@@ -69,6 +88,7 @@ class Console:
         self.settings = settings
         self.db = db
         self.clock: Clock = clock or (lambda: datetime.now(timezone.utc))
+        self.trusted = settings.networks()
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("evo_registry.console", "templates"),
             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
@@ -137,12 +157,12 @@ class Console:
                     target += "?" + request.url.query
                 return RedirectResponse(f"{PREFIX}/login?next={quote(target, safe='/')}", 303)
             account, session = who
-            call = Call(request, account, session)
+            call = Call(request, account, session, trusted=self.trusted)
             if account.role not in roles:
                 return self.error(403, "not for your role", call)
             if request.method == "POST":
                 form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-                call = Call(request, account, session, form)
+                call = Call(request, account, session, form, self.trusted)
                 if session is not None and not sessions.same(session.csrf, form.get("csrf")):
                     return self.error(403, "the form's CSRF token is missing or wrong: "
                                            "reload the page and try again", call)

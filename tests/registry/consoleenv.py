@@ -121,8 +121,9 @@ class Uvicorn:
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self.port = int(self._sock.getsockname()[1])
+        # as evo_registry.server runs it: the app, not uvicorn, decides whom to believe
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
-                                                    access_log=False))
+                                                    access_log=False, proxy_headers=False))
         self._thread = threading.Thread(target=self.server.run,
                                         kwargs={"sockets": [self._sock]}, daemon=True)
         self._thread.start()
@@ -146,7 +147,8 @@ def served(db_url: str, tmp: Path) -> Iterator[World]:
     db.migrate()
     clock = Clock()
     populate(db, clock)
-    settings = Settings(database=db_url, warranty_months=24)
+    # the test plays the TLS proxy in front of the registry, from 127.0.0.1
+    settings = Settings(database=db_url, warranty_months=24, trusted_proxies=["127.0.0.1/32"])
     app = Starlette(routes=[console.mount(settings, db, clock)])
     server = Uvicorn(app)
     world = World(f"http://127.0.0.1:{server.port}/console", db, clock)

@@ -267,13 +267,22 @@ def test_session_cookie_flags_and_no_open_redirect(world: World) -> None:
     cookie = r.headers["set-cookie"]
     assert "evo_console=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
     assert "Path=/console" in cookie and "Secure" not in cookie
-    # Behind the TLS proxy (uvicorn trusts X-Forwarded-Proto from 127.0.0.1): Secure.
+    # Behind the TLS proxy (a trusted proxy, 127.0.0.1, says X-Forwarded-Proto: https): Secure.
     t = world.client()
     token = csrf_of(t, f"{world.url}/login")
     r = t.post(f"{world.url}/login", data={"csrf": token, "username": "sam.support",
                                            "password": PASSWORDS["sam.support"]},
                headers={"X-Forwarded-Proto": "https"}, timeout=30, allow_redirects=False)
     assert "Secure" in r.headers["set-cookie"]
+    # and the audit trail has the address the proxy vouches for, not the proxy's
+    u = world.client()
+    token = csrf_of(u, f"{world.url}/login")
+    u.post(f"{world.url}/login", data={"csrf": token, "username": "sam.support",
+                                       "password": PASSWORDS["sam.support"]},
+           headers={"X-Forwarded-For": "198.51.100.23"}, timeout=30, allow_redirects=False)
+    rows = world.db.read("SELECT address FROM console_audit WHERE action = 'login' "
+                         "ORDER BY id DESC LIMIT 1")
+    assert rows[0]["address"] == "198.51.100.23"
 
 
 def test_api_tokens_are_scoped_to_the_role(world: World) -> None:
