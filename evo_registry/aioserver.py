@@ -338,14 +338,14 @@ class HttpServer:
                 rows = await self._read(sql, params,
                                         lambda: app.store.finder(visitor, app.clock(),
                                                                  app.settings.finder_days))
-            return app.finder_page(rows)
+            return app.finder_page(rows, environ)
         except HttpError as exc:
             return json_response(exc.status, {"error": exc.reason}, exc.headers)
         except Exception as exc:
             return app.failure(environ, exc)
 
-    async def _key(self, vpnid: str) -> str:
-        """Return the enrolled key of a VPNID, or raise 404.
+    async def _key(self, vpnid: str) -> str | None:
+        """Return the enrolled key of a VPNID, or None (refused like a wrong signature).
 
         The reads of the reports that arrive together are one query: the VPNIDs asked for while
         a read is under way wait for it to end and then go in the next one.  (A key cache would
@@ -358,10 +358,7 @@ class HttpServer:
         if not self._key_reading:
             self._key_reading = True
             asyncio.get_running_loop().call_soon(self._read_keys)
-        key = await future
-        if key is None:
-            raise HttpError(404, "unknown vpnid")
-        return key
+        return await future
 
     def _read_keys(self) -> None:
         """Start one read for every VPNID waiting (called once the loop's turn is over)."""

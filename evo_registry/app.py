@@ -19,8 +19,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import parse_qs
 
 from evo_registry import enrol, pages, rules, wire
+from evo_registry import finder as shared_finder
+from evo_registry import objection as objections
 from evo_registry.batch import GroupCommit
 from evo_registry.config import Settings
 from evo_registry.db import Database, Row, parse_utc, utc_text
@@ -65,17 +68,6 @@ _PAGE_HEADERS = {
 }
 
 
-def _add_months(moment: datetime, months: int) -> datetime:
-    month0 = moment.month - 1 + months
-    year, month = moment.year + month0 // 12, month0 % 12 + 1
-    for day in (moment.day, 30, 29, 28):
-        try:
-            return moment.replace(year=year, month=month, day=day)
-        except ValueError:
-            continue
-    raise AssertionError("unreachable: every month has 28 days")
-
-
 def _database_down(exc: BaseException) -> bool:
     """Return True for errors that mean "the database cannot be reached", not a bug."""
     if isinstance(exc, DatabaseError | sqlite3.OperationalError):
@@ -106,6 +98,7 @@ class Registry:
             ("GET", re.compile(r"^/$"), self.finder),
             ("POST", re.compile(r"^/v1/reports$"), self.post_report),
             ("POST", re.compile(r"^/v1/enroll$"), self.enroll),
+            ("POST", re.compile(r"^/v1/objection$"), self.objection),
             ("GET", re.compile(r"^/v1/devices/(?P<vpnid>[^/]+)$"), self.get_device),
             ("DELETE", re.compile(r"^/v1/devices/(?P<vpnid>[^/]+)/personal-data$"),
              self.erase),
@@ -225,8 +218,6 @@ class Registry:
         vpnid, signature = self.report_headers(environ)
         body = self.read_body(environ, wire.MAX_COMPRESSED)
         key = self.store.public_key(vpnid)
-        if key is None:
-            raise HttpError(404, "unknown vpnid")
         item = self.check_report(environ, vpnid, signature, body, key)
         return self.report_response(item, self.writer.submit(item))
 
@@ -247,12 +238,13 @@ class Registry:
         return vpnid, signature
 
     def check_report(self, environ: Environ, vpnid: str, signature: str, body: bytes,
-                     key: str) -> Pending:
+                     key: str | None) -> Pending:
         """Verify, decompress and validate a report; return it ready to be stored.
 
         The signature first: a sender without the device's key never makes the registry inflate
         or parse anything (1 KiB of gzip can expand to the 1 MiB limit, and the reason of a
-        refused document walks all of it).  The writer checks the signature again if the key it
+        refused document walks all of it).  ``key`` None (not enrolled) is refused like a wrong
+        signature, after the same work.  The writer checks the signature again if the key it
         reads under the device's row lock is another one (re-enrolled meanwhile).
         """
         wire.verify_signature(key, signature, body)
@@ -265,13 +257,15 @@ class Registry:
         path = str(environ.get("HTTP_X_EVO_PATH", "")).strip().lower()
         path_value = path if path in ("vpn", "https") else None
         wan_ip = self.wan_ip(environ)
-        if wan_ip is not None and wire.in_networks(wan_ip, self.vpn):
+        via_vpn = wan_ip is not None and wire.in_networks(wan_ip, self.vpn)
+        if via_vpn:
             # Through the VPN the registry sees the tunnel address, not the home's WAN IP: the
-            # device is seen, its last known WAN IP and location stay as they were.
+            # device is seen (on the VPN); its WAN IP comes from the VPN server's records
+            # (evo_registry.vpnsync), its last known one and location stay until then.
             wan_ip = None
         location = self.geo.lookup(wan_ip)
         return Pending(doc, vpnid, wan_ip, location, self.clock(), path_value, key,
-                       signature, body)
+                       signature, body, via_vpn)
 
     def report_response(self, item: Pending, outcome: Outcome) -> Response:
         """Return the answer to a report from what the writer made of it."""
@@ -283,6 +277,17 @@ class Registry:
             LOG.info("report %s of %s raised %s", outcome.report_id, item.vpnid,
                      ", ".join(outcome.events))
         return json_response(201, {"status": "accepted", "report_id": outcome.report_id})
+
+    # ---- POST /v1/objection ----------------------------------------------------------------
+    def objection(self, environ: Environ) -> Response:
+        """Take an owner's objection or its withdrawal (evo_registry.objection.handle)."""
+        body = self.read_body(environ, objections.MAX_BODY)
+        status, doc = objections.handle(
+            self.store, content_type=environ.get("CONTENT_TYPE"),
+            content_encoding=environ.get("HTTP_CONTENT_ENCODING"),
+            vpnid=environ.get("HTTP_X_EVO_VPNID"), signature=environ.get("HTTP_X_EVO_SIGNATURE"),
+            body=body, now=self.clock())
+        return json_response(status, doc)
 
     # ---- POST /v1/enroll -------------------------------------------------------------------
     def enroll(self, environ: Environ) -> Response:
@@ -315,12 +320,17 @@ class Registry:
             "model": dev["model"],
             "enrolled_at": dev["enrolled_at"],
             "manufactured_at": dev["manufactured_at"],
-            "warranty_end": utc_text(_add_months(made, self.settings.warranty_months)),
+            "warranty_end": utc_text(rules.add_months(made, self.settings.warranty_months)),
             "sales_region": json.loads(dev["sales_region"]),
             "psu_variant": dev["psu_variant"],
             "first_seen": dev["first_seen"],
             "last_seen": dev["last_seen"],
             "wan_ip": dev["wan_ip"],
+            "wan_source": dev["wan_source"],
+            "wan_seen_at": dev["wan_seen_at"],
+            "vpn_seen_at": dev["vpn_seen_at"],
+            "objected": dev["objected_at"] is not None,
+            "objected_at": dev["objected_at"],
             "country": dev["country"],
             "city": dev["city"],
             "fingerprint": {"status": check.status if latest_doc else "no_report",
@@ -369,12 +379,22 @@ class Registry:
         visitor = self.wan_ip(environ)
         rows = (self.store.finder(visitor, self.clock(), self.settings.finder_days)
                 if visitor else [])
-        return self.finder_page(rows)
+        return self.finder_page(rows, environ)
 
-    def finder_page(self, rows: list[Row]) -> Response:
-        """Return the finder page listing ``rows``."""
-        html = pages.finder(rows, self.settings.finder_days)
-        return Response(200, html.encode(), "text/html; charset=utf-8", dict(_PAGE_HEADERS))
+    def finder_page(self, rows: list[Row], environ: Environ | None = None) -> Response:
+        """Return the finder page of the visitor's address (its ``rows``).
+
+        On a shared address (evo_registry.finder) it asks for the VPNID (``?vpnid=``).
+        """
+        query = parse_qs(str((environ or {}).get("QUERY_STRING", "")))
+        asked = (query.get("vpnid") or [""])[0][:64] or None
+        shown, ask = shared_finder.select(rows, asked, self.settings.finder_shared_units)
+        html = pages.finder(shown, self.settings.finder_days, ask, asked)
+        headers = dict(_PAGE_HEADERS)
+        # The VPNID form submits to this page.
+        headers["Content-Security-Policy"] = headers["Content-Security-Policy"].replace(
+            "form-action 'none'", "form-action 'self'")
+        return Response(200, html.encode(), "text/html; charset=utf-8", headers)
 
     def openapi(self, environ: Environ) -> Response:
         """Serve the OpenAPI document kept in the package."""

@@ -4,6 +4,7 @@
     evo-registry migrate --database URL
     evo-registry prune --database URL [--retention-days 730]
     evo-registry import --database URL BUNDLE|DIR...   (offline enrolments, evo_registry.bundles)
+    evo-registry vpn-sync --database URL [FILE|-]...   (WAN IPs from the VPN, evo_registry.vpnsync)
 
 Errors become exit statuses here and nowhere else (``RegistryError.exit_code``).
 """
@@ -17,20 +18,17 @@ import os
 import signal
 import socket
 import sys
-import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TextIO
 
-from evo_registry import __version__
+from evo_registry import __version__, background, retention
 from evo_registry.config import HTTP_SERVERS, Settings, load, parse_listen
 from evo_registry.db import Database
 from evo_registry.errors import RegistryError
 from evo_registry.store import Store
 
 LOG = logging.getLogger(__name__)
-PRUNE_EVERY_S = 6 * 3600
-PRUNE_FIRST_S = 60  # after start-up, when the first requests have been served
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("serve", "serve the HTTP API and pages"),
                        ("migrate", "create or upgrade the database schema"),
                        ("prune", "delete history older than the retention period"),
-                       ("import", "enrol units from offline enrolment bundles")):
+                       ("import", "enrol units from offline enrolment bundles"),
+                       ("vpn-sync", "take units' WAN IPs from the VPN server's records")):
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", help="TOML settings file (see evo_registry/config.py)")
         s.add_argument("--database", help="sqlite:///PATH or postgresql://... URL")
@@ -55,12 +54,18 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--retention-days", type=int)
         if name == "import":
             s.add_argument("bundles", nargs="+", metavar="BUNDLE", help="files or directories")
+        if name == "vpn-sync":
+            s.add_argument("sources", nargs="*", metavar="FILE",
+                           help="OpenVPN status files, `wg show all dump` outputs, - for stdin "
+                                "(default: the configured ones)")
+            s.add_argument("--wireguard-peers", metavar="FILE",
+                           help="lines '<public key> <VPNID>' (default: configured)")
     return p
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     s = load(args.config)
-    for key in ("database", "listen", "workers", "threads", "http_server"):
+    for key in ("database", "listen", "workers", "threads", "http_server", "wireguard_peers"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(s, key, value)
@@ -89,11 +94,21 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             db = Database(settings.database)
             try:
                 db.migrate()
-                gone = Store(db).prune(datetime.now(timezone.utc),
+                gone = retention.prune(Store(db), datetime.now(timezone.utc),
                                        timedelta(days=settings.retention_days))
             finally:
                 db.close()
             print(f"pruned: {gone}", file=out)
+            return 0
+        if args.command == "vpn-sync":
+            from evo_registry import vpnsync
+
+            db = Database(settings.database)
+            try:
+                db.migrate()
+            finally:
+                db.close()
+            print(f"vpn-sync: {vpnsync.run(settings, args.sources or None)}", file=out)
             return 0
         if args.command == "import":
             from evo_registry.bundles import run_import
@@ -105,26 +120,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return exc.exit_code
 
 
-def _pruner(settings: Settings, stop: threading.Event) -> None:
-    """Prune now and then; idempotent, so several processes may all do it."""
-    db = Database(settings.database)
-    store = Store(db)
-    wait = PRUNE_FIRST_S
-    while not stop.wait(wait):
-        wait = PRUNE_EVERY_S
-        try:
-            gone = store.prune(datetime.now(timezone.utc), timedelta(days=settings.retention_days))
-            LOG.info("retention: pruned %s", gone)
-        except Exception:
-            LOG.exception("retention pruning failed; next try in %s s", PRUNE_EVERY_S)
-
-
 def _serve_socket(settings: Settings, sock: socket.socket) -> None:
     from evo_registry.app import Registry
 
     app = Registry(settings)
-    stop = threading.Event()
-    threading.Thread(target=_pruner, args=(settings, stop), daemon=True).start()
+    background.start(settings)  # retention and vpn-sync (evo_registry.background)
     if settings.http_server == "asyncio":
         from evo_registry import aioserver
 

@@ -18,6 +18,15 @@ The file (``/etc/evo-registry/registry.toml`` in production, mode 0640: it holds
     workers = 1                                              # processes sharing the socket
     http_server = "asyncio"                                  # or "waitress" (the former server)
     report_writer = "thread"                                 # or "loop" (PostgreSQL + asyncio)
+    # The VPN server's records of each unit's WAN IP (evo_registry.vpnsync), read by serve every
+    # vpn_sync_interval_s and by `evo-registry vpn-sync`:
+    openvpn_status = ["/run/openvpn-server/status-evo.log"]  # status-version 2 or 3
+    wireguard_dump = "/run/evo-registry/wg-dump"              # the output of `wg show all dump`
+    wireguard_peers = "/etc/evo-registry/wireguard-peers"     # lines "<public key> <VPNID>"
+    vpn_sync_interval_s = 300
+    prune_interval_s = 21600                                 # retention, by serve's pruner
+    finder_shared_units = 3         # more units than this from one address: the finder asks
+                                    # for the VPNID (a shared line: CGNAT, hotel, campus)
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ else:  # pragma: no cover - Debian 12 has 3.11
 HTTP_SERVERS = ("asyncio", "waitress")
 REPORT_WRITERS = ("thread", "loop")
 DEFAULT_DATABASE = "sqlite:///var/lib/evo-registry/registry.db"
+_OPTIONAL_PATHS = ("geo_database", "wireguard_dump", "wireguard_peers")
 
 
 @dataclass
@@ -63,6 +73,12 @@ class Settings:
     # a task of the event loop on an asyncio connection (batch.AsyncGroupCommit).  The thread is
     # the default because it measured faster here (bench/registry_results.md).
     report_writer: str = "thread"
+    openvpn_status: list[str] = field(default_factory=list)
+    wireguard_dump: str | None = None
+    wireguard_peers: str | None = None
+    vpn_sync_interval_s: int = 300
+    prune_interval_s: int = 6 * 3600
+    finder_shared_units: int = 3
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """Return the trusted proxies as networks."""
@@ -87,7 +103,7 @@ def _check(path: str, data: dict[str, Any]) -> Settings:
         if isinstance(default, list) and not (
                 isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
             raise ConfigError(f"{path}: key '{key}': a list of strings is needed")
-        if (isinstance(default, str) or key == "geo_database") and not isinstance(value, str):
+        if (isinstance(default, str) or key in _OPTIONAL_PATHS) and not isinstance(value, str):
             raise ConfigError(f"{path}: key '{key}': a string is needed")
         setattr(s, key, value)
     if s.http_server not in HTTP_SERVERS:

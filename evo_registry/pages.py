@@ -43,8 +43,21 @@ def _when(stamp: object) -> str:
     return escape(str(stamp)[:16].replace("T", " ") + " UTC") if stamp else ""
 
 
-def finder(rows: Sequence[Row], days: int = 30) -> str:
-    """Return the finder page for the visitor's devices."""
+_ASK_VPNID = ('<form method="get" action="/"><p>Several homes reach the internet through this '
+              'address. Enter the VPNID printed on your 432 EVO and on its box to find it:</p>'
+              '<p><input name="vpnid" required maxlength="64" autocomplete="off" '
+              'aria-label="VPNID"> <button type="submit">Find</button></p></form>')
+
+
+def finder(rows: Sequence[Row], days: int = 30, ask_vpnid: bool = False,
+           asked: str | None = None) -> str:
+    """Return the finder page for the visitor's devices (on a shared address: the VPNID form)."""
+    if ask_vpnid and not rows:
+        missing = ""
+        if asked:
+            missing = (f"<p>No 432 EVO with VPNID {escape(asked)} has reported from your network "
+                       f"in the last {int(days)} days.</p>")
+        return _page("Your 432 EVO", missing + _ASK_VPNID)
     if not rows:
         body = (f"<p>No 432 EVO has reported from your network in the last {int(days)} days. "
                 "Check that it is switched on and connected to the internet, then reload this "
