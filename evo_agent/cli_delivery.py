@@ -94,7 +94,8 @@ def cmd_daemon(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     """Send a report now; exit 0 only when the registry acknowledged it."""
-    from evo_agent import control
+    from evo_agent import control, objection
+    from evo_agent.outbox import Outbox, writer_lock
 
     _audit("send --now")
     if os.geteuid() != 0:
@@ -107,8 +108,11 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
         result = control.request(sock, {"op": "send", "via": via}, timeout)
         how = "through the daemon"
     except control.NoDaemon:
-        if not cfg.enabled:
-            raise DeliveryError("not sent: opted out ([agent] enabled = false)") from None
+        if not objection.enabled(cfg):
+            with writer_lock(cfg.state_dir):  # nothing queued before the opt-out is sent after
+                Outbox(cfg.state_dir).purge()
+            raise DeliveryError("not sent: opted out ([agent] enabled = false or "
+                                "evo-agent opt-out)") from None
         result = standalone_cycle(cfg, via)
         how = "standalone (no daemon runs)"
     except (OSError, ValueError) as exc:

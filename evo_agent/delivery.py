@@ -10,7 +10,9 @@ same :func:`run_cycle` in its own process.
 
 A cycle, under the state directory's writer lock:
 
-1. opted out (``[agent] enabled = false``): the outbox is emptied and nothing else happens;
+1. opted out (``[agent] enabled = false`` or ``evo-agent opt-out``): the outbox is emptied, the
+   objection is sent if the registry was not told yet (``evo_agent.objection``), nothing else;
+   after an opt-in, the withdrawal of the objection is sent before any report;
 2. temp files of an interrupted cycle are removed; the device key is created if absent;
 3. waiting reports are sent oldest first, each removed only on 200/201;
 4. a scheduled report (boot, daily) that finds a periodic report waiting is that report: the
@@ -38,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evo_agent import objection
 from evo_agent.config import DEFAULT_VPNID_FILE, Config
 from evo_agent.errors import DeliveryError, EvoError, StateError
 from evo_agent.outbox import Entry, Outbox, ensure_dir, prune, writer_lock
@@ -176,20 +179,22 @@ def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
     """
     with writer_lock(cfg.state_dir, wait=wait_lock):
         box = Outbox(cfg.state_dir)
-        if not cfg.enabled:
+        if not objection.enabled(cfg):
             dropped = box.purge()
             if dropped:
                 LOG.warning("opted out: %s waiting report(s) deleted, none will be sent", dropped)
-            return CycleResult(ok=False, disabled=True, error="opted out ([agent] enabled = false)")
+            return _tell_objection(cfg, via, clock, draw)
         box.recover()
         from evo_agent import signing
 
         key = signing.load_or_create(cfg.state_dir)
         result = CycleResult(ok=True)
+        objection.prepare(cfg.state_dir, vpnid_of(cfg), objects=False)  # after an opt-in
+        result.ok = objection.deliver(cfg, via, key, clock=clock, result=result)  # goes first
         waiting = box.pending()
         if trigger in ("boot", "daily") and any(e.kind == "periodic" for e in waiting):
             trigger = None  # the retry of the report that waits (step 4)
-        for entry in waiting:
+        for entry in waiting if result.ok else []:
             if not _send(cfg, entry, via, key, clock=clock, result=result):
                 result.ok = False
                 break
@@ -210,6 +215,30 @@ def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
         return result
 
 
+def _tell_objection(cfg: Config, via: str, clock: Callable[[], Now],
+                    draw: Callable[[], float]) -> CycleResult:
+    """The cycle of an opted-out unit: send the objection if the registry was not told yet."""
+    result = CycleResult(ok=False, disabled=True, error="opted out ([agent] enabled = false "
+                         "or evo-agent opt-out): nothing is collected")
+    objection.prepare(cfg.state_dir, vpnid_of(cfg), objects=True)
+    if not objection.waiting(cfg.state_dir):
+        return result
+    from evo_agent import signing
+
+    told = objection.deliver(cfg, via, signing.load_or_create(cfg.state_dir), clock=clock,
+                             result=result)
+    state_file = cfg.state_dir / "state.json"
+    result.ok = told
+    if told:
+        result.error = None
+        save_state(state_file, after_success(load_state(state_file), clock(), result.path or "?"))
+    else:
+        save_state(state_file, after_failure(load_state(state_file), clock(),
+                                             result.error or "failed", draw(),
+                                             result.retry_after))
+    return result
+
+
 LOCAL_INVENTORY = "local.json"
 
 
@@ -220,7 +249,7 @@ def snapshot(cfg: Config, reason: str) -> dict[str, Any]:
     from evo_agent.outbox import atomic_write
     from evo_agent.translog import TransparencyLog
 
-    if not cfg.enabled:
+    if not objection.enabled(cfg):
         return {"ok": False, "reason": reason, "error": "opted out: nothing is collected"}
     report = collect_report(cfg, "manual")
     last = TransparencyLog(cfg.state_dir).last_acknowledged()
@@ -241,7 +270,7 @@ def describe(cfg: Config) -> dict[str, Any]:
     from evo_agent.schedule import splay
 
     vpnid = vpnid_of(cfg)
-    return {"ok": True, "enabled": cfg.enabled, "state_dir": str(cfg.state_dir),
+    return {"ok": True, "enabled": objection.enabled(cfg), "state_dir": str(cfg.state_dir),
             "values": cfg.values, "vpnid": vpnid, "splay": list(splay(vpnid)),
             "sources": [str(p) for p in cfg.sources]}
 

@@ -125,7 +125,8 @@ EXIT_CODES: dict[int, str] = {
     70: "internal error: a bug in evo-agent or a malformed policy file shipped with it",
     73: "an output file cannot be created",
     74: "the state directory cannot be used",
-    75: "not delivered now (backend down, refused, or opted out): try later",
+    75: "not delivered now (backend down, refused, or opted out; for opt-out and opt-in: the "
+        "decision is taken here, its message to the registry waits and goes first): try later",
     76: "manufacture: the registry refused the enrolment (factory token, invalid request)",
     77: "not permitted: this verb needs root",
     78: "configuration error: the message names the file and the key",
