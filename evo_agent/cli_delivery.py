@@ -242,7 +242,8 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     d = doc["daemon"]
     rows = [
-        ("delivery", "enabled" if doc["enabled"] else "OPTED OUT (enabled = false or evo-agent opt-out)"),
+        ("delivery", "enabled" if doc["enabled"]
+         else "OPTED OUT (enabled = false or evo-agent opt-out)"),
         ("daemon", f"running (pid {d['pid']})" if d["running"] else "not running"),
         ("last attempt", f"{_fmt(doc['last_attempt']['time'])}: "
                          f"{doc['last_attempt']['result'] or '-'}"),

@@ -219,3 +219,14 @@ def test_objected_unit_is_not_synced(server: Server, device: Device, clock: Cloc
     assert _sync(server, clock, openvpn_v2(clock, (device.vpnid, f"{HOME_B}:1")))["seen"] == 0
     doc = get_device(server, device.vpnid).json()
     assert (doc["wan_ip"], doc["vpn_seen_at"], doc["objected"]) == (None, None, True)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_parses_status_files_written_by_openvpn(version: int) -> None:
+    """Status files a real OpenVPN 2.6.14 server wrote (tests/data/vpn/SOURCES.tsv)."""
+    path = Path(__file__).resolve().parents[1] / "data" / "vpn" / \
+        f"openvpn-2.6.14-status-v{version}.log"
+    [s] = vpnsync.parse_source(path.read_text(), {}, str(path))
+    assert (s.vpnid, s.address) == ("EVO-TEST-0042", "192.0.2.1")
+    # The time the file was written (TIME line), when the client was known connected.
+    assert s.at.timestamp() == {2: 1796419995, 3: 1796419998}[version]
