@@ -2,9 +2,9 @@
 
 One daemon thread per process (:func:`start`): the pruner every ``prune_interval_s`` (the first
 time a minute after start, once the first requests were served), and ``vpn-sync`` every
-``vpn_sync_interval_s`` when VPN sources are configured.  Both are idempotent, so several
-processes (workers, hosts) may all run them.  A failure is logged and tried again at the next
-turn: the registry keeps serving.
+``vpn_sync_interval_s`` when a VPN is configured (``vpn_networks`` or the VPN server's files).
+Both are idempotent, so several processes (workers, hosts) may all run them.  A failure is
+logged and tried again at the next turn: the registry keeps serving.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def run_periodic(settings: Settings, stop: threading.Event,
     """Prune and sync until ``stop`` is set."""
     db = Database(settings.database)
     store = Store(db)
-    syncing = bool(settings.openvpn_status or settings.wireguard_dump)
+    # With only vpn_networks (no VPN server's files), the turn still raises vpn_unused events.
+    syncing = bool(settings.openvpn_status or settings.wireguard_dump or settings.vpn_networks)
     start = time.monotonic()
     next_prune = start + min(FIRST_PRUNE_S, settings.prune_interval_s)
     next_sync = start if syncing else float("inf")
