@@ -46,8 +46,6 @@ VPN_UNUSED = "vpn_unused"
 HTTPS_ONLY_DAYS = 7
 
 _WG_KEY = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
-# OpenVPN may put the transport before the address ("udp4:203.0.113.5:51234").
-_PROTO = re.compile(r"^(?:udp|tcp)[a-z0-9-]*:", re.IGNORECASE)
 
 
 class VpnSourceError(RegistryError):
@@ -66,8 +64,12 @@ class Sighting:
 
 
 def outer_address(text: str) -> str | None:
-    """Return the address of ``ADDR``, ``ADDR:PORT``, ``[V6]:PORT`` or ``proto:ADDR:PORT``."""
-    text = _PROTO.sub("", text.strip())
+    """Return the address of ``ADDR:PORT``, ``[V6]:PORT`` or a bare address.
+
+    OpenVPN 2.6.14 writes an IPv4 client as ``192.0.2.1:44376`` and an IPv6 one without its port
+    (``2001:db8:77::1``: tests/data/vpn); WireGuard writes ``[2001:db8::5]:51820``.
+    """
+    text = text.strip()
     if text.startswith("["):
         host = text[1:].partition("]")[0]
     elif text.count(":") == 1:

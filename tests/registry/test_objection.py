@@ -19,7 +19,8 @@ import pytest
 
 from evo_registry import retention
 from evo_registry.db import Database
-from evo_registry.store import Store
+from evo_registry.geo import Location
+from evo_registry.store import Enrolment, Limits, Store
 from tests.registry.conftest import (
     HOME_A,
     HOME_B,
@@ -218,13 +219,8 @@ def test_pruner_and_vpn_sync_threads_of_serve(tmp_path: Path, db_url: str, geo_d
     now = datetime.now(timezone.utc)
     long_ago = now - timedelta(days=3)
     for unit in (old, vpn):
-        from evo_registry.store import Enrolment
-
         store.enroll(Enrolment(unit.vpnid, unit.public_key, unit.enrolment()["report"],
                                ("BE",), "230V", long_ago), long_ago)
-    from evo_registry.geo import Location
-    from evo_registry.store import Limits
-
     store.ingest(old.report(), old.vpnid, HOME_A, Location("BE", "Gent"), now=long_ago,
                  path="https", limits=Limits())
     dump = tmp_path / "wg-dump"

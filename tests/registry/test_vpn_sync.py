@@ -120,9 +120,9 @@ def test_status_version_3_and_the_latest_address_wins(server: Server, device: De
         str(int(Clock().now.timestamp())), str(int((clock.now - timedelta(hours=2)).timestamp()))
     ))["wan_ips"] == 0
     assert get_device(server, device.vpnid).json()["wan_ip"] == HOME_A
-    # A newer one does (status-version 3: tabs; the transport prefix of OpenVPN 2.6).
+    # A newer one does (status-version 3: tabs).
     clock.advance(minutes=5)
-    v3 = openvpn_v2(clock, (device.vpnid, f"udp4:{HOME_B}:1194")).replace(",", "\t")
+    v3 = openvpn_v2(clock, (device.vpnid, f"{HOME_B}:1194")).replace(",", "\t")
     assert _sync(server, clock, v3)["wan_ips"] == 1
     doc = get_device(server, device.vpnid).json()
     assert (doc["wan_ip"], doc["wan_source"]) == (HOME_B, "vpn")
@@ -230,3 +230,15 @@ def test_parses_status_files_written_by_openvpn(version: int) -> None:
     assert (s.vpnid, s.address) == ("EVO-TEST-0042", "192.0.2.1")
     # The time the file was written (TIME line), when the client was known connected.
     assert s.at.timestamp() == {2: 1796419995, 3: 1796419998}[version]
+
+
+def test_parses_an_ipv6_client_of_openvpn() -> None:
+    """OpenVPN 2.6.14 over udp6 writes the real address without a port."""
+    path = Path(__file__).resolve().parents[1] / "data" / "vpn" / \
+        "openvpn-2.6.14-status-v2-ipv6.log"
+    [s] = vpnsync.parse_source(path.read_text(), {}, str(path))
+    assert (s.vpnid, s.address) == ("EVO-TEST-0042", "2001:db8:77::1")
+    assert vpnsync.outer_address("[2001:db8::5]:51820") == "2001:db8::5"
+    assert vpnsync.outer_address("192.0.2.1:44376") == "192.0.2.1"
+    assert vpnsync.outer_address("::ffff:192.0.2.1") == "192.0.2.1"
+    assert vpnsync.outer_address("(none)") is None
