@@ -15,6 +15,8 @@ APT_PACKAGES=(
   postgresql chromium poppler-utils zbar-tools
   # the delivery tests: the VPN path over WireGuard between network namespaces (userspace)
   wireguard-go wireguard-tools
+  # the registry's vpn-sync: a real OpenVPN server's status file (tests/registry/test_vpn_openvpn.py)
+  openvpn
   # benchmarks (bench/): GNU time, and the tools evo-agent is compared with
   time hyperfine lshw inxi hw-probe fusioninventory-agent
 )

@@ -77,7 +77,7 @@ def test_serve_process_takes_reports(tmp_path: Path, db_url: str, geo_db: Path,
 def test_migrate_and_prune_commands(tmp_path: Path, db_url: str) -> None:
     out = io.StringIO()
     assert main(["migrate", "--database", db_url], out=out) == 0
-    assert "applied migrations: [1, 2]" in out.getvalue()
+    assert "applied migrations: [1, 2, 3]" in out.getvalue()
     out = io.StringIO()
     assert main(["migrate", "--database", db_url], out=out) == 0
     assert "up to date" in out.getvalue()
