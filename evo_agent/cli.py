@@ -97,6 +97,9 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
         from evo_agent.cli_manufacture import add_verbs as add_manufacture
 
         add_manufacture(sub, common)
+        from evo_agent.cli_objection import add_verbs as add_objection  # opt-out, opt-in
+
+        add_objection(sub, common)
     return p
 
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from evo_agent import objection
 from evo_agent.errors import DeliveryError, EvoError, NotPermitted, StateError
 
 if TYPE_CHECKING:  # tomllib stays out of the resident daemon's memory
@@ -96,6 +97,7 @@ def cmd_daemon(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     """Send a report now; exit 0 only when the registry acknowledged it."""
     from evo_agent import control
+    from evo_agent.outbox import Outbox, writer_lock
 
     _audit("send --now")
     if os.geteuid() != 0:
@@ -108,8 +110,11 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
         result = control.request(sock, {"op": "send", "via": via}, timeout)
         how = "through the daemon"
     except control.NoDaemon:
-        if not cfg.enabled:
-            raise DeliveryError("not sent: opted out ([agent] enabled = false)") from None
+        if not objection.enabled(cfg):
+            with writer_lock(cfg.state_dir):  # nothing queued before the opt-out is sent after
+                Outbox(cfg.state_dir).purge()
+            raise DeliveryError("not sent: opted out ([agent] enabled = false or "
+                                "evo-agent opt-out)") from None
         result = standalone_cycle(cfg, via)
         how = "standalone (no daemon runs)"
     except (OSError, ValueError) as exc:
@@ -218,17 +223,20 @@ def status_doc(cfg: Config) -> dict[str, Any]:
                                             ("time", "reason", "differences_from_sent")}
     except (OSError, ValueError, AttributeError):
         local_doc = None
+    enabled = objection.enabled(cfg)
     return {
-        "enabled": cfg.enabled,
+        "enabled": enabled,
         # where reports go; none configured means nothing can be delivered
         "destinations": [url for url in (delivery["vpn_url"], delivery["https_url"]) if url],
+        # the owner's objection or its withdrawal, waiting for the registry (evo_agent.objection)
+        "objection_waiting": objection.waiting(cfg.state_dir),
         "daemon": {"running": daemon is not None,
                    **({k: daemon.get(k) for k in ("pid", "started", "cycle_running")}
                       if daemon else {})},
         "last_attempt": {"time": state.attempt_wall, "result": state.attempt_result},
         "last_success": {"time": state.success_wall, "path": state.success_path},
         "consecutive_failures": state.failures,
-        "next_due": (next_doc if cfg.enabled else None),
+        "next_due": (next_doc if enabled else None),
         "outbox_depth": depth,
         "vpn": {"usable": vpn_ok, "detail": vpn_why},
         "local_inventory": local_doc,
@@ -293,7 +301,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     d = doc["daemon"]
     rows = [
-        ("delivery", ("OPTED OUT (enabled = false)" if not doc["enabled"]
+        ("delivery", ("OPTED OUT (enabled = false or evo-agent opt-out)" if not doc["enabled"]
                       else "enabled, to " + " then ".join(doc["destinations"])
                       if doc["destinations"]
                       else "NOT CONFIGURED: no vpn_url or https_url in [delivery]")),
@@ -456,9 +464,10 @@ def doctor_rows(args: argparse.Namespace) -> list[dict[str, str]]:
         _check(rows, "config", "fail", str(exc), "fix the file and key named above")
         return rows
     _check(rows, "config", "ok", ", ".join(str(p) for p in cfg.sources) or "built-in defaults")
-    _check(rows, "enabled", "ok" if cfg.enabled else "warn",
-           "delivery enabled" if cfg.enabled else "opted out: nothing is collected or sent",
-           "" if cfg.enabled else "set [agent] enabled = true to send reports again")
+    enabled = objection.enabled(cfg)
+    _check(rows, "enabled", "ok" if enabled else "warn",
+           "delivery enabled" if enabled else "opted out: nothing is collected or sent",
+           "" if enabled else "evo-agent opt-in, with [agent] enabled = true, to report again")
     _check_state_dir(rows, cfg.state_dir)
     _check_vpnid(rows, cfg)
     _check_clock(rows)

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from evo_agent import control, netlink
+from evo_agent import control, netlink, objection
 from evo_agent.boottimer import BootTimer
 from evo_agent.errors import ConfigError, StateError
 from evo_agent.notify import Notifier
@@ -185,6 +185,8 @@ class Daemon:
         self.refresh_waiters: list[socket.socket] = []
         #: the schedule state when state.json cannot be written (disk full): the backoff holds
         self.unsaved_state: State | None = None
+        #: an objection or its withdrawal waits and goes now (evo_agent.objection)
+        self.objection_due = False
 
     # -- configuration ---------------------------------------------------------------------------
     def _child_argv(self, action: str, *extra: str) -> list[str]:
@@ -220,8 +222,11 @@ class Daemon:
         if not settings.enabled:
             with writer_lock(settings.state_dir):
                 dropped = Outbox(settings.state_dir).purge()
-            LOG.warning("opted out ([agent] enabled = false): no collection, no delivery; "
-                        "%s waiting report(s) deleted", dropped)
+                objection.prepare(settings.state_dir, settings.vpnid, objects=True)
+            LOG.warning("opted out: no collection, no delivery; %s waiting report(s) deleted",
+                        dropped)
+        # The objection (or its withdrawal) goes at once, not at the next scheduled report.
+        self.objection_due = objection.waiting(settings.state_dir)
 
     def reload(self) -> None:
         """SIGHUP: take a new configuration if it is valid, else keep the old one."""
@@ -340,10 +345,14 @@ class Daemon:
 
     def _step(self) -> None:
         timeout: float | None = None
-        if self.cycle is None and self.settings.enabled:
+        if self.cycle is None and (self.settings.enabled
+                                   or objection.waiting(self.settings.state_dir)):
             if self.pending_sends:
                 sock, via = self.pending_sends.pop(0)
                 self._start_cycle("manual", via, [sock])
+            elif self.objection_due and time.monotonic() >= self.hold_until:
+                self.objection_due = False
+                self._start_cycle(None, "auto", [])
             else:
                 due, now = self._due()
                 held = time.monotonic() < self.hold_until and not self.kick

@@ -10,12 +10,14 @@ same :func:`run_cycle` in its own process.
 
 A cycle, under the state directory's writer lock:
 
-1. opted out (``[agent] enabled = false``): the outbox is emptied and nothing else happens;
+1. opted out (``[agent] enabled = false`` or ``evo-agent opt-out``): the outbox is emptied, the
+   objection is sent if the registry was not told yet (``evo_agent.objection``), nothing else;
 2. temp files of an interrupted cycle are removed; the device key is created if absent on a unit
    that never used one (else the unit must be re-enrolled: nothing is sent);
 3. the VPNID file must hold a VPNID, or nothing is collected nor sent (a report without one can
-   never be accepted); a waiting report built under another VPNID (or none) is set aside in
-   ``outbox/rejected/`` and a fresh one takes its place;
+   never be accepted); after an opt-in, the withdrawal of the objection is sent before any report;
+   a waiting report built under another VPNID (or none) is set aside in ``outbox/rejected/`` and a
+   fresh one takes its place;
 4. waiting reports are sent oldest first, each removed only on 200/201: the transparency log
    keeps its bytes before it goes (a full disk: not sent) and a line for every request that left;
 5. a scheduled report (boot, daily) that finds a periodic report waiting is that report: the
@@ -45,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evo_agent import objection
 from evo_agent.config import DEFAULT_VPNID_FILE, Config
 from evo_agent.errors import DeliveryError, EvoError, StateError, printable
 from evo_agent.outbox import Entry, Outbox, ensure_dir, prune, state_error, writer_lock
@@ -231,21 +234,18 @@ def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
     """
     with writer_lock(cfg.state_dir, wait=wait_lock):
         box = Outbox(cfg.state_dir)
-        if not cfg.enabled:
+        if not objection.enabled(cfg):
             dropped = box.purge()
             if dropped:
                 LOG.warning("opted out: %s waiting report(s) deleted, none will be sent", dropped)
-            return CycleResult(ok=False, disabled=True, error="opted out ([agent] enabled = false)")
+            return _tell_objection(cfg, via, clock, draw)
         result = CycleResult(ok=True)
         retry_only = trigger is None
         try:
             box.recover()
             _deliver(cfg, box, result, trigger=trigger, via=via, clock=clock, report=report)
         except (StateError, OSError) as exc:  # disk full, read-only, key gone: backed off
-            problem = exc if isinstance(exc, StateError) else state_error(
-                Path(exc.filename or cfg.state_dir), exc)
-            result.ok, result.error, result.exit_code = False, str(problem), problem.exit_code
-            result.state_error = str(problem)
+            _failed_state(cfg, result, exc)
         state_file = cfg.state_dir / "state.json"
         state = load_state(state_file)
         now = clock()
@@ -270,6 +270,14 @@ def run_cycle(cfg: Config, *, trigger: str | None, via: str = "auto",
         return result
 
 
+def _failed_state(cfg: Config, result: CycleResult, exc: StateError | OSError) -> None:
+    """Mark the cycle failed by the state directory (disk full, read-only, key gone)."""
+    problem = exc if isinstance(exc, StateError) else state_error(
+        Path(exc.filename or cfg.state_dir), exc)
+    result.ok, result.error, result.exit_code = False, str(problem), problem.exit_code
+    result.state_error = str(problem)
+
+
 def _deliver(cfg: Config, box: Outbox, result: CycleResult, *, trigger: str | None, via: str,
              clock: Callable[[], Now], report: dict[str, Any] | None) -> None:
     """Steps 2 to 5 of the module docstring; a StateError stops them."""
@@ -280,10 +288,12 @@ def _deliver(cfg: Config, box: Outbox, result: CycleResult, *, trigger: str | No
     if problem is not None:
         result.ok, result.error = False, f"nothing collected nor sent: {problem}"
         return
+    objection.prepare(cfg.state_dir, vpnid, objects=False)  # after an opt-in
+    result.ok = objection.deliver(cfg, via, key, clock=clock, result=result)  # goes first
     waiting = _set_aside_stale(cfg.state_dir, box.pending(), vpnid)
     if trigger in ("boot", "daily") and any(e.kind == "periodic" for e in waiting):
         trigger = None  # the retry of the report that waits (step 5)
-    for entry in waiting:
+    for entry in waiting if result.ok else []:
         if not _send(cfg, entry, via, key, clock=clock, result=result):
             result.ok = False
             break
@@ -292,6 +302,34 @@ def _deliver(cfg: Config, box: Outbox, result: CycleResult, *, trigger: str | No
         result.queued = entry.report_id
         if result.ok:
             result.ok = _send(cfg, entry, via, key, clock=clock, result=result)
+
+
+def _tell_objection(cfg: Config, via: str, clock: Callable[[], Now],
+                    draw: Callable[[], float]) -> CycleResult:
+    """The cycle of an opted-out unit: send the objection if the registry was not told yet."""
+    result = CycleResult(ok=False, disabled=True, error="opted out ([agent] enabled = false "
+                         "or evo-agent opt-out): nothing is collected")
+    try:
+        objection.prepare(cfg.state_dir, vpnid_of(cfg), objects=True)
+        if not objection.waiting(cfg.state_dir):
+            return result
+        from evo_agent import signing
+
+        told = objection.deliver(cfg, via, signing.load_for_sending(cfg.state_dir), clock=clock,
+                                 result=result)
+        state_file = cfg.state_dir / "state.json"
+        result.ok = told
+        if told:
+            result.error = None
+            state = after_success(load_state(state_file), clock(), result.path or "?")
+        else:
+            state = after_failure(load_state(state_file), clock(), result.error or "failed",
+                                  draw(), result.retry_after)
+        save_state(state_file, state)
+        result.state_saved = True
+    except (StateError, OSError) as exc:  # disk full, read-only, key gone: backed off
+        _failed_state(cfg, result, exc)
+    return result
 
 
 LOCAL_INVENTORY = "local.json"
@@ -304,7 +342,7 @@ def snapshot(cfg: Config, reason: str) -> dict[str, Any]:
     from evo_agent.outbox import atomic_write
     from evo_agent.translog import TransparencyLog
 
-    if not cfg.enabled:
+    if not objection.enabled(cfg):
         return {"ok": False, "reason": reason, "error": "opted out: nothing is collected"}
     report = collect_report(cfg, "manual")
     last = TransparencyLog(cfg.state_dir).last_acknowledged()
@@ -329,7 +367,7 @@ def describe(cfg: Config) -> dict[str, Any]:
     from evo_agent.schedule import splay
 
     vpnid = vpnid_of(cfg)
-    return {"ok": True, "enabled": cfg.enabled, "state_dir": str(cfg.state_dir),
+    return {"ok": True, "enabled": objection.enabled(cfg), "state_dir": str(cfg.state_dir),
             "values": cfg.values, "vpnid": vpnid, "splay": list(splay(vpnid)),
             "sources": [str(p) for p in cfg.sources]}
 

@@ -193,7 +193,9 @@ EXIT_CODES: dict[int, str] = {
     73: "an output file cannot be created",
     74: "the state directory cannot be used (disk full, read-only, unreadable), or the device "
         "key is gone from a unit that used one (re-enrol it)",
-    75: "not delivered now (backend down, refused, no valid VPNID, or opted out): try later",
+    75: "not delivered now (backend down, refused, no valid VPNID, or opted out; for opt-out and "
+        "opt-in: the decision is taken here, its message to the registry waits and goes first): "
+        "try later",
     76: "manufacture: the registry refused the enrolment (factory token, invalid request)",
     77: "not permitted: this verb needs root",
     78: "configuration error: the message names the file and the key",

@@ -1,9 +1,10 @@
 """Carrying one report to the registry: VPN first, HTTPS otherwise, TLS always verified.
 
 Path choice (:func:`choose`): the VPN endpoint is used when the configured VPN interface (tun/wg) is
-up with carrier *and* the kernel's route to the endpoint's address goes out through that interface
-(one RTM_GETROUTE, ``evo_agent.netlink``); otherwise the public HTTPS endpoint.  Checking the route,
-not just the link, matters: a VPN that is up but whose routes were not pushed would send the
+up with carrier, the kernel's route to the endpoint's address goes out through that interface
+(one RTM_GETROUTE, ``evo_agent.netlink``) *and* the tunnel works (a recent WireGuard handshake, or
+an answer through it: ``evo_agent.tunnel``); otherwise the public HTTPS endpoint.  Checking the
+route, not just the link, matters: a VPN that is up but whose routes were not pushed would send the
 "VPN" request over the open internet.  A connection failure on the VPN falls back to HTTPS in the
 same attempt (``--via`` pins one path and never falls back).
 
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from evo_agent import netlink
+from evo_agent import netlink, tunnel
 from evo_agent.errors import DeliveryError, printable
 
 LOG = logging.getLogger(__name__)
@@ -125,8 +126,16 @@ def vpn_state(vpn_url: str, interface: str) -> tuple[bool, str]:
         except OSError as exc:
             return False, f"route lookup failed: {exc}"
         if oif is not None and oif == index:
-            return True, f"route to {addr} goes through {interface}"
+            # A route is not a tunnel: something must come back through it (evo_agent.tunnel).
+            alive, why = tunnel.working(interface, addr, _port(vpn_url))
+            return alive, (f"route to {addr} goes through {interface}; {why}" if alive
+                           else f"VPN {interface} is not a working tunnel: {why}")
     return False, f"route to {_host(vpn_url)} does not go through {interface}"
+
+
+def _port(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def is_loopback(host: str) -> bool:

@@ -35,6 +35,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from evo_registry import enrol, pages, rules, wire
+from evo_registry import finder as shared_finder
+from evo_registry import objection as objections
 from evo_registry.batch import GroupCommit
 from evo_registry.config import Settings
 from evo_registry.console import accounts, audit
@@ -63,17 +65,6 @@ class JsonResponse(JSONResponse):
 def json_response(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Response:
     """Return a JSON response."""
     return JsonResponse(doc, status, dict(headers or {}))
-
-
-def _add_months(moment: datetime, months: int) -> datetime:
-    month0 = moment.month - 1 + months
-    year, month = moment.year + month0 // 12, month0 % 12 + 1
-    for day in (moment.day, 30, 29, 28):
-        try:
-            return moment.replace(year=year, month=month, day=day)
-        except ValueError:
-            continue
-    raise AssertionError("unreachable: every month has 28 days")
 
 
 def _database_errors() -> tuple[type[BaseException], ...]:
@@ -189,6 +180,7 @@ class Registry:
             Route("/", self.finder, methods=["GET"]),
             Route("/v1/reports", self.post_report, methods=["POST"]),
             Route("/v1/enroll", self.enroll, methods=["POST"]),
+            Route("/v1/objection", self.objection, methods=["POST"]),
             Route("/v1/devices/{vpnid}", self.get_device, methods=["GET"]),
             Route("/v1/devices/{vpnid}/personal-data", self.erase, methods=["DELETE"]),
             Route("/v1/devices/{vpnid}/registration-form.pdf", self.registration_form,
@@ -290,9 +282,7 @@ class Registry:
         """Take one signed gzip report (docs/protocol.md)."""
         vpnid, signature = self.report_headers(request)
         body = await read_body(request, wire.MAX_COMPRESSED)
-        key = await self.public_key(vpnid)
-        if key is None:
-            raise HttpError(404, "unknown vpnid")
+        key = await self.public_key(vpnid)  # None (not enrolled): 401 like a wrong signature
         item = self.check_report(request, vpnid, signature, body, key)
         return self.report_response(item, await self.writer.submit_async(item))
 
@@ -315,12 +305,13 @@ class Registry:
         return vpnid, signature
 
     def check_report(self, request: Request, vpnid: str, signature: str, body: bytes,
-                     key: str) -> Pending:
+                     key: str | None) -> Pending:
         """Verify, decompress and validate a report; return it ready to be stored.
 
         The signature first: a sender without the device's key never makes the registry inflate
         or parse anything (1 KiB of gzip can expand to the 1 MiB limit, and the reason of a
-        refused document walks all of it).  The writer checks the signature again if the key it
+        refused document walks all of it).  ``key`` None (not enrolled) is refused like a wrong
+        signature, after the same work.  The writer checks the signature again if the key it
         reads under the device's row lock is another one (re-enrolled meanwhile).
         """
         wire.verify_signature(key, signature, body)
@@ -330,13 +321,15 @@ class Registry:
         path = request.headers.get("x-evo-path", "").strip().lower()
         path_value = path if path in ("vpn", "https") else None
         wan_ip = self.wan_ip(request)
-        if wan_ip is not None and wire.in_networks(wan_ip, self.vpn):
+        via_vpn = wan_ip is not None and wire.in_networks(wan_ip, self.vpn)
+        if via_vpn:
             # Through the VPN the registry sees the tunnel address, not the home's WAN IP: the
-            # device is seen, its last known WAN IP and location stay as they were.
+            # device is seen (on the VPN); its WAN IP comes from the VPN server's records
+            # (evo_registry.vpnsync), its last known one and location stay until then.
             wan_ip = None
         location = self.geo.lookup(wan_ip)
         return Pending(doc, vpnid, wan_ip, location, self.clock(), path_value, key,
-                       signature, body)
+                       signature, body, via_vpn)
 
     @staticmethod
     def report_response(item: Pending, outcome: Outcome) -> Response:
@@ -349,6 +342,18 @@ class Registry:
             LOG.info("report %s of %s raised %s", outcome.report_id, item.vpnid,
                      ", ".join(outcome.events))
         return json_response(201, {"status": "accepted", "report_id": outcome.report_id})
+
+    # ---- POST /v1/objection ----------------------------------------------------------------
+    async def objection(self, request: Request) -> Response:
+        """Take an owner's objection or its withdrawal (evo_registry.objection.handle)."""
+        body = await read_body(request, objections.MAX_BODY)
+        headers = request.headers
+        status, doc = await run_in_threadpool(
+            objections.handle, self.store, content_type=headers.get("content-type"),
+            content_encoding=headers.get("content-encoding"),
+            vpnid=headers.get("x-evo-vpnid"), signature=headers.get("x-evo-signature"),
+            body=body, now=self.clock())
+        return json_response(status, doc)
 
     # ---- POST /v1/enroll -------------------------------------------------------------------
     async def enroll(self, request: Request) -> Response:
@@ -385,12 +390,17 @@ class Registry:
             "model": dev["model"],
             "enrolled_at": dev["enrolled_at"],
             "manufactured_at": dev["manufactured_at"],
-            "warranty_end": utc_text(_add_months(made, self.settings.warranty_months)),
+            "warranty_end": utc_text(rules.add_months(made, self.settings.warranty_months)),
             "sales_region": json.loads(dev["sales_region"]),
             "psu_variant": dev["psu_variant"],
             "first_seen": dev["first_seen"],
             "last_seen": dev["last_seen"],
             "wan_ip": dev["wan_ip"],
+            "wan_source": dev["wan_source"],
+            "wan_seen_at": dev["wan_seen_at"],
+            "vpn_seen_at": dev["vpn_seen_at"],
+            "objected": dev["objected_at"] is not None,
+            "objected_at": dev["objected_at"],
             "country": dev["country"],
             "city": dev["city"],
             "fingerprint": {"status": check.status if latest_doc else "no_report",
@@ -442,8 +452,13 @@ class Registry:
         visitor = self.wan_ip(request)
         rows: list[Row] = (self.store.finder(visitor, self.clock(), self.settings.finder_days)
                            if visitor else [])
+        # On a shared address (evo_registry.finder) the page asks for the VPNID (``?vpnid=``).
+        asked = request.query_params.get("vpnid", "")[:64] or None
+        shown, ask = shared_finder.select(rows, asked, self.settings.finder_shared_units)
         return pages.render(request, "finder.html",
-                            {"rows": rows, "days": self.settings.finder_days})
+                            {"rows": shown, "days": self.settings.finder_days,
+                             "ask_vpnid": ask, "asked": asked},
+                            form_action="'self'")  # the VPNID form submits to this page
 
     @staticmethod
     def openapi(_request: Request) -> Response:

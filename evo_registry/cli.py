@@ -4,6 +4,7 @@
     evo-registry migrate --database URL
     evo-registry prune --database URL [--retention-days 730]
     evo-registry import --database URL BUNDLE|DIR...   (offline enrolments, evo_registry.bundles)
+    evo-registry vpn-sync --database URL [FILE|-]...   (WAN IPs from the VPN, evo_registry.vpnsync)
 
 Errors become exit statuses here and nowhere else (``RegistryError.exit_code``).
 """
@@ -18,15 +19,13 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TextIO
 
-from evo_registry import __version__
+from evo_registry import __version__, background, retention
 from evo_registry.config import Settings, load
 from evo_registry.db import Database
 from evo_registry.errors import RegistryError
 from evo_registry.store import Store
 
 LOG = logging.getLogger(__name__)
-PRUNE_EVERY_S = 6 * 3600
-PRUNE_FIRST_S = 60  # after start-up, when the first requests have been served
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("serve", "serve the HTTP API and pages"),
                        ("migrate", "create or upgrade the database schema"),
                        ("prune", "delete history older than the retention period"),
-                       ("import", "enrol units from offline enrolment bundles")):
+                       ("import", "enrol units from offline enrolment bundles"),
+                       ("vpn-sync", "take units' WAN IPs from the VPN server's records")):
         s = sub.add_parser(name, help=text)
         s.add_argument("--config", help="TOML settings file (see evo_registry/config.py)")
         s.add_argument("--database", help="sqlite:///PATH or postgresql://... URL")
@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--retention-days", type=int)
         if name == "import":
             s.add_argument("bundles", nargs="+", metavar="BUNDLE", help="files or directories")
+        if name == "vpn-sync":
+            s.add_argument("sources", nargs="*", metavar="FILE",
+                           help="OpenVPN status files, `wg show all dump` outputs, - for stdin "
+                                "(default: the configured ones)")
+            s.add_argument("--wireguard-peers", metavar="FILE",
+                           help="lines '<public key> <VPNID>' (default: configured)")
     # The console's accounts and dealers (evo_registry/console/cli.py).
     from evo_registry.console import cli as console_cli
 
@@ -59,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     s = load(args.config)
-    for key in ("database", "listen", "workers", "threads"):
+    for key in ("database", "listen", "workers", "threads", "wireguard_peers"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(s, key, value)
@@ -88,11 +94,21 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             db = Database(settings.database)
             try:
                 db.migrate()
-                gone = _prune(db, datetime.now(timezone.utc),
-                              timedelta(days=settings.retention_days))
+                gone = retention.prune(Store(db), datetime.now(timezone.utc),
+                                       timedelta(days=settings.retention_days))
             finally:
                 db.close()
             print(f"pruned: {gone}", file=out)
+            return 0
+        if args.command == "vpn-sync":
+            from evo_registry import vpnsync
+
+            db = Database(settings.database)
+            try:
+                db.migrate()
+            finally:
+                db.close()
+            print(f"vpn-sync: {vpnsync.run(settings, args.sources or None)}", file=out)
             return 0
         if args.command == "import":
             from evo_registry.bundles import run_import
@@ -108,28 +124,6 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return exc.exit_code
 
 
-def _prune(db: Database, now: datetime, retention: timedelta) -> dict[str, int]:
-    """Delete what is older than the retention period: history, and the console's audit trail."""
-    from evo_registry.console import audit
-
-    gone = Store(db).prune(now, retention)
-    gone["audit"] = audit.prune(db, now, retention)
-    return gone
-
-
-def _pruner(settings: Settings, stop: threading.Event) -> None:
-    """Prune now and then; idempotent, so several processes may all do it."""
-    db = Database(settings.database)
-    wait = PRUNE_FIRST_S
-    while not stop.wait(wait):
-        wait = PRUNE_EVERY_S
-        try:
-            gone = _prune(db, datetime.now(timezone.utc), timedelta(days=settings.retention_days))
-            LOG.info("retention: pruned %s", gone)
-        except Exception:
-            LOG.exception("retention pruning failed; next try in %s s", PRUNE_EVERY_S)
-
-
 def _alerts(settings: Settings, stop: threading.Event) -> None:
     """Send new events to the configured webhooks until stopped (evo_registry.console.alerts)."""
     from evo_registry.console.alerts import Dispatcher
@@ -138,7 +132,8 @@ def _alerts(settings: Settings, stop: threading.Event) -> None:
 
 
 def serve(settings: Settings, level: int = logging.INFO) -> int:
-    """Migrate, then serve until stopped (evo_registry.server), pruning now and then."""
+    """Migrate, then serve until stopped (evo_registry.server), with retention and vpn-sync
+    (evo_registry.background) in this process."""
     from evo_registry import server
 
     db = Database(settings.database)
@@ -146,8 +141,7 @@ def serve(settings: Settings, level: int = logging.INFO) -> int:
     if applied:
         LOG.info("database %s migrated to %s", db.describe(), applied[-1])
     db.close()
-    stop = threading.Event()
-    threading.Thread(target=_pruner, args=(settings, stop), daemon=True).start()
+    stop = background.start(settings)
     threading.Thread(target=_alerts, args=(settings, stop), daemon=True).start()
     try:
         return server.run(settings, level)

@@ -19,6 +19,15 @@ The file (``/etc/evo-registry/registry.toml`` in production, mode 0640: it holds
     max_connections = 1000                                   # per process; beyond: 503
     connections_per_client = 32                              # per process and address (v6: /64)
     stored_bytes_per_day = 1048576                           # report text one unit may store a day
+    # The VPN server's records of each unit's WAN IP (evo_registry.vpnsync), read by serve every
+    # vpn_sync_interval_s and by `evo-registry vpn-sync`:
+    openvpn_status = ["/run/openvpn-server/status-evo.log"]  # status-version 2 or 3
+    wireguard_dump = "/run/evo-registry/wg-dump"              # the output of `wg show all dump`
+    wireguard_peers = "/etc/evo-registry/wireguard-peers"     # lines "<public key> <VPNID>"
+    vpn_sync_interval_s = 300
+    prune_interval_s = 21600                                 # retention, by serve's pruner
+    finder_shared_units = 3         # more units than this from one address: the finder asks
+                                    # for the VPNID (a shared line: CGNAT, hotel, campus)
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ else:  # pragma: no cover - Debian 12 has 3.11
     import tomli as tomllib
 
 DEFAULT_DATABASE = "sqlite:///var/lib/evo-registry/registry.db"
+_OPTIONAL_PATHS = ("geo_database", "wireguard_dump", "wireguard_peers")
 
 
 @dataclass
@@ -64,6 +74,12 @@ class Settings:
     connections_per_client: int = 32
     # Report text (JSON characters) one unit may store in 24 hours: a daily report is ~4 KB.
     stored_bytes_per_day: int = 1024 * 1024
+    openvpn_status: list[str] = field(default_factory=list)
+    wireguard_dump: str | None = None
+    wireguard_peers: str | None = None
+    vpn_sync_interval_s: int = 300
+    prune_interval_s: int = 6 * 3600
+    finder_shared_units: int = 3
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """Return the trusted proxies as networks."""
@@ -88,7 +104,7 @@ def _check(path: str, data: dict[str, Any]) -> Settings:
         if isinstance(default, list) and not (
                 isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
             raise ConfigError(f"{path}: key '{key}': a list of strings is needed")
-        if (isinstance(default, str) or key == "geo_database") and not isinstance(value, str):
+        if (isinstance(default, str) or key in _OPTIONAL_PATHS) and not isinstance(value, str):
             raise ConfigError(f"{path}: key '{key}': a string is needed")
         setattr(s, key, value)
     for key, check in (("trusted_proxies", s.networks), ("vpn_networks", s.vpn)):

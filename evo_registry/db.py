@@ -189,6 +189,19 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         # A device's events, open and resolved (the device page).
         "CREATE INDEX console_events_vpnid ON events (vpnid, last_at)",
     ]),
+    # Where the latest WAN IP came from (a report over HTTPS, or the VPN server's own records:
+    # evo_registry.vpnsync) and when it was seen; when the unit was last seen on the VPN (support
+    # over the VPN is free under warranty); the owner's objection (evo_registry.objection):
+    # objected_at is set while the unit objects, objection_sequence orders its messages.
+    (4, "WAN IP source, last seen on the VPN, objection", [
+        "ALTER TABLE devices ADD COLUMN wan_source TEXT",
+        "ALTER TABLE devices ADD COLUMN wan_seen_at TEXT",
+        "ALTER TABLE devices ADD COLUMN vpn_seen_at TEXT",
+        "ALTER TABLE devices ADD COLUMN objected_at TEXT",
+        "ALTER TABLE devices ADD COLUMN objection_sequence BIGINT",
+        "UPDATE devices SET wan_source = 'https', wan_seen_at = last_seen "
+        "WHERE wan_ip IS NOT NULL",
+    ]),
 ]
 
 _PK = {

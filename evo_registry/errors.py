@@ -50,3 +50,24 @@ class RateLimited(HttpError):
         super().__init__(429, f"{what}: retry after {retry_after} s",
                          {"Retry-After": str(retry_after)})
         self.retry_after = retry_after
+
+
+class NotAuthentic(HttpError):
+    """A signed message whose VPNID is not enrolled or whose signature does not match its key.
+
+    Both get this one answer: a different one for an unknown VPNID would tell anyone which
+    VPNIDs exist.
+    """
+
+    REASON = "unknown vpnid or signature does not match the key enrolled for it"
+
+    def __init__(self) -> None:
+        super().__init__(401, self.REASON)
+
+
+class Objected(HttpError):
+    """The unit's owner objected to reporting: its reports are refused until it opts in."""
+
+    def __init__(self) -> None:
+        super().__init__(403, "this unit's owner objected to reporting: nothing is stored "
+                              "until 'evo-agent opt-in' sends its withdrawal")

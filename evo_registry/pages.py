@@ -59,7 +59,10 @@ def templates() -> Jinja2Templates:
     return t
 
 
-def render(request: Request, name: str, context: Mapping[str, Any]) -> Response:
-    """Return a page from its template."""
-    return templates().TemplateResponse(request, name, dict(context),
-                                        headers=dict(PAGE_HEADERS))
+def render(request: Request, name: str, context: Mapping[str, Any],
+           form_action: str = "'none'") -> Response:
+    """Return a page from its template (``form_action``: where its forms may submit)."""
+    headers = dict(PAGE_HEADERS)
+    headers["Content-Security-Policy"] = headers["Content-Security-Policy"].replace(
+        "form-action 'none'", f"form-action {form_action}")
+    return templates().TemplateResponse(request, name, dict(context), headers=headers)

@@ -14,6 +14,7 @@ import importlib.resources
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -144,3 +145,15 @@ def compare_fingerprints(enrolled: Mapping[str, str | None],
     else:
         status = "changed"
     return FingerprintCheck(status, compared, changed)
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """Return the same day ``months`` later (the last day of a shorter month)."""
+    month0 = moment.month - 1 + months
+    year, month = moment.year + month0 // 12, month0 % 12 + 1
+    for day in (moment.day, 30, 29, 28):
+        try:
+            return moment.replace(year=year, month=month, day=day)
+        except ValueError:
+            continue
+    raise AssertionError("unreachable: every month has 28 days")

@@ -30,7 +30,7 @@ from evo_registry.db import (
     parse_utc,
     utc_text,
 )
-from evo_registry.errors import HttpError, RateLimited, UnknownDevice
+from evo_registry.errors import HttpError, NotAuthentic, Objected, RateLimited, UnknownDevice
 from evo_registry.geo import Location
 from evo_registry.wire import home_key
 
@@ -91,6 +91,8 @@ class Pending:
     key: str | None = None
     signature: str = ""
     body: bytes = b""
+    # Came from an address of the VPN (vpn_networks): the unit is seen on the VPN now.
+    via_vpn: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,13 +134,36 @@ _UPDATE_DEVICES_ARRAYS = (
     "wan_ip = CASE WHEN u.has_wan THEN u.wan_ip ELSE d.wan_ip END, "
     "wan_key = CASE WHEN u.has_wan THEN u.wan_key ELSE d.wan_key END, "
     "country = CASE WHEN u.has_wan THEN u.country ELSE d.country END, "
-    "city = CASE WHEN u.has_wan THEN u.city ELSE d.city END "
+    "city = CASE WHEN u.has_wan THEN u.city ELSE d.city END, "
+    "wan_source = CASE WHEN u.has_wan THEN 'https' ELSE d.wan_source END, "
+    "wan_seen_at = CASE WHEN u.has_wan THEN u.last ELSE d.wan_seen_at END, "
+    "vpn_seen_at = COALESCE(u.vpn, d.vpn_seen_at) "
     "FROM unnest(?b::text[], ?b::text[], ?b::text[], ?b::bigint[], ?b::text[], ?b::text[], "
     "?b::text[], ?b::text[], ?b::text[], ?b::boolean[], ?b::text[], ?b::text[], ?b::text[], "
-    "?b::text[]) "
+    "?b::text[], ?b::text[]) "
     "AS u(vpnid, first, last, seq, rid, name, lan, lan2, mb, has_wan, wan_ip, wan_key, country, "
-    "city) WHERE d.vpnid = u.vpnid"
+    "city, vpn) WHERE d.vpnid = u.vpnid"
 )
+
+
+def location_events(dev: Row, location: Location) -> list[tuple[str, dict[str, Any]]]:
+    """Return the events a unit's location raises: outside its region, mains unsuited to its PSU."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    region = json.loads(dev["sales_region"])
+    if location.country and region and location.country not in region:
+        out.append((OUTSIDE_REGION, {"country": location.country, "city": location.city,
+                                     "sales_region": region}))
+    if location.country and rules.psu_suits(dev["psu_variant"], location.country) is False:
+        out.append((PSU_MISMATCH, {"country": location.country,
+                                   "mains_v": list(rules.mains_voltages()[location.country]),
+                                   "psu_variant": dev["psu_variant"]}))
+    return out
+
+
+def record_event(vpnid: str, kind: str, detail: Mapping[str, Any], *, now: str,
+                 report_id: str | None) -> Step:
+    """Open an event, or update the open one of the same kind (for modules beside this one)."""
+    return _record_event(vpnid, kind, detail, now=now, report_id=report_id)
 
 
 def _fp_columns(fp: Mapping[str, str | None]) -> tuple[str | None, ...]:
@@ -312,7 +337,8 @@ class Store:
                      since: datetime) -> list[tuple[str, Sequence[Any]]]:
         """Return the statements locking a batch's devices and reading their recent reports."""
         lock_sql = ("SELECT vpnid, public_key, sales_region, psu_variant, last_sequence, "  # noqa: S608
-                    "cur_motherboard_serial, " + ", ".join(f"fp_{p}" for p in rules.PARTS)
+                    "cur_motherboard_serial, objected_at, "
+                    + ", ".join(f"fp_{p}" for p in rules.PARTS)
                     + " FROM devices WHERE ")
         known_sql = ("SELECT 'd' AS k, report_id AS a, vpnid AS b, 0 AS c FROM reports "
                      "WHERE {ids} UNION ALL SELECT 'r' AS k, vpnid AS a, received_at AS b, "
@@ -346,7 +372,9 @@ class Store:
                size: int) -> Outcome | None:
         """Return why an item is not stored (an error or a duplicate), or None to store it."""
         if dev is None:
-            return UnknownDevice()
+            return NotAuthentic()  # removed since the caller read its key: as if never enrolled
+        if dev["objected_at"] is not None:
+            return Objected()
         if item.key is not None and dev["public_key"] != item.key:
             # Re-enrolled with another key since the caller checked the signature.
             try:
@@ -390,6 +418,8 @@ class Store:
         if item.wan_ip is not None:
             change["wan"] = (item.wan_ip, home_key(item.wan_ip), item.location.country,
                              item.location.city)
+        if item.via_vpn:
+            change["vpn"] = stamp
 
     @staticmethod
     def _update_devices(changes: Mapping[str, Mapping[str, Any]],
@@ -397,10 +427,10 @@ class Store:
         """Write the new state of each device that stored reports (one statement per shape)."""
         if arrays and changes:
             # PostgreSQL: every device in one statement, whatever the batch size.
-            columns: list[list[Any]] = [[] for _ in range(14)]
+            columns: list[list[Any]] = [[] for _ in range(15)]
             for vpnid, c in sorted(changes.items()):
                 wan = c.get("wan") or (None, None, None, None)
-                row = (vpnid, c["first"], c["last"], *c["values"], "wan" in c, *wan)
+                row = (vpnid, c["first"], c["last"], *c["values"], "wan" in c, *wan, c.get("vpn"))
                 for column, value in zip(columns, row, strict=True):
                     column.append(value)
             yield ("send", _UPDATE_DEVICES_ARRAYS, columns)
@@ -408,17 +438,19 @@ class Store:
         sql = ("UPDATE devices SET first_seen = COALESCE(first_seen, ?), "
                "last_seen = CASE WHEN last_seen IS NULL OR last_seen < ? THEN ? "
                "ELSE last_seen END, last_sequence = ?, last_report_id = ?, netbios_name = ?, "
-               "lan_ip = ?, lan_ip_secondary = ?, cur_motherboard_serial = ?")
+               "lan_ip = ?, lan_ip_secondary = ?, cur_motherboard_serial = ?, "
+               "vpn_seen_at = COALESCE(?, vpn_seen_at)")
         with_wan, without = [], []
         for vpnid, c in sorted(changes.items()):
-            head = (c["first"], c["last"], c["last"], *c["values"])
+            head = (c["first"], c["last"], c["last"], *c["values"], c.get("vpn"))
             if "wan" in c:
-                with_wan.append((*head, *c["wan"], vpnid))
+                with_wan.append((*head, *c["wan"], c["last"], vpnid))
             else:
                 without.append((*head, vpnid))
         if with_wan:
             yield ("many",
-                   sql + ", wan_ip = ?, wan_key = ?, country = ?, city = ? WHERE vpnid = ?",
+                   sql + ", wan_ip = ?, wan_key = ?, country = ?, city = ?, "
+                   "wan_source = 'https', wan_seen_at = ? WHERE vpnid = ?",
                    with_wan)
         if without:
             yield ("many", sql + " WHERE vpnid = ?", without)
@@ -439,14 +471,8 @@ class Store:
             # A restored or copied state directory, or a second unit with this identity.
             yield record(SEQUENCE_BACKWARDS, {"previous": int(last), "received": sequence})
 
-        region = json.loads(dev["sales_region"])
-        if location.country and region and location.country not in region:
-            yield record(OUTSIDE_REGION, {"country": location.country, "city": location.city,
-                                          "sales_region": region})
-        if location.country and rules.psu_suits(dev["psu_variant"], location.country) is False:
-            yield record(PSU_MISMATCH, {"country": location.country,
-                                        "mains_v": list(rules.mains_voltages()[location.country]),
-                                        "psu_variant": dev["psu_variant"]})
+        for kind, detail in location_events(dev, location):
+            yield record(kind, detail)
 
         if reported is None:
             reported = rules.fingerprint(report)
@@ -492,8 +518,9 @@ class Store:
     def finder_query(wan_ip: str, now: datetime, days: int = 30,
                      limit: int = 50) -> tuple[str, tuple[Any, ...]]:
         """Return the finder's statement and parameters."""
-        return ("SELECT netbios_name, model, last_seen, lan_ip, lan_ip_secondary FROM devices "
-                "WHERE wan_key = ? AND last_seen >= ? ORDER BY last_seen DESC LIMIT ?",
+        return ("SELECT vpnid, netbios_name, model, last_seen, lan_ip, lan_ip_secondary "
+                "FROM devices WHERE wan_key = ? AND last_seen >= ? AND objected_at IS NULL "
+                "ORDER BY last_seen DESC LIMIT ?",
                 (home_key(wan_ip), utc_text(now - timedelta(days=days)), limit))
 
     def device(self, vpnid: str, history: int = 100) -> tuple[Row, list[Row], list[Row],
@@ -535,7 +562,7 @@ class Store:
         """Erase the WAN IP and the location derived from it (also from events' details)."""
         with self.db.transaction() as tx:
             if tx.run("UPDATE devices SET wan_ip = NULL, wan_key = NULL, country = NULL, "
-                      "city = NULL "
+                      "city = NULL, wan_source = NULL, wan_seen_at = NULL "
                       "WHERE vpnid = ?", (vpnid,)) == 0:
                 raise UnknownDevice
             return self._redact_events(tx, vpnid)
@@ -565,7 +592,7 @@ class Store:
                 "(wan_ip IS NOT NULL OR country IS NOT NULL)", (cutoff,))]
             for vpnid in stale:
                 tx.run("UPDATE devices SET wan_ip = NULL, wan_key = NULL, country = NULL, "
-                       "city = NULL "
+                       "city = NULL, wan_source = NULL, wan_seen_at = NULL "
                        "WHERE vpnid = ?", (vpnid,))
                 self._redact_events(tx, vpnid)
         return {"reports": reports, "events": events, "wan_ips": len(stale)}

@@ -17,6 +17,8 @@ APT_PACKAGES=(
   chromium-driver python3-selenium
   # the delivery tests: the VPN path over WireGuard between network namespaces (userspace)
   wireguard-go wireguard-tools
+  # the registry's vpn-sync: a real OpenVPN server's status file (tests/registry/test_vpn_openvpn.py)
+  openvpn
   # benchmarks (bench/): GNU time, and the tools evo-agent is compared with
   time hyperfine lshw inxi hw-probe fusioninventory-agent
 )

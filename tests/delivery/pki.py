@@ -20,14 +20,18 @@ class Pki:
     ca_pem: Path
     cert_pem: Path
     key_pem: Path
+    #: a client certificate (``make_pki(..., client=CN)``), e.g. a unit's for OpenVPN
+    client_cert_pem: Path | None = None
+    client_key_pem: Path | None = None
 
 
 def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_pki(directory: Path, label: str, host: str = "127.0.0.1") -> Pki:
-    """Create a CA and a server certificate for ``host`` under ``directory``."""
+def make_pki(directory: Path, label: str, host: str = "127.0.0.1",
+             client: str | None = None) -> Pki:
+    """Create a CA and a server certificate for ``host`` (and one for ``client``)."""
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(_name(f"{label} test CA"))
@@ -59,4 +63,20 @@ def make_pki(directory: Path, label: str, host: str = "127.0.0.1") -> Pki:
     pki.key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                               serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption()))
+    if client is not None:
+        client_key = ec.generate_private_key(ec.SECP256R1())
+        client_cert = (x509.CertificateBuilder().subject_name(_name(client))
+                       .issuer_name(ca.subject).public_key(client_key.public_key())
+                       .serial_number(x509.random_serial_number())
+                       .not_valid_before(now - dt.timedelta(hours=1))
+                       .not_valid_after(now + dt.timedelta(days=60))
+                       .add_extension(x509.ExtendedKeyUsage(
+                           [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                       .sign(ca_key, hashes.SHA256()))
+        pki.client_cert_pem = directory / f"{label}-client-cert.pem"
+        pki.client_key_pem = directory / f"{label}-client-key.pem"
+        pki.client_cert_pem.write_bytes(client_cert.public_bytes(serialization.Encoding.PEM))
+        pki.client_key_pem.write_bytes(client_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
     return pki

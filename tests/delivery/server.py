@@ -38,6 +38,7 @@ class Registry:
         self.accepted: Counter[str] = Counter()  # report UUID -> 201 answers
         self.duplicates: Counter[str] = Counter()
         self.requests: list[tuple[float, int, str]] = []  # (time, status, path header)
+        self.objections: list[dict[str, Any]] = []  # POST /v1/objection, as received
         self.mode = "ok"
         self.delay = 0.0
         self.retry_after = "120"
@@ -68,6 +69,9 @@ def _handler(reg: Registry) -> type[BaseHTTPRequestHandler]:
                 reg.requests.append((time.monotonic(), status, self.headers.get("X-Evo-Path", "")))
 
         def do_POST(self) -> None:
+            if self.path == "/v1/objection" and reg.mode == "ok":
+                self._objection(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                return
             if self.path != "/v1/reports":
                 self._answer(404, {"error": "no such endpoint"})
                 return
@@ -96,6 +100,22 @@ def _handler(reg: Registry) -> type[BaseHTTPRequestHandler]:
                 self._answer(429, {"error": "too often"}, {"Retry-After": reg.retry_after})
                 return
             self._report(body)
+
+        def _objection(self, body: bytes) -> None:
+            key = reg.keys.get(self.headers.get("X-Evo-Vpnid", ""))
+            try:
+                if key is None:
+                    raise InvalidSignature
+                key.verify(base64.b64decode(self.headers.get("X-Evo-Signature", ""),
+                                            validate=True), body)
+            except (InvalidSignature, ValueError):
+                self._answer(401, {"error": "unknown vpnid or signature wrong"})
+                return
+            message = json.loads(gzip.decompress(body))
+            with reg.lock:
+                reg.objections.append(message)
+            self._answer(200, {"status": "objected" if message["objects"] else "withdrawn",
+                               "vpnid": message["vpnid"], "changed": True})
 
         def _report(self, body: bytes) -> None:
             vpnid = self.headers.get("X-Evo-Vpnid")

@@ -141,8 +141,8 @@ def test_vpn_check_follows_the_kernels_route() -> None:
     assert not ok and "does not go through lo" in why
 
 
-def test_opt_out_deletes_waiting_reports_and_sends_nothing(agent: Agent, server: RegistryServer,
-                                                           tmp_path: Path) -> None:
+def test_opt_out_deletes_waiting_reports_and_sends_only_the_objection(
+        agent: Agent, server: RegistryServer, tmp_path: Path) -> None:
     server.registry.mode = "503"
     run_cycle(agent.load(), trigger="boot", clock=_clock)
     assert len(Outbox(agent.state_dir).pending()) == 1
@@ -150,10 +150,15 @@ def test_opt_out_deletes_waiting_reports_and_sends_nothing(agent: Agent, server:
     text = agent.config.read_text().replace("[agent]", "[agent]\nenabled = false")
     agent.config.write_text(text)
     result = run_cycle(agent.load(), trigger="daily", clock=_clock)
-    assert result.disabled and not result.ok
+    assert result.disabled and result.ok  # the objection was acknowledged
     assert Outbox(agent.state_dir).pending() == [] and server.registry.stored == {}
-    assert [r for r in server.registry.requests if r[1] != 503] == []
+    # One request after the opt-out: the signed objection, no report.
+    assert [r[1] for r in server.registry.requests if r[1] != 503] == [200]
+    assert [m["objects"] for m in server.registry.objections] == [True]
     assert os.listdir(agent.state_dir / "outbox") == []
+    # The next cycles send nothing at all.
+    run_cycle(agent.load(), trigger="daily", clock=_clock)
+    assert len(server.registry.requests) == 2
 
 
 @pytest.mark.parametrize("status", ["400", "409", "415"])

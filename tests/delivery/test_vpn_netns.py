@@ -77,11 +77,13 @@ def _veth(dev: str, reg: str, a: str, b: str, net: str) -> None:
     _ip("-n", reg, "link", "set", b, "up")
 
 
-def _wireguard(dev: str, reg: str, tmp: Path, procs: list[subprocess.Popen[bytes]]) -> str:
+def _wireguard(dev: str, reg: str, tmp: Path, procs: list[subprocess.Popen[bytes]],
+               underlay: str = "192.168.77") -> str:
+    """Make the tunnel over a veth underlay ``<underlay>.1`` (device) - ``.2`` (registry)."""
     wg, wggo = shutil.which("wg"), shutil.which("wireguard-go")
     if not wg or not wggo:
         pytest.skip("wireguard-go and wireguard-tools are not installed")
-    _veth(dev, reg, "evoul0", "evoul1", "192.168.77")
+    _veth(dev, reg, "evoul0", "evoul1", underlay)
     _ip("-n", dev, "link", "set", "evoul0", "up")
     # wireguard-go's control sockets live in /var/run/wireguard, shared by all namespaces:
     # each side needs a name of its own
@@ -102,7 +104,7 @@ def _wireguard(dev: str, reg: str, tmp: Path, procs: list[subprocess.Popen[bytes
         # link can exist before `wg set` can reach it (seen once in a clean-clone CI run)
         setup = [IP, "netns", "exec", ns, wg, "set", names[ns], "private-key",
                  str(tmp / f"{ns}.key"), "listen-port", str(port), "peer", keys[peer],
-                 "allowed-ips", f"10.88.0.{them}/32", "endpoint", f"192.168.77.{them}:{peer_port}"]
+                 "allowed-ips", f"10.88.0.{them}/32", "endpoint", f"{underlay}.{them}:{peer_port}"]
         for attempt in range(50):
             done = subprocess.run(setup, capture_output=True, check=False)
             if done.returncode == 0:

@@ -15,7 +15,7 @@ from typing import Any
 
 from evo_registry.batch import GroupCommit
 from evo_registry.db import Database
-from evo_registry.errors import HttpError, RateLimited, UnknownDevice
+from evo_registry.errors import HttpError, NotAuthentic, RateLimited
 from evo_registry.geo import Location
 from evo_registry.store import Accepted, Limits, Outcome, Pending, Store
 from tests.registry.conftest import HOME_A, Device, Server, enroll, get_device, send
@@ -87,7 +87,7 @@ def test_a_batch_judges_items_in_order(database: Database) -> None:
     assert isinstance(first, Accepted) and not first.duplicate
     assert isinstance(dup, Accepted) and dup.duplicate and dup.report_id == first.report_id
     assert isinstance(other, Accepted) and not other.duplicate
-    assert isinstance(unknown, UnknownDevice)
+    assert isinstance(unknown, NotAuthentic)  # answered like a wrong signature
     assert isinstance(second, Accepted) and isinstance(third, Accepted)
     # Three stored reports of device a in the window: the fourth is refused.
     assert isinstance(limited, RateLimited)

@@ -113,11 +113,19 @@ def test_missing_or_malformed_signature(server: Server, device: Device) -> None:
             headers={"X-Evo-Signature": base64.b64encode(b"x" * 10).decode()})
 
 
-def test_unknown_key(server: Server) -> None:
+def test_unknown_vpnid_is_answered_like_a_wrong_signature(server: Server,
+                                                           device: Device) -> None:
+    # No enumeration: an unknown VPNID and an enrolled one with a wrong signature get the very
+    # same answer, so nobody learns from it which VPNIDs exist.
     stranger = Device("EVO-999999")
-    reply = send(server, stranger)
-    assert reply.status == 404
-    assert reply.json() == {"error": "unknown vpnid"}
+    unknown = send(server, stranger)
+    forger = Device(device.vpnid)  # enrolled VPNID, another key
+    forger.template = device.template
+    wrong = send(server, forger)
+    assert (unknown.status, unknown.body) == (wrong.status, wrong.body)
+    assert unknown.status == 401
+    assert unknown.json() == {"error": "unknown vpnid or signature does not match the key "
+                                       "enrolled for it"}
     assert _stored(server) == 0
 
 
