@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-from evo_registry import retention, vpnsync
+from evo_registry import retention, silence, vpnsync
 from evo_registry.config import Settings
 from evo_registry.db import Database
 from evo_registry.store import Store
@@ -49,6 +49,8 @@ def run_periodic(settings: Settings, stop: threading.Event,
                     gone = retention.prune(store, clock(),
                                            timedelta(days=settings.retention_days))
                     LOG.info("retention: pruned %s", gone)
+                    LOG.info("silent units: %s",
+                             silence.watch(store, clock(), settings.not_seen_days))
                 except Exception:
                     LOG.exception("retention pruning failed; next try in %s s",
                                   settings.prune_interval_s)

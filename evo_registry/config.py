@@ -27,6 +27,7 @@ The file (``/etc/evo-registry/registry.toml`` in production, mode 0640: it holds
     vpn_sync_interval_s = 300
     prune_interval_s = 21600                                 # retention, by serve's pruner
     finder_shared_units = 3         # more units than this from one address: the finder asks
+    not_seen_days = 30              # a unit silent this long gets a not_seen event
                                     # for the VPNID (a shared line: CGNAT, hotel, campus)
 """
 
@@ -80,6 +81,8 @@ class Settings:
     vpn_sync_interval_s: int = 300
     prune_interval_s: int = 6 * 3600
     finder_shared_units: int = 3
+    # A unit that has not reported for this many days gets a not_seen event (and its alerts).
+    not_seen_days: int = 30
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """Return the trusted proxies as networks."""

@@ -1,4 +1,4 @@
-"""The events inbox: what the registry noticed (region, PSU, fingerprint, clone), to act upon.
+"""The events inbox: what the registry noticed (region, PSU, fingerprint, clone, silence).
 
 Support reads and resolves every event, with a comment kept beside it; a dealer reads the events
 of its own units (without the city, like everywhere else).
@@ -13,6 +13,7 @@ from evo_registry.console import audit, devices
 from evo_registry.console.accounts import Account
 from evo_registry.db import Database, Row, utc_text
 from evo_registry.errors import HttpError
+from evo_registry.silence import NOT_SEEN
 from evo_registry.store import (
     CLONE_SUSPECTED,
     FINGERPRINT_CHANGED,
@@ -21,9 +22,10 @@ from evo_registry.store import (
     PSU_MISMATCH,
     SEQUENCE_BACKWARDS,
 )
+from evo_registry.vpnsync import VPN_UNUSED
 
 KINDS = (OUTSIDE_REGION, PSU_MISMATCH, CLONE_SUSPECTED, FINGERPRINT_MISMATCH,
-         FINGERPRINT_CHANGED, SEQUENCE_BACKWARDS)
+         FINGERPRINT_CHANGED, SEQUENCE_BACKWARDS, NOT_SEEN, VPN_UNUSED)
 INBOX_LIMIT = 200
 
 
