@@ -253,8 +253,8 @@ def test_a_killed_worker_is_restarted_and_the_registry_keeps_answering(
 def test_no_report_lost_or_stored_twice_when_a_worker_dies_and_postgresql_stops(
         tmp_path: Path, geo_db: Path) -> None:
     """Agents that retry like evo-agent (any 5xx or broken connection: again, same report)
-    against two workers, one killed with -9 and PostgreSQL stopped for 5 s mid-stream: every
-    report acknowledged, each stored once."""
+    against two workers, one killed with -9 and PostgreSQL stopped for 10 s mid-stream: 5,000
+    reports, every one acknowledged, each stored once."""
     bindir = pg_bin()
     if bindir is None:
         pytest.skip("PostgreSQL binaries absent: apt-get install postgresql")
@@ -262,7 +262,7 @@ def test_no_report_lost_or_stored_twice_when_a_worker_dies_and_postgresql_stops(
         url = pg.create_database()
         cfg = _config(tmp_path, url, geo_db, rate_limit_reports=100000)
         with _supervised(cfg, 2) as (port, lines):
-            devices = [Device(f"EVO-5100{n:02d}") for n in range(16)]
+            devices = [Device(f"EVO-5100{n:02d}") for n in range(20)]
             for dev in devices:
                 status, body = _post(port, "/v1/enroll", json.dumps(dev.enrolment()).encode(),
                                      {"Content-Type": "application/json",
@@ -290,26 +290,26 @@ def test_no_report_lost_or_stored_twice_when_a_worker_dies_and_postgresql_stops(
                         retried[0] += 1
                         time.sleep(0.2)
 
-            threads = [threading.Thread(target=agent, args=(dev, 40)) for dev in devices]
+            threads = [threading.Thread(target=agent, args=(dev, 250)) for dev in devices]
             for t in threads:
                 t.start()
-            while len(acked) < 100:
+            while len(acked) < 1000:
                 time.sleep(0.01)
             os.kill(_workers(lines)[0], signal.SIGKILL)
-            while len(acked) < 250:
+            while len(acked) < 2500:
                 time.sleep(0.01)
             pg.stop()
-            time.sleep(5)
+            time.sleep(10)
             pg.start()
             for t in threads:
-                t.join(180)
+                t.join(600)
             assert not refused, refused[:3]
-            assert len(acked) == len(set(acked)) == 640
+            assert len(acked) == len(set(acked)) == 5000
             assert retried[0] > 0  # the faults were felt
         db = Database(url)
         rows = db.read("SELECT COUNT(*) AS n, COUNT(DISTINCT report_id) AS d FROM reports")
         db.close()
-        assert (rows[0]["n"], rows[0]["d"]) == (640, 640)
+        assert (rows[0]["n"], rows[0]["d"]) == (5000, 5000)
 
 
 def _get(port: int, path: str) -> int:
