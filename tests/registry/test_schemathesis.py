@@ -43,7 +43,7 @@ def live(request: pytest.FixtureRequest,
 
 
 @schema.parametrize()  # type: ignore[untyped-decorator]
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=400, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.filter_too_much])
 def test_no_server_errors(case: object, live: Server) -> None:
