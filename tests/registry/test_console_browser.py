@@ -66,22 +66,46 @@ class Shots:
         self.taken.append(self.dirs[0] / f"{name}.png")
 
 
+def _ready(driver: object) -> None:
+    """Wait until the current document has loaded (a redirect's target included)."""
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    WebDriverWait(driver, 30).until(
+        lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def _click(driver: object, element_id: str) -> None:
     """Click a button that submits a form, and wait until the next page has replaced this one."""
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
+    _ready(driver)
     page = driver.find_element(By.TAG_NAME, "html")  # type: ignore[attr-defined]
     driver.find_element(By.ID, element_id).click()  # type: ignore[attr-defined]
     WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
+    _ready(driver)
 
 
 def _login(driver: object, world: World, username: str) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
     d = driver
-    d.get(f"{world.url}/login")  # type: ignore[attr-defined]
-    d.find_element(By.ID, "username").send_keys(username)  # type: ignore[attr-defined]
-    d.find_element(By.ID, "password").send_keys(PASSWORDS[username])  # type: ignore[attr-defined]
-    _click(d, "signin")
+    # Seen once in a clean-clone run: right after a logout's redirect, Chromium replaced the
+    # login page's document between finding the button and clicking it ("Node with given id
+    # does not belong to the document"); nothing was submitted, so the form is filled again.
+    for attempt in range(3):
+        d.get(f"{world.url}/login")  # type: ignore[attr-defined]
+        _ready(d)
+        try:
+            d.find_element(By.ID, "username").send_keys(username)  # type: ignore[attr-defined]
+            d.find_element(By.ID, "password").send_keys(  # type: ignore[attr-defined]
+                PASSWORDS[username])
+            _click(d, "signin")
+            break
+        except (StaleElementReferenceException, WebDriverException) as exc:
+            if attempt == 2 or not (isinstance(exc, StaleElementReferenceException)
+                                    or "does not belong to the document" in str(exc)):
+                raise
     assert "/login" not in d.current_url  # type: ignore[attr-defined]
 
 
