@@ -101,15 +101,18 @@ def _wireguard(dev: str, reg: str, tmp: Path, procs: list[subprocess.Popen[bytes
     sides = ((dev, reg, "1", "2", 51820, 51821), (reg, dev, "2", "1", 51821, 51820))
     for ns, peer, me, them, port, peer_port in sides:
         # wireguard-go creates its device, then its control socket, in the background: the
-        # link can exist before `wg set` can reach it (seen once in a clean-clone CI run)
+        # link can exist before `wg set` can reach it ("Protocol not supported": no socket yet,
+        # so wg tries the kernel's). Seen in clean-clone CI runs, once after 5 s on a machine
+        # running two suites at once: wait up to 30 s.
         setup = [IP, "netns", "exec", ns, wg, "set", names[ns], "private-key",
                  str(tmp / f"{ns}.key"), "listen-port", str(port), "peer", keys[peer],
                  "allowed-ips", f"10.88.0.{them}/32", "endpoint", f"{underlay}.{them}:{peer_port}"]
-        for attempt in range(50):
+        deadline = time.monotonic() + 30
+        while True:
             done = subprocess.run(setup, capture_output=True, check=False)
             if done.returncode == 0:
                 break
-            if attempt == 49:
+            if time.monotonic() > deadline:
                 done.check_returncode()
             time.sleep(0.1)
         _ip("-n", ns, "addr", "add", f"10.88.0.{me}/24", "dev", names[ns])
