@@ -77,6 +77,23 @@ def _veth(dev: str, reg: str, a: str, b: str, net: str) -> None:
     _ip("-n", reg, "link", "set", b, "up")
 
 
+def _await_uapi(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    """Wait until wireguard-go listens on its control socket.
+
+    Not by polling with `wg`: a `wg` that connects between wireguard-go's bind() and listen()
+    gets ECONNREFUSED, takes the socket for a dead one's and unlinks it, and wireguard-go, which
+    watches that file, then shuts its device down ("Protocol not supported" from every later
+    `wg`, as seen in a clean-clone CI run). wireguard-go logs "UAPI listener started" once the
+    socket listens.
+    """
+    deadline = time.monotonic() + timeout
+    while b"UAPI listener started" not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"wireguard-go did not start (exit {proc.poll()}): "
+                                 f"{log.read_text(errors='replace')}")
+        time.sleep(0.05)
+
+
 def _wireguard(dev: str, reg: str, tmp: Path, procs: list[subprocess.Popen[bytes]],
                underlay: str = "192.168.77") -> str:
     """Make the tunnel over a veth underlay ``<underlay>.1`` (device) - ``.2`` (registry)."""
@@ -88,33 +105,25 @@ def _wireguard(dev: str, reg: str, tmp: Path, procs: list[subprocess.Popen[bytes
     # wireguard-go's control sockets live in /var/run/wireguard, shared by all namespaces:
     # each side needs a name of its own
     names = {dev: f"wgd{os.getpid()}"[:15], reg: f"wgr{os.getpid()}"[:15]}
-    env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
-    keys = {}
+    env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1", LOG_LEVEL="verbose")
+    keys, logs = {}, {}
     for ns in (dev, reg):
         key = subprocess.run([wg, "genkey"], capture_output=True, check=True).stdout
         pub = subprocess.run([wg, "pubkey"], input=key, capture_output=True, check=True).stdout
         (tmp / f"{ns}.key").write_bytes(key)
         (tmp / f"{ns}.key").chmod(0o600)
         keys[ns] = pub.decode().strip()
-        procs.append(subprocess.Popen([IP, "netns", "exec", ns, wggo, "-f", names[ns]], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        logs[ns] = tmp / f"{names[ns]}.log"
+        with logs[ns].open("wb") as out:
+            procs.append(subprocess.Popen([IP, "netns", "exec", ns, wggo, "-f", names[ns]],
+                                          env=env, stdout=out, stderr=subprocess.STDOUT))
+    for proc, ns in zip(procs[-2:], (dev, reg), strict=True):
+        _await_uapi(proc, logs[ns])
     sides = ((dev, reg, "1", "2", 51820, 51821), (reg, dev, "2", "1", 51821, 51820))
     for ns, peer, me, them, port, peer_port in sides:
-        # wireguard-go creates its device, then its control socket, in the background: the
-        # link can exist before `wg set` can reach it ("Protocol not supported": no socket yet,
-        # so wg tries the kernel's). Seen in clean-clone CI runs, once after 5 s on a machine
-        # running two suites at once: wait up to 30 s.
-        setup = [IP, "netns", "exec", ns, wg, "set", names[ns], "private-key",
-                 str(tmp / f"{ns}.key"), "listen-port", str(port), "peer", keys[peer],
-                 "allowed-ips", f"10.88.0.{them}/32", "endpoint", f"{underlay}.{them}:{peer_port}"]
-        deadline = time.monotonic() + 30
-        while True:
-            done = subprocess.run(setup, capture_output=True, check=False)
-            if done.returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                done.check_returncode()
-            time.sleep(0.1)
+        _ip("netns", "exec", ns, wg, "set", names[ns], "private-key", str(tmp / f"{ns}.key"),
+            "listen-port", str(port), "peer", keys[peer], "allowed-ips", f"10.88.0.{them}/32",
+            "endpoint", f"{underlay}.{them}:{peer_port}")
         _ip("-n", ns, "addr", "add", f"10.88.0.{me}/24", "dev", names[ns])
     _ip("-n", reg, "link", "set", names[reg], "up")
     return names[dev]
