@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evo_agent import signing  # noqa: E402
+from evo_agent.delivery import signing  # noqa: E402
 from tests.delivery.fixtures import VPNID, write_config, write_host_root  # noqa: E402
 from tests.delivery.pki import make_pki  # noqa: E402
 from tests.delivery.server import RegistryServer  # noqa: E402

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from evo_agent import objection
+from evo_agent.delivery import objection
 from evo_agent.errors import DeliveryError, EvoError, NotPermitted, StateError
 
 if TYPE_CHECKING:  # tomllib stays out of the resident daemon's memory
@@ -87,7 +87,7 @@ def _fmt(wall: float | None) -> str:
 # -- daemon, send --------------------------------------------------------------------------------
 def cmd_daemon(args: argparse.Namespace, out: TextIO) -> int:
     """Run the resident service."""
-    from evo_agent import daemon
+    from evo_agent.delivery import daemon
 
     # The unit runs it as the system user evo-agent (units/evo-agent.service): what it needs is
     # write access to the state directory, which it checks when it starts.
@@ -96,8 +96,8 @@ def cmd_daemon(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     """Send a report now; exit 0 only when the registry acknowledged it."""
-    from evo_agent import control
-    from evo_agent.outbox import Outbox, writer_lock
+    from evo_agent.delivery import control
+    from evo_agent.delivery.outbox import Outbox, writer_lock
 
     _audit("send --now")
     if os.geteuid() != 0:
@@ -140,7 +140,7 @@ def standalone_cycle(cfg: Config, via: str) -> dict[str, Any]:
     index it must append to, a key it must read).  So root collects (with root's rights, like the
     daemon's capability) and a child that has dropped to the directory's owner does the writing.
     """
-    from evo_agent.delivery import run_cycle
+    from evo_agent.delivery.cycle import run_cycle
 
     try:
         st = cfg.state_dir.stat()
@@ -152,8 +152,8 @@ def standalone_cycle(cfg: Config, via: str) -> dict[str, Any]:
     import http.client  # noqa: F401
     import ssl  # noqa: F401
 
-    from evo_agent import signing, translog, transport  # noqa: F401
-    from evo_agent.delivery import collect_report
+    from evo_agent.delivery import signing, translog, transport  # noqa: F401
+    from evo_agent.delivery.cycle import collect_report
 
     report = collect_report(cfg, "manual")
     r, w = os.pipe()
@@ -187,10 +187,10 @@ def standalone_cycle(cfg: Config, via: str) -> dict[str, Any]:
 # -- status --------------------------------------------------------------------------------------
 def status_doc(cfg: Config) -> dict[str, Any]:
     """Return everything `status` shows."""
-    from evo_agent import control, transport
-    from evo_agent.delivery import vpnid_of
-    from evo_agent.outbox import Outbox
-    from evo_agent.schedule import State, load_state, next_due, read_clock
+    from evo_agent.delivery import control, transport
+    from evo_agent.delivery.cycle import vpnid_of
+    from evo_agent.delivery.outbox import Outbox
+    from evo_agent.delivery.schedule import State, load_state, next_due, read_clock
 
     state = load_state(cfg.state_dir / "state.json")
     try:
@@ -228,7 +228,8 @@ def status_doc(cfg: Config) -> dict[str, Any]:
         "enabled": enabled,
         # where reports go; none configured means nothing can be delivered
         "destinations": [url for url in (delivery["vpn_url"], delivery["https_url"]) if url],
-        # the owner's objection or its withdrawal, waiting for the registry (evo_agent.objection)
+        # the owner's objection or its withdrawal, waiting for the registry
+        # (evo_agent.delivery.objection)
         "objection_waiting": objection.waiting(cfg.state_dir),
         "daemon": {"running": daemon is not None,
                    **({k: daemon.get(k) for k in ("pid", "started", "cycle_running")}
@@ -274,8 +275,8 @@ def disk_state(state_dir: Path) -> dict[str, Any]:
 
 def problems(cfg: Config) -> list[str]:
     """Return what stops delivery now and needs a person: disk, device key, VPNID."""
-    from evo_agent import signing
-    from evo_agent.delivery import vpnid_problem
+    from evo_agent.delivery import signing
+    from evo_agent.delivery.cycle import vpnid_problem
 
     out = []
     if cfg.state_dir.is_dir():
@@ -339,8 +340,8 @@ def current_report(cfg: Config) -> tuple[dict[str, Any], str]:
     read what the daemon reads, e.g. the SMBIOS table, and would see false differences); else
     this process collects it.
     """
-    from evo_agent import control
-    from evo_agent.delivery import LOCAL_INVENTORY, collect_report
+    from evo_agent.delivery import control
+    from evo_agent.delivery.cycle import LOCAL_INVENTORY, collect_report
 
     try:
         answer = control.request(str(cfg.values["agent"]["control_socket"]), {"op": "refresh"},
@@ -357,8 +358,8 @@ def current_report(cfg: Config) -> tuple[dict[str, Any], str]:
 
 def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
     """Compare this inventory with the last report the registry acknowledged."""
+    from evo_agent.delivery.translog import TransparencyLog
     from evo_agent.report import diff_reports
-    from evo_agent.translog import TransparencyLog
 
     _audit("diff")
     cfg = _config(args)
@@ -390,7 +391,7 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_sent(args: argparse.Namespace, out: TextIO) -> int:
     """Show the transparency log."""
-    from evo_agent.translog import TransparencyLog
+    from evo_agent.delivery.translog import TransparencyLog
 
     _audit("sent")
     cfg = _config(args)
@@ -429,7 +430,7 @@ def _tls_probe(url: str, ca_bundle: str, timeout: float) -> tuple[str, str, str]
     import ssl
     from urllib.parse import urlsplit
 
-    from evo_agent.transport import tls_context
+    from evo_agent.delivery.transport import tls_context
 
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
@@ -455,7 +456,7 @@ def _tls_probe(url: str, ca_bundle: str, timeout: float) -> tuple[str, str, str]
 
 def doctor_rows(args: argparse.Namespace) -> list[dict[str, str]]:
     """Run every check."""
-    from evo_agent import control
+    from evo_agent.delivery import control
 
     rows: list[dict[str, str]] = []
     try:
@@ -482,7 +483,7 @@ def doctor_rows(args: argparse.Namespace) -> list[dict[str, str]]:
 
 
 def _check_state_dir(rows: list[dict[str, str]], sd: Path) -> None:
-    from evo_agent import signing
+    from evo_agent.delivery import signing
 
     if not sd.is_dir():
         _check(rows, "state dir", "fail", f"{sd} does not exist", "start the daemon once "
@@ -517,7 +518,7 @@ def _check_state_dir(rows: list[dict[str, str]], sd: Path) -> None:
 
 
 def _check_vpnid(rows: list[dict[str, str]], cfg: Config) -> None:
-    from evo_agent.delivery import vpnid_problem
+    from evo_agent.delivery.cycle import vpnid_problem
 
     vpnid, problem = vpnid_problem(cfg)
     if problem is None:
@@ -542,7 +543,7 @@ def _check_clock(rows: list[dict[str, str]]) -> None:
 def _check_endpoints(rows: list[dict[str, str]], cfg: Config) -> None:
     import socket
 
-    from evo_agent import transport
+    from evo_agent.delivery import transport
 
     delivery = cfg.values["delivery"]
     ca = delivery["ca_bundle"]

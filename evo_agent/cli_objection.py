@@ -1,9 +1,9 @@
 """``evo-agent opt-out`` and ``opt-in``: the owner's objection, from the command line (root).
 
 opt-out records the decision (``state_dir/opted-out``), deletes every waiting report at once, and
-tells the registry (``evo_agent.objection``): here and now if it can be reached, else the message
-waits and the daemon sends it before anything else.  opt-in removes the decision and sends the
-withdrawal the same way; the next scheduled report follows it.  The sending runs in a child
+tells the registry (``evo_agent.delivery.objection``): here and now if it can be reached, else the
+message waits and the daemon sends it before anything else.  opt-in removes the decision and sends
+the withdrawal the same way; the next scheduled report follows it.  The sending runs in a child
 process as the state directory's owner (the daemon's user), like ``send --now``, so root leaves no
 file the daemon cannot use; the running daemon is then told to reload (SIGHUP).
 """
@@ -19,7 +19,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
-from evo_agent import objection
+from evo_agent.delivery import objection
 from evo_agent.errors import ConfigError, DeliveryError, NotPermitted
 
 if TYPE_CHECKING:
@@ -49,8 +49,8 @@ def cmd_opt_in(args: argparse.Namespace, out: TextIO) -> int:
 
 def _decide(args: argparse.Namespace, out: TextIO, *, objects: bool) -> int:
     from evo_agent.cli_delivery import _audit, _config
-    from evo_agent.delivery import vpnid_of
-    from evo_agent.outbox import ensure_dir, writer_lock
+    from evo_agent.delivery.cycle import vpnid_of
+    from evo_agent.delivery.outbox import ensure_dir, writer_lock
 
     verb = "opt-out" if objects else "opt-in"
     _audit(verb)
@@ -98,7 +98,7 @@ def _cycle_as_owner(cfg: Config, config: str | None) -> dict[str, Any]:
 
 def _reload_daemon(cfg: Config) -> None:
     """Tell a running daemon to read the decision (it stops or resumes collecting)."""
-    from evo_agent import control
+    from evo_agent.delivery import control
 
     with contextlib.suppress(control.NoDaemon, OSError, ValueError):
         status = control.request(str(cfg.values["agent"]["control_socket"]), {"op": "status"},

@@ -109,7 +109,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, Validator | None]]] = {
         "host_root": (str, "/", _absolute),
         "control_socket": (str, "/run/evo-agent/control.sock", _absolute),
     },
-    # Delivery (evo_agent.transport): VPN first, HTTPS otherwise. See config/agent.toml.
+    # Delivery (evo_agent.delivery.transport): VPN first, HTTPS otherwise. See config/agent.toml.
     "delivery": {
         "vpn_url": (str, "", _url_or_empty),
         "https_url": (str, "", _https_url),

@@ -10,8 +10,8 @@ On the line each unit is booted once in manufacturing mode and ``evo-agent manuf
    size).  Values are judged as the filter cleaned them, so a firmware placeholder ("To be filled
    by O.E.M.", which the filter turns into null) fails like a missing value;
 3. only a unit that passes gets an identity: the VPNID file is written (atomically), the Ed25519
-   device key is created if there is none (``evo_agent.signing``), and the unit is enrolled with
-   the registry (``POST /v1/enroll``, docs/protocol.md), or, on an offline line, an enrolment
+   device key is created if there is none (``evo_agent.delivery.signing``), and the unit is enrolled
+   with the registry (``POST /v1/enroll``, docs/protocol.md), or, on an offline line, an enrolment
    bundle signed by the device key is written for ``evo-registry import``.
 
 Idempotence: the outcome of an enrolment is kept in the state directory (``enrolment.json``); a
@@ -307,7 +307,7 @@ def read_vpnid_file(path: Path) -> str | None:
 
 def write_vpnid_file(path: Path, vpnid: str) -> None:
     """Write the VPNID file atomically (mode 0644: the daemon reads it as its own user)."""
-    from evo_agent.outbox import atomic_write
+    from evo_agent.delivery.outbox import atomic_write
 
     try:
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -339,11 +339,11 @@ def post_json(url: str, body: bytes, token: str, *, ca_bundle: str,
               timeout: float) -> tuple[int, dict[str, Any]]:
     """POST the enrolment; return the status and the JSON answer, or raise RegistryUnreachable.
 
-    The agent's transport rules (``evo_agent.transport.exchange``): https verified against the
-    registry's CA bundle only, plain http only to a loopback address; ``timeout`` bounds the
+    The agent's transport rules (``evo_agent.delivery.transport.exchange``): https verified against
+    the registry's CA bundle only, plain http only to a loopback address; ``timeout`` bounds the
     whole exchange, so a registry that drips bytes cannot hold the line.
     """
-    from evo_agent.transport import TransportError, exchange
+    from evo_agent.delivery.transport import TransportError, exchange
 
     if urlsplit(url).scheme not in ("https", "http"):
         raise ConfigError(None, "manufacture.registry_url", f"{url}: not an http(s) URL")
@@ -391,7 +391,7 @@ def bundle_path(directory: Path, vpnid: str) -> Path:
 
 def make_bundle(body: bytes, key: Any, token: str, vpnid: str) -> bytes:
     """Return an enrolment bundle (docs/protocol.md, "Enrolment bundle")."""
-    from evo_agent.signing import sign
+    from evo_agent.delivery.signing import sign
 
     doc = {
         "format": BUNDLE_FORMAT,
@@ -497,8 +497,8 @@ def run(cfg: Config, req: Request, *,
         clock: Clock = lambda: datetime.now(timezone.utc),
         monotonic: Callable[[], float] = time.monotonic) -> Result:
     """Check, identify and enrol one unit; never raises for a verdict (see Result.error)."""
-    from evo_agent import signing
-    from evo_agent.outbox import ensure_dir, writer_lock
+    from evo_agent.delivery import signing
+    from evo_agent.delivery.outbox import ensure_dir, writer_lock
 
     started = monotonic()
     with open_host(cfg, req.source) as host:
@@ -584,7 +584,7 @@ def run(cfg: Config, req: Request, *,
 def _offline(directory: Path, vpnid: str, public_key: str, body: bytes, *, key: Any, token: str,
              force: bool) -> dict[str, Any]:
     """Write the unit's bundle, keeping an earlier one of the same identity."""
-    from evo_agent.outbox import atomic_write
+    from evo_agent.delivery.outbox import atomic_write
 
     path = bundle_path(directory, vpnid)
     existing = bundle_public_key(path)
@@ -612,7 +612,7 @@ def _read_marker(state_dir: Path) -> dict[str, Any]:
 
 
 def _write_marker(state_dir: Path, doc: Mapping[str, Any]) -> None:
-    from evo_agent.outbox import atomic_write
+    from evo_agent.delivery.outbox import atomic_write
 
     try:
         atomic_write(state_dir / MARKER, (json.dumps(doc, indent=1) + "\n").encode(), mode=0o640)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from evo_agent.delivery.outbox import MAX_MANUFACTURING, Outbox, atomic_write, writer_lock
+from evo_agent.delivery.translog import TransparencyLog
 from evo_agent.errors import StateError
-from evo_agent.outbox import MAX_MANUFACTURING, Outbox, atomic_write, writer_lock
-from evo_agent.translog import TransparencyLog
 
 
 def _report(trigger: str = "daily") -> dict[str, object]:

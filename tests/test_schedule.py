@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from evo_agent.schedule import (
+from evo_agent.delivery.schedule import (
     BACKOFF_MAX,
     BACKOFF_MIN,
     BOOT_SPLAY,

@@ -26,7 +26,7 @@ class Agent:
         return load(self.config)
 
     def public_key(self) -> str:
-        from evo_agent import signing
+        from evo_agent.delivery import signing
 
         return signing.public_b64(signing.load_or_create(self.state_dir))
 

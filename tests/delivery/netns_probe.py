@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from evo_agent import netlink
+from evo_agent.delivery import netlink
 
 NETLINK_KOBJECT_UEVENT = 15
 #: udev's multicast group (libudev's MONITOR_GROUP_UDEV), as the bind() mask; 1 is the kernel's

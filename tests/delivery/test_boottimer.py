@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evo_agent.boottimer import CLOCK_BOOTTIME, BootTimer
+from evo_agent.delivery.boottimer import CLOCK_BOOTTIME, BootTimer
 
 
 def _boottime() -> float:

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from evo_agent import signing
-from evo_agent.outbox import Outbox
-from evo_agent.schedule import State
-from evo_agent.translog import TransparencyLog
+from evo_agent.delivery import signing
+from evo_agent.delivery.outbox import Outbox
+from evo_agent.delivery.schedule import State
+from evo_agent.delivery.translog import TransparencyLog
 from tests.delivery.conftest import Agent
 from tests.delivery.server import RegistryServer
 

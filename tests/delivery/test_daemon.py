@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from evo_agent.cli import main
-from evo_agent.outbox import Outbox
-from evo_agent.schedule import load_state
+from evo_agent.delivery.outbox import Outbox
+from evo_agent.delivery.schedule import load_state
 from tests.delivery.conftest import Agent
 from tests.delivery.fixtures import write_config
 from tests.delivery.pki import Pki
@@ -253,7 +253,7 @@ def test_send_as_root_writes_the_state_dir_as_its_owner(server: RegistryServer, 
     import shutil
     import tempfile
 
-    from evo_agent import signing
+    from evo_agent.delivery import signing
     from tests.delivery.fixtures import VPNID, write_host_root
 
     if os.geteuid() != 0:
@@ -295,7 +295,7 @@ def test_daemon_runs_as_an_unprivileged_user(server: RegistryServer, pki: Pki,
     import shutil
     import tempfile
 
-    from evo_agent import signing
+    from evo_agent.delivery import signing
     from tests.delivery.fixtures import VPNID, write_host_root
 
     base = Path(tempfile.mkdtemp(prefix="evo-user-", dir="/tmp"))
@@ -366,7 +366,7 @@ def test_read_only_verbs_work_for_a_support_group_member(server: RegistryServer,
     import shutil
     import tempfile
 
-    from evo_agent import signing
+    from evo_agent.delivery import signing
     from tests.delivery.fixtures import VPNID, write_host_root
 
     base = Path(tempfile.mkdtemp(prefix="evo-support-", dir="/tmp"))
@@ -431,7 +431,7 @@ def test_state_directory_shared_without_setgid_under_the_units_group(
     running the daemon by hand) the directory gets the group and the setgid bit."""
     import grp
 
-    from evo_agent import daemon
+    from evo_agent.delivery import daemon
 
     own = grp.getgrgid(os.getegid()).gr_name
     state = tmp_path / "state"

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from evo_agent.delivery import run_cycle
-from evo_agent.schedule import BACKOFF_MIN, DAY
+from evo_agent.delivery.cycle import run_cycle
+from evo_agent.delivery.schedule import BACKOFF_MIN, DAY
 from tests.delivery.conftest import Agent
 from tests.delivery.fixtures import mounted_tmpfs
 from tests.delivery.server import RegistryServer
@@ -140,8 +140,8 @@ def test_the_daemons_backoff_grows_when_state_json_cannot_be_written(
         agent: Agent, tmp_path: Path) -> None:
     """With state.json unwritable (the disk full, here read-only), the failures still count and
     the backoff still grows: it is kept in the daemon's memory."""
-    from evo_agent.daemon import Daemon, Settings
-    from evo_agent.schedule import Now
+    from evo_agent.delivery.daemon import Daemon, Settings
+    from evo_agent.delivery.schedule import Now
 
     random.seed(16)  # the daemon's jitter: the growth below is then the same on every run
     clock = [Now("boot-1", 1000.0, 1.8e9)]

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evo_agent import netlink
 from evo_agent.config import load
+from evo_agent.delivery import netlink
 from evo_agent.errors import ConfigError
 
 

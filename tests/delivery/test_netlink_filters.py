@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from evo_agent import netlink
-from evo_agent.schedule import load_state
+from evo_agent.delivery import netlink
+from evo_agent.delivery.schedule import load_state
 from tests.delivery.conftest import Agent
 from tests.delivery.fixtures import VPNID, write_config, write_host_root
 from tests.delivery.netns_probe import UDEV_MAGIC, murmurhash2

@@ -7,7 +7,7 @@ import socket
 import time
 from pathlib import Path
 
-from evo_agent.notify import Notifier
+from evo_agent.delivery.notify import Notifier
 
 
 def test_messages_and_watchdog_interval(tmp_path: Path) -> None:

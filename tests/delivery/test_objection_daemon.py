@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from evo_agent import objection
-from evo_agent.outbox import Outbox
+from evo_agent.delivery import objection
+from evo_agent.delivery.outbox import Outbox
 from tests.delivery.conftest import Agent
 from tests.delivery.server import RegistryServer
 from tests.delivery.test_daemon import _cli, run_daemon, wait_for

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from evo_agent import signing, transport
-from evo_agent.delivery import run_cycle
+from evo_agent.delivery import signing, transport
+from evo_agent.delivery.cycle import run_cycle
+from evo_agent.delivery.outbox import Outbox
+from evo_agent.delivery.schedule import BACKOFF_MIN, Now, load_state
+from evo_agent.delivery.translog import TransparencyLog
 from evo_agent.errors import DeliveryError
-from evo_agent.outbox import Outbox
-from evo_agent.schedule import BACKOFF_MIN, Now, load_state
-from evo_agent.translog import TransparencyLog
 from tests.delivery.conftest import VPNID, Agent, write_config
 from tests.delivery.pki import Pki
 from tests.delivery.server import RegistryServer
@@ -107,7 +107,7 @@ def test_wrong_certificate_is_refused(agent: Agent, server: RegistryServer, othe
 def test_lost_acknowledgement_is_a_harmless_duplicate(agent: Agent, server: RegistryServer) -> None:
     box = Outbox(agent.state_dir)
     cfg = agent.load()
-    from evo_agent.delivery import collect_report
+    from evo_agent.delivery.cycle import collect_report
 
     entry = box.enqueue(collect_report(cfg, "daily"))
     # the registry stored it, but the answer never came back: the file is still queued
@@ -164,7 +164,7 @@ def test_opt_out_deletes_waiting_reports_and_sends_only_the_objection(
 @pytest.mark.parametrize("status", ["400", "409", "415"])
 def test_refused_reports_are_set_aside_bounded(agent: Agent, server: RegistryServer,
                                                status: str) -> None:
-    from evo_agent.outbox import MAX_SET_ASIDE
+    from evo_agent.delivery.outbox import MAX_SET_ASIDE
 
     server.registry.mode = status  # e.g. a report the registry's schema refuses: never retried
     cfg = agent.load()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from evo_agent.schedule import load_state
+from evo_agent.delivery.schedule import load_state
 from tests.delivery.conftest import Agent
 from tests.delivery.fixtures import VPNID, write_config, write_host_root
 from tests.delivery.pki import Pki

@@ -437,7 +437,7 @@ def test_tampered_bundles_are_refused(tmp_path: Path, station: Station, good: Pa
                                       capsys: pytest.CaptureFixture[str]) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from evo_agent.signing import public_b64, sign
+    from evo_agent.delivery.signing import public_b64, sign
 
     out_dir = tmp_path / "bundles"
     out_dir.mkdir()

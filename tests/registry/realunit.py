@@ -244,7 +244,7 @@ def make_unit(directory: Path, url: str, vpnid: str = VPNID) -> Unit:
 
 
 def public_key_of(state_dir: Path) -> str:
-    from evo_agent import signing
+    from evo_agent.delivery import signing
 
     return signing.public_b64(signing.load_or_create(state_dir))
 

@@ -97,7 +97,7 @@ def _send_now(cfg: Path) -> subprocess.CompletedProcess[str]:
 def test_send_now_shows_up_in_the_device_record(server: Server, clock: Clock,
                                                 tmp_path: Path) -> None:
     pytest.importorskip("evo_agent.delivery", reason="the agent's delivery (issue 3) is absent")
-    from evo_agent import signing
+    from evo_agent.delivery import signing
 
     with _front(server.port, HOME_A) as port:
         cfg = _agent(tmp_path, f"http://127.0.0.1:{port}")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from evo_agent.translog import MAX_ENTRIES, TransparencyLog
+from evo_agent.delivery.translog import MAX_ENTRIES, TransparencyLog
 from tests.delivery.fixtures import mounted_tmpfs
 from tests.registry.realunit import (
     REPO,

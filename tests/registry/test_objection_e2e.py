@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from evo_agent import objection, signing
-from evo_agent.outbox import Outbox
+from evo_agent.delivery import objection, signing
+from evo_agent.delivery.outbox import Outbox
 from tests.registry.conftest import (
     FACTORY,
     HOME_A,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from evo_agent import signing
+from evo_agent.delivery import signing
 from evo_registry.db import Database
 from evo_registry.store import Enrolment, Store
 from tests.delivery.fixtures import VPNID, write_config, write_host_root

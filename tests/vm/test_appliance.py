@@ -261,8 +261,8 @@ def test_inventory_time_recorded(guest: dict[str, Any], out_dir: Path) -> None:
 # -- the unit's life with the registry (issues 3, 4, 6): evo-registry in the namespace -------------
 needs_daemon = pytest.mark.skipif(
     not vmlib.delivery_available(),
-    reason="no daemon (evo_agent/daemon.py), registry (evo_registry/) or manufacturing in this "
-           "tree: the factory boot, boot report, reboot and power-cut checks need them")
+    reason="no daemon (evo_agent/delivery/daemon.py), registry (evo_registry/) or manufacturing in "
+           "this tree: the factory boot, boot report, reboot and power-cut checks need them")
 
 
 @pytest.fixture(scope="session")

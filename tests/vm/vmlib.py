@@ -518,7 +518,7 @@ SUPPORT_TOKEN = "evo-vm-support-token-71d0ae"  # noqa: S105 - the test registry'
 
 def delivery_available(repo: Path = REPO) -> bool:
     """True when the tree has the daemon (issue 3), the registry (issue 4) and manufacturing."""
-    return all((repo / f).is_file() for f in ("evo_agent/daemon.py", "evo_registry/cli.py",
+    return all((repo / f).is_file() for f in ("evo_agent/delivery/daemon.py", "evo_registry/cli.py",
                                               "evo_agent/manufacture.py", "tests/delivery/pki.py"))
 
 

@@ -1,7 +1,7 @@
 """The daemon's Unix control socket: one JSON line in, one JSON line out.
 
 ``evo-agent send --now`` asks the running daemon to run a cycle, so two processes never write the
-outbox at once (the daemon's child holds the writer lock; see ``evo_agent.outbox``), and
+outbox at once (the daemon's child holds the writer lock; see ``evo_agent.delivery.outbox``), and
 ``evo-agent status`` asks it what it is doing.  Requests: ``{"op": "status"}`` and
 ``{"op": "send", "via": "auto"|"vpn"|"https"}`` and ``{"op": "refresh"}`` (collect the local
 inventory now, with the daemon's rights, for ``evo-agent diff``; nothing is sent).  The socket

@@ -2,16 +2,16 @@
 
 Path choice (:func:`choose`): the VPN endpoint is used when the configured VPN interface (tun/wg) is
 up with carrier, the kernel's route to the endpoint's address goes out through that interface
-(one RTM_GETROUTE, ``evo_agent.netlink``) *and* the tunnel works (a recent WireGuard handshake, or
-an answer through it: ``evo_agent.tunnel``); otherwise the public HTTPS endpoint.  Checking the
-route, not just the link, matters: a VPN that is up but whose routes were not pushed would send the
-"VPN" request over the open internet.  A connection failure on the VPN falls back to HTTPS in the
-same attempt (``--via`` pins one path and never falls back).
+(one RTM_GETROUTE, ``evo_agent.delivery.netlink``) *and* the tunnel works (a recent WireGuard
+handshake, or an answer through it: ``evo_agent.delivery.tunnel``); otherwise the public HTTPS
+endpoint.  Checking the route, not just the link, matters: a VPN that is up but whose routes were
+not pushed would send the "VPN" request over the open internet.  A connection failure on the VPN
+falls back to HTTPS in the same attempt (``--via`` pins one path and never falls back).
 
 Security: ``https://`` is verified against ``[delivery] ca_bundle`` (the registry's CA, not the
 system store: an appliance's trust store ages for years); plain ``http://`` is refused except
 over a verified VPN route or to a loopback address.  Every request is signed
-(``evo_agent.signing``) over the gzip bytes exactly as sent.
+(``evo_agent.delivery.signing``) over the gzip bytes exactly as sent.
 
 Why http.client and ssl from the standard library rather than requests (not a dependency): one
 POST with two timeouts, a pinned CA and a socket bound to the VPN's route needs nothing more, and
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from evo_agent import netlink, tunnel
+from evo_agent.delivery import netlink, tunnel
 from evo_agent.errors import DeliveryError, printable
 
 LOG = logging.getLogger(__name__)
@@ -126,7 +126,8 @@ def vpn_state(vpn_url: str, interface: str) -> tuple[bool, str]:
         except OSError as exc:
             return False, f"route lookup failed: {exc}"
         if oif is not None and oif == index:
-            # A route is not a tunnel: something must come back through it (evo_agent.tunnel).
+            # A route is not a tunnel: something must come back through it
+            # (evo_agent.delivery.tunnel).
             alive, why = tunnel.working(interface, addr, _port(vpn_url))
             return alive, (f"route to {addr} goes through {interface}; {why}" if alive
                            else f"VPN {interface} is not a working tunnel: {why}")

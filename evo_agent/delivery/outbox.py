@@ -19,9 +19,9 @@ writer holds ``lock`` with ``flock``, see :func:`writer_lock`):
    file is fsync'ed, renamed to ``outbox/<sequence:012d>-<uuid>.json``, and the directory is
    fsync'ed.  rename() is atomic, so after a crash a report file is either complete or absent;
    leftover ``.tmp-*`` files are deleted at the next start.
-4. **Send.**  The transport signs and posts the bytes (``evo_agent.transport``).  The backend
-   de-duplicates by report UUID, so sending the same file again after a lost acknowledgement stores
-   nothing twice (the backend answers ``200 duplicate``).
+4. **Send.**  The transport signs and posts the bytes (``evo_agent.delivery.transport``).  The
+   backend de-duplicates by report UUID, so sending the same file again after a lost acknowledgement
+   stores nothing twice (the backend answers ``200 duplicate``).
 5. **Acknowledge.**  Only on 200/201 is the file unlinked (and the directory fsync'ed).  A crash
    between the backend's answer and the unlink makes the next cycle send the same file again, which
    the backend acknowledges as a duplicate: delivered once, acknowledged, removed.
@@ -289,7 +289,7 @@ class Outbox:
     def highest_seen(self) -> int:
         """Return the highest sequence number in the outbox, its set-aside reports and the
         transparency log (0 when none)."""
-        from evo_agent.translog import TransparencyLog
+        from evo_agent.delivery.translog import TransparencyLog
 
         names = [p.name for p in self._listing()]
         for sub in ("rejected", "corrupt"):

@@ -1,17 +1,18 @@
 """One report cycle: send what waits, collect, queue, send, acknowledge; and its child process.
 
-The resident daemon (``evo_agent.daemon``) never collects nor sends itself: for each cycle it starts
-``python3 -m evo_agent.delivery cycle ...`` and reads one JSON line of result.  That process
-imports the collectors (psutil, pyudev... whatever they need), cryptography, ssl and http.client,
-does the work and exits, returning its memory.  The daemon stays a small supervisor that sleeps,
-and a cycle killed at any point (SIGKILL, power cut, watchdog) leaves only states that the outbox
-protocol recovers from (``evo_agent.outbox``).  ``evo-agent send --now`` without a daemon runs the
-same :func:`run_cycle` in its own process.
+The resident daemon (``evo_agent.delivery.daemon``) never collects nor sends itself: for each
+cycle it starts ``python3 -m evo_agent.delivery cycle ...`` and reads one JSON line of result.
+That process imports the collectors (psutil, pyudev... whatever they need), cryptography, ssl and
+http.client, does the work and exits, returning its memory.  The daemon stays a small supervisor
+that sleeps, and a cycle killed at any point (SIGKILL, power cut, watchdog) leaves only states
+that the outbox protocol recovers from (``evo_agent.delivery.outbox``).  ``evo-agent send --now``
+without a daemon runs the same :func:`run_cycle` in its own process.
 
 A cycle, under the state directory's writer lock:
 
 1. opted out (``[agent] enabled = false`` or ``evo-agent opt-out``): the outbox is emptied, the
-   objection is sent if the registry was not told yet (``evo_agent.objection``), nothing else;
+   objection is sent if the registry was not told yet (``evo_agent.delivery.objection``), nothing
+   else;
 2. temp files of an interrupted cycle are removed; the device key is created if absent on a unit
    that never used one (else the unit must be re-enrolled: nothing is sent);
 3. the VPNID file must hold a VPNID, or nothing is collected nor sent (a report without one can
@@ -47,11 +48,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evo_agent import objection
 from evo_agent.config import DEFAULT_VPNID_FILE, Config
-from evo_agent.errors import DeliveryError, EvoError, StateError, printable
-from evo_agent.outbox import Entry, Outbox, ensure_dir, prune, state_error, writer_lock
-from evo_agent.schedule import (
+from evo_agent.delivery import objection
+from evo_agent.delivery.outbox import Entry, Outbox, ensure_dir, prune, state_error, writer_lock
+from evo_agent.delivery.schedule import (
     Now,
     after_failure,
     after_nothing_waiting,
@@ -60,6 +60,7 @@ from evo_agent.schedule import (
     read_clock,
     save_state,
 )
+from evo_agent.errors import DeliveryError, EvoError, StateError, printable
 
 LOG = logging.getLogger(__name__)
 
@@ -133,8 +134,8 @@ def collect_report(cfg: Config, trigger: str) -> dict[str, Any]:
 def _send(cfg: Config, entry: Entry, via: str, key: Any, *, clock: Callable[[], Now],
           result: CycleResult) -> bool:
     """Send one queued report; return True when acknowledged."""
-    from evo_agent import signing, transport
-    from evo_agent.translog import TransparencyLog
+    from evo_agent.delivery import signing, transport
+    from evo_agent.delivery.translog import TransparencyLog
 
     delivery = cfg.values["delivery"]
     vpnid = entry.report.get("functional", {}).get("vpnid")
@@ -281,7 +282,7 @@ def _failed_state(cfg: Config, result: CycleResult, exc: StateError | OSError) -
 def _deliver(cfg: Config, box: Outbox, result: CycleResult, *, trigger: str | None, via: str,
              clock: Callable[[], Now], report: dict[str, Any] | None) -> None:
     """Steps 2 to 5 of the module docstring; a StateError stops them."""
-    from evo_agent import signing
+    from evo_agent.delivery import signing
 
     key = signing.load_for_sending(cfg.state_dir)
     vpnid, problem = vpnid_problem(cfg)
@@ -313,7 +314,7 @@ def _tell_objection(cfg: Config, via: str, clock: Callable[[], Now],
         objection.prepare(cfg.state_dir, vpnid_of(cfg), objects=True)
         if not objection.waiting(cfg.state_dir):
             return result
-        from evo_agent import signing
+        from evo_agent.delivery import signing
 
         told = objection.deliver(cfg, via, signing.load_for_sending(cfg.state_dir), clock=clock,
                                  result=result)
@@ -339,8 +340,8 @@ def snapshot(cfg: Config, reason: str) -> dict[str, Any]:
     """Collect the inventory now and keep it locally (``status`` shows it); nothing is sent."""
     import time
 
-    from evo_agent.outbox import atomic_write
-    from evo_agent.translog import TransparencyLog
+    from evo_agent.delivery.outbox import atomic_write
+    from evo_agent.delivery.translog import TransparencyLog
 
     if not objection.enabled(cfg):
         return {"ok": False, "reason": reason, "error": "opted out: nothing is collected"}
@@ -364,7 +365,7 @@ def snapshot(cfg: Config, reason: str) -> dict[str, Any]:
 
 def describe(cfg: Config) -> dict[str, Any]:
     """Return what the daemon needs of a validated configuration."""
-    from evo_agent.schedule import splay
+    from evo_agent.delivery.schedule import splay
 
     vpnid = vpnid_of(cfg)
     return {"ok": True, "enabled": objection.enabled(cfg), "state_dir": str(cfg.state_dir),
@@ -384,7 +385,7 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     from evo_agent.config import load
 
     if os.environ.get("JOURNAL_STREAM"):  # started by the daemon under systemd
-        from evo_agent.daemon import setup_logging
+        from evo_agent.delivery.daemon import setup_logging
 
         setup_logging(False)
     else:
@@ -407,6 +408,3 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     print(result.to_json(), flush=True)
     return 0 if result.ok else result.exit_code or DeliveryError.exit_code
 
-
-if __name__ == "__main__":
-    sys.exit(child_main())

@@ -1,11 +1,11 @@
 """A deadline on CLOCK_BOOTTIME that the daemon's event loop can wait on (a timerfd).
 
 Why: the report schedule counts real time including suspend (CLOCK_BOOTTIME, see
-``evo_agent.schedule``), but ``select``'s timeout counts CLOCK_MONOTONIC, which stops while the
-machine is suspended.  A daemon that sleeps 20 hours by ``select`` and is suspended for 10 of them
-would wake 10 hours late; so without a watchdog it used to wake every 15 minutes just to look at
-the clock.  A timerfd armed with an absolute CLOCK_BOOTTIME time fires at the deadline whatever
-happened in between (and at once after a resume past it), so the loop needs no such tick.
+``evo_agent.delivery.schedule``), but ``select``'s timeout counts CLOCK_MONOTONIC, which stops while
+the machine is suspended.  A daemon that sleeps 20 hours by ``select`` and is suspended for 10 of
+them would wake 10 hours late, unless it woke every few minutes just to look at the clock.  A
+timerfd armed with an absolute CLOCK_BOOTTIME time fires at the deadline whatever happened in
+between (and at once after a resume past it), so the loop needs no such tick.
 
 ``os.timerfd_create`` exists from Python 3.13 only; Debian 12 has 3.11, so this falls back to
 libc's ``timerfd_create`` through ctypes (about 0.8 MB of the daemon's RSS, measured on Debian's

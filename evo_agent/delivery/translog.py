@@ -31,8 +31,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from evo_agent.delivery.outbox import adopt, atomic_write, ensure_dir, fsync_dir
 from evo_agent.errors import StateError
-from evo_agent.outbox import adopt, atomic_write, ensure_dir, fsync_dir
 
 LOG = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Design: a small supervisor that sleeps.  The appliance plays music; the agent must cost it nothing
 between reports.  The resident process imports neither psutil nor cryptography, ssl or the
-collectors (pyudev only for its hot-plug monitor, see ``evo_agent.netlink``): it holds the
+collectors (pyudev only for its hot-plug monitor, see ``evo_agent.delivery.netlink``): it holds the
 standard library's socket, selectors, signal, json and the pure modules ``schedule`` and
 ``outbox``.  Each report cycle runs in a short-lived child
 (``python3 -m evo_agent.delivery cycle``, see ``evo_agent.delivery``) which does the heavy work,
@@ -11,20 +11,20 @@ prints one JSON line and exits, giving its memory back.  The config is validated
 
 The loop waits in one ``select()`` for, and only for:
 
-* the deadline of the next report (``evo_agent.schedule``; CLOCK_BOOTTIME based), on a
-  CLOCK_BOOTTIME timerfd (``evo_agent.boottimer``), because ``select``'s timeout counts
+* the deadline of the next report (``evo_agent.delivery.schedule``; CLOCK_BOOTTIME based), on a
+  CLOCK_BOOTTIME timerfd (``evo_agent.delivery.boottimer``), because ``select``'s timeout counts
   CLOCK_MONOTONIC, which stops during suspend, and the deadline does not (where no timerfd can be
   made, the sleep is capped at 15 minutes instead);
 * the watchdog's interval, when systemd asks for pings;
 * a signal (SIGTERM/SIGINT: stop the child, exit within seconds; SIGHUP: reload the config, a bad
   one is refused and the old one kept), through ``signal.set_wakeup_fd``;
-* a request on the control socket (``evo_agent.control``);
-* a netlink event (``evo_agent.netlink``, filtered in the kernel): the VPN interface came up or a
-  default route appeared while a report waits for its retry -> the waiting report goes at once
-  (at most once a minute); a report that fell due while the kernel had no route to the registry
+* a request on the control socket (``evo_agent.delivery.control``);
+* a netlink event (``evo_agent.delivery.netlink``, filtered in the kernel): the VPN interface came
+  up or a default route appeared while a report waits for its retry -> the waiting report goes at
+  once (at most once a minute); a report that fell due while the kernel had no route to the registry
   (``schedule.hold_for_network``) goes as soon as one appears;
 * a hot-plug announcement from udev (usb, sound, block; the kernel drops all others before they
-  wake us, see ``evo_agent.netlink``): once the devices settle, a child refreshes the local
+  wake us, see ``evo_agent.delivery.netlink``): once the devices settle, a child refreshes the local
   inventory that ``status`` shows (``state_dir/local.json``); it never sends early;
 * the child's output, when a cycle is running.
 
@@ -50,12 +50,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from evo_agent import control, netlink, objection
-from evo_agent.boottimer import BootTimer
-from evo_agent.errors import ConfigError, StateError
-from evo_agent.notify import Notifier
-from evo_agent.outbox import Outbox, ensure_dir, state_error, writer_lock
-from evo_agent.schedule import (
+from evo_agent.delivery import control, netlink, objection
+from evo_agent.delivery.boottimer import BootTimer
+from evo_agent.delivery.notify import Notifier
+from evo_agent.delivery.outbox import Outbox, ensure_dir, state_error, writer_lock
+from evo_agent.delivery.schedule import (
     RETRY,
     Due,
     Now,
@@ -67,6 +66,7 @@ from evo_agent.schedule import (
     read_clock,
     save_state,
 )
+from evo_agent.errors import ConfigError, StateError
 
 LOG = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class Daemon:
         self.refresh_waiters: list[socket.socket] = []
         #: the schedule state when state.json cannot be written (disk full): the backoff holds
         self.unsaved_state: State | None = None
-        #: an objection or its withdrawal waits and goes now (evo_agent.objection)
+        #: an objection or its withdrawal waits and goes now (evo_agent.delivery.objection)
         self.objection_due = False
 
     # -- configuration ---------------------------------------------------------------------------

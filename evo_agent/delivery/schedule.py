@@ -230,6 +230,6 @@ def load_state(path: Path) -> State:
 
 def save_state(path: Path, state: State) -> None:
     """Write the state file atomically."""
-    from evo_agent.outbox import atomic_write
+    from evo_agent.delivery.outbox import atomic_write
 
     atomic_write(path, state.to_json())

@@ -29,15 +29,15 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evo_agent.delivery.outbox import Outbox, atomic_write
 from evo_agent.errors import StateError
-from evo_agent.outbox import Outbox, atomic_write
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from evo_agent.config import Config
-    from evo_agent.delivery import CycleResult
-    from evo_agent.schedule import Now
+    from evo_agent.delivery.cycle import CycleResult
+    from evo_agent.delivery.schedule import Now
 
 LOG = logging.getLogger(__name__)
 
@@ -113,9 +113,9 @@ def deliver(cfg: Config, via: str, key: Any, *, clock: Callable[[], Now],
     doc = load(cfg.state_dir)
     if doc is None or doc.get("acknowledged") or "message" not in doc:
         return True
-    from evo_agent import signing, transport
+    from evo_agent.delivery import signing, transport
+    from evo_agent.delivery.translog import TransparencyLog
     from evo_agent.errors import DeliveryError
-    from evo_agent.translog import TransparencyLog
 
     delivery = cfg.values["delivery"]
     message = doc["message"]

@@ -8,7 +8,7 @@ first start, or by the manufacturing line before that.  It is written with O_EXC
 and renamed, so two first starts racing, or a power cut, never leave a half key or two keys.
 
 python3-cryptography is imported here only, and only by the short-lived process that sends (see
-``evo_agent.daemon``): the resident daemon never loads it.
+``evo_agent.delivery.daemon``): the resident daemon never loads it.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from evo_agent.delivery.outbox import adopt, ensure_dir, fsync_dir
 from evo_agent.errors import DeviceKeyMissing, StateError
-from evo_agent.outbox import adopt, ensure_dir, fsync_dir
 
 KEY_NAME = "device.key"
 
