@@ -351,8 +351,7 @@ def test_factory_boot_without_rip_drive_prints_fail(life: dict[str, Any]) -> Non
     assert (man["ConditionResult"], man["Result"], man["ExecMainStatus"]) == ("yes", "exit-code",
                                                                                "10")
     assert bad["device"]["status"] == 404, bad["device"]
-    start = len(life["after_cut"]["records"])
-    assert _posts(bad["records"], start) == []  # a failing unit sends nothing
+    assert _posts(bad["records"], bad["records_before"]) == []  # a failing unit sends nothing
 
 
 @needs_daemon
@@ -450,6 +449,73 @@ def test_power_cut_in_flight_delivered_exactly_once(life: dict[str, Any]) -> Non
     assert {r["report_trigger"] for r in dev["reports"]} == {"boot"}
     sequences = [r["sequence"] for r in dev["reports"]]
     assert len(set(sequences)) == len(sequences)
+
+
+def _guest_step(boot: dict[str, Any], name: str) -> dict[str, Any]:
+    guest = boot["guest"]
+    assert guest is not None, boot["console_tail"][-3000:]
+    assert guest["steps"][name]["ok"], guest["steps"][name]
+    value: dict[str, Any] = guest[name]
+    return value
+
+
+@needs_daemon
+def test_opt_out_on_the_unit_erases_it_at_the_registry(life: dict[str, Any],
+                                                       hw: vmlib.Appliance) -> None:
+    """Boot 6: once this boot's report went, the owner runs `evo-agent opt-out`: the registry
+    has the objection and keeps nothing of the unit but its enrolment; the unit keeps its
+    decision, nothing waits, and the running daemon stops collecting."""
+    boot = life["objection"]
+    assert boot["guest"]["delivery"]["done"], boot["guest"]["delivery"]
+    got = _guest_step(boot, "opt_out")
+    assert got["opt_out"]["status"] == 0, got["opt_out"]
+    assert "the registry has the objection" in got["opt_out"]["stdout"], got["opt_out"]
+    assert got["marker"] is True
+    assert got["objection"]["objects"] is True and got["objection"]["acknowledged"] is True
+    assert got["outbox"] == []
+    assert got["daemon_heard"], got["journal"][-3000:]
+    assert "OPTED OUT" in got["status"]["stdout"], got["status"]
+    assert got["status_doc"]["enabled"] is False
+    # what left the unit in this boot: its boot report, then the objection
+    answers = [(p, st) for ev, p, st in _posts(boot["records"], boot["records_before"])
+               if ev == "answer"]
+    assert answers == [("/v1/reports", 201), ("/v1/objection", 200)], answers
+    dev = _device(boot)
+    assert dev["objected"] is True and dev["objected_at"]
+    assert (dev["wan_ip"], dev["country"], dev["city"], dev["first_seen"], dev["last_seen"]) == \
+        (None, None, None, None, None), dev
+    assert dev["reports"] == [] and dev["events"] == [] and dev["latest_report"] is None
+    # the enrolment stays: what the warranty needs
+    assert sorted(dev["sales_region"]) == ["BE", "LU", "NL"] and dev["psu_variant"] == "230V"
+    assert dev["fingerprint"]["enrolled"]["motherboard_serial"] == hw.board["serial"]
+    assert_no_canary(json.dumps(dev), hw)
+
+
+@needs_daemon
+def test_opted_out_unit_sends_nothing_until_opt_in(life: dict[str, Any],
+                                                   hw: vmlib.Appliance) -> None:
+    """Boot 7: the unit boots opted out; until its boot report would have been due and well
+    after, nothing leaves it; `evo-agent opt-in` sends the withdrawal, then this boot's report."""
+    boot = life["opted_out"]
+    got = _guest_step(boot, "opted_out")
+    before = got["before"]
+    assert before["boottime_s"] >= vmlib.opted_out_quiet_s(hw)
+    assert before["marker"] is True and before["outbox"] == []
+    assert "OPTED OUT" in before["status"]["stdout"], before["status"]
+    assert "opted out: no collection, no delivery" in before["journal"], before["journal"][-3000:]
+    assert "report cycle:" not in before["journal"], before["journal"][-3000:]
+    assert got["opt_in"]["status"] == 0, got["opt_in"]
+    after = got["after"]
+    assert after["marker"] is False and after["objection"]["objects"] is False
+    assert after["status_doc"]["outbox_depth"] == 0, after["status_doc"]
+    # nothing left the unit before the withdrawal; then the registry took reports again
+    assert _posts(boot["records"], boot["records_before"]) == [
+        ("request", "/v1/objection", None), ("answer", "/v1/objection", 200),
+        ("request", "/v1/reports", None), ("answer", "/v1/reports", 201)]
+    dev = _device(boot)
+    assert dev["objected"] is False
+    assert [r["report_trigger"] for r in dev["reports"]] == ["boot"]
+    assert dev["wan_ip"] == hw.lan_ip and dev["first_seen"] == dev["last_seen"]
 
 
 def timespan_s(text: str) -> float:

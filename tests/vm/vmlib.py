@@ -556,6 +556,14 @@ class Registry:
         return {"device": self.device(vpnid), "records": self.records}
 
 
+def opted_out_quiet_s(hw: Appliance) -> float:
+    """CLOCK_BOOTTIME until which an opted-out unit is watched for requests: when its boot
+    report would be due (its splay, from the VPNID) and two minutes for the cycle to run."""
+    from evo_agent.delivery.schedule import splay
+
+    return round(splay(hw.vpnid)[0] + 120, 1)
+
+
 def make_registry(out_dir: Path, hw: Appliance) -> Registry:
     """A test CA with a certificate for the LAN gateway, and the registry's settings."""
     import importlib
@@ -869,11 +877,12 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
     the factory's (``evo.manufacture=1 evo.vpnid=...``: the manufacturing unit checks, enrols and
     prints its verdict; the daemon stays off), boot 2 the owner's first (the boot report; the
     probe's full checks), boot 3 a reboot, boot 4 a power cut while a report is in flight,
-    boot 5 the next boot; then a second unit built without its rip drive is booted at the factory
-    (FAIL); last, ``boot_time_runs`` boots of the first unit with the agent's units enabled and as
-    many with them masked, for the time the agent adds to boot.
-    With ``bench_runs``, the system also has ``extra_packages`` and the probe runs
-    bench/inventory_bench.py in the guest (the installed agent against lshw, inxi, ...).
+    boot 5 the next boot, boot 6 the owner's ``evo-agent opt-out``, boot 7 an opted-out boot
+    ending with ``evo-agent opt-in``; then a second unit built without its rip drive is booted at
+    the factory (FAIL); last, ``boot_time_runs`` boots of the first unit with the agent's units
+    enabled and as many with them masked, for the time the agent adds to boot. With ``bench_runs``,
+    the system also has ``extra_packages`` and the probe runs bench/inventory_bench.py in the guest
+    (the installed agent against lshw, inxi, ...).
     """
     hw = hw or Appliance()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -893,7 +902,8 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
     configure_appliance(work, hw, {"guest_ips": [hw.lan_ip, hw.fiber_ip],
                                    "peers": [hw.lan_gw, hw.fiber_peer], "echo_port": port,
                                    "runs": 3, "bench_runs": bench_runs,
-                                   "delivery_wait_s": 420 if delivering else 0},
+                                   "delivery_wait_s": 420 if delivering else 0,
+                                   "opted_out_quiet_s": opted_out_quiet_s(hw)},
                         write_vpnid=not delivering)
     reg = make_registry(out_dir, hw) if delivering else None
     if reg is not None:
@@ -965,13 +975,27 @@ def appliance_run(out_dir: Path, hw: Appliance | None = None, *,
             life["after_cut"] = {"guest": after.results, "qemu_returncode": after.returncode,
                                  "console_tail": after.console[-20000:],
                                  **reg.snapshot(hw.vpnid)}
+            # Boot 6: the owner objects (evo-agent opt-out) once the boot report went.
+            # Boot 7: opted out, the unit sends nothing; then evo-agent opt-in, and the report.
+            seen = len(reg.records)
+            objecting = one("objection", hw, image, "evo.probe=objection")
+            life["objection"] = {"guest": objecting.results,
+                                 "qemu_returncode": objecting.returncode,
+                                 "console_tail": objecting.console[-20000:],
+                                 "records_before": seen, **reg.snapshot(hw.vpnid)}
+            seen = len(reg.records)
+            quiet = one("opted_out", hw, image, "evo.probe=optedout")
+            life["opted_out"] = {"guest": quiet.results, "qemu_returncode": quiet.returncode,
+                                 "console_tail": quiet.console[-20000:],
+                                 "records_before": seen, **reg.snapshot(hw.vpnid)}
             # A unit built without its rip drive, at the factory.
             assert nocd_image is not None
+            seen = len(reg.records)
             bad = one("nocd", nocd, nocd_image,
                       f"evo.manufacture=1 evo.vpnid={nocd.vpnid} evo.probe=factory")
             life["nocd"] = {"guest": bad.results, "qemu_returncode": bad.returncode,
                             "console": bad.console, "failure": bad.failure,
-                            **reg.snapshot(nocd.vpnid)}
+                            "records_before": seen, **reg.snapshot(nocd.vpnid)}
             nocd_image.disk.unlink()
             # The time the agent adds to boot: the same unit, booted with both units enabled and
             # with both masked (systemd.mask= on the kernel command line), interleaved so that

@@ -163,7 +163,7 @@ def main() -> None:
         result["reach"] = reach
         return result
 
-    if cfg.get("delivery_wait_s") and mode in ("full", "delivery"):
+    if cfg.get("delivery_wait_s") and mode in ("full", "delivery", "objection"):
         @step("delivery")
         def _() -> Any:
             # The daemon sends the boot report once the network is up: wait (bounded) until
@@ -183,6 +183,16 @@ def main() -> None:
                 time.sleep(2)
             return {"status": status, "doc": doc, "done": done, "polls": polls,
                     "waited_s": round(time.monotonic() - RESULTS["started_monotonic"], 1)}
+
+    if mode == "objection":
+        @step("opt_out")
+        def _() -> Any:
+            return opt_out()
+
+    if mode == "optedout":
+        @step("opted_out")
+        def _() -> Any:
+            return opted_out(cfg)
 
     if full:
         @step("inventory_runs")
@@ -390,6 +400,73 @@ def hotplug() -> dict[str, Any]:
             "filtered": filtered, "sound_events": len(sound[1].split()),
             "snapshot": snapshot, "refreshed": refreshed,
             "refresh_s": round(time.monotonic() - t0, 1)}
+
+
+STATE_DIR = "/var/lib/evo-agent"
+
+
+def agent_state() -> dict[str, Any]:
+    """What the unit keeps of its decision and what waits: marker, objection.json, outbox."""
+    try:
+        objection = json.loads(read(f"{STATE_DIR}/objection.json") or "null")
+    except ValueError:
+        objection = "unreadable"
+    outbox = f"{STATE_DIR}/outbox"
+    waiting = sorted(n for n in os.listdir(outbox) if n.endswith(".json")) \
+        if os.path.isdir(outbox) else []
+    status = text(["evo-agent", "status", "--json"], 60)
+    try:
+        status_doc = json.loads(status["stdout"])
+    except ValueError:
+        status_doc = None
+    return {"marker": os.path.exists(f"{STATE_DIR}/opted-out"), "objection": objection,
+            "outbox": waiting, "status": text(["evo-agent", "status"], 60),
+            "status_doc": status_doc,
+            "journal": sh(["journalctl", "-b", "-u", "evo-agent.service", "-o", "cat",
+                           "--no-pager"])[1]}
+
+
+def _journal_has(needle: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in sh(["journalctl", "-b", "-u", "evo-agent.service", "-o", "cat",
+                         "--no-pager"])[1]:
+            return True
+        time.sleep(1)
+    return False
+
+
+def opt_out() -> dict[str, Any]:
+    """The owner objects (after this boot's report went): `evo-agent opt-out` as root."""
+    result = text(["evo-agent", "opt-out"], 300)
+    # the verb tells the running daemon (SIGHUP); it says so in the journal when it has read it
+    heard = _journal_has("opted out: no collection, no delivery", 60)
+    return {"opt_out": result, "daemon_heard": heard, **agent_state()}
+
+
+def opted_out(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A boot of an opted-out unit: nothing may leave it until the owner opts in again.
+
+    Waits until the boot report would have been due (the unit's boot splay, given by the host,
+    plus a margin), looks, then `evo-agent opt-in` and waits for the report that follows.
+    """
+    quiet_until = float(cfg.get("opted_out_quiet_s", 120))
+    while time.clock_gettime(time.CLOCK_BOOTTIME) < quiet_until:
+        time.sleep(1)
+    before = {"boottime_s": round(time.clock_gettime(time.CLOCK_BOOTTIME), 1), **agent_state()}
+    asked = time.time()
+    result = text(["evo-agent", "opt-in"], 300)
+    # opted in: the daemon reads the decision (SIGHUP) and sends this boot's report
+    deadline = time.monotonic() + float(cfg.get("delivery_wait_s", 420))
+    while True:
+        after = agent_state()
+        doc = after["status_doc"] or {}
+        last = (doc.get("last_success") or {}).get("time")
+        if (last and last >= asked and doc.get("outbox_depth") == 0) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    return {"before": before, "opt_in": result, "after": after}
 
 
 def send(port: str, cfg: dict[str, Any]) -> None:
