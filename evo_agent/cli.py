@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from evo_agent import __version__
+from evo_agent import __version__, cli_delivery, cli_manufacture, cli_objection
 from evo_agent.errors import EXIT_CODES, EvoError, MissingModule, OutputError, UsageError
 
 LOG = logging.getLogger("evo_agent")
@@ -29,31 +29,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{verb}: {message}" if verb else message)
 
 
-#: The verbs of this module; the others come from cli_delivery and cli_manufacture.
-INVENTORY_VERBS = ("inventory", "explain", "capture", "collectors")
-
-
-def _verb_of(argv: Sequence[str]) -> str | None:
-    """Return the verb of a command line when it plainly is one of INVENTORY_VERBS, else None.
-
-    Plainly: only --config FILE and -v come before it.  Then the parser is built for that verb
-    alone: building every verb's parser (and importing the delivery and manufacturing verbs'
-    modules for it) cost a tenth of ``evo-agent inventory --json`` in a QEMU TCG guest.  Any
-    other command line (help, --version, an abbreviated option, a typo) gets the whole parser,
-    so its messages list every verb.
-    """
-    args = iter(argv)
-    for arg in args:
-        if arg == "--config":
-            next(args, None)
-        elif arg.startswith("--config=") or arg in ("-v", "--verbose"):
-            continue
-        else:
-            return arg if arg in INVENTORY_VERBS else None
-    return None
-
-
-def _parser(verb: str | None = None) -> argparse.ArgumentParser:
+def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="read this file instead of /etc/evo-agent/agent.toml and agent.d/")
@@ -69,37 +45,26 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"evo-agent {__version__}")
     sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
 
-    if verb in (None, "inventory"):
-        inv = sub.add_parser("inventory", parents=[common, source],
-                             help="print the report exactly as it would be sent")
-        inv.add_argument("--json", action="store_true", help="the JSON document alone on stdout")
-        inv.add_argument("--raw", action="store_true",
-                         help="everything collected before filtering (never sent)")
-        inv.add_argument("--trigger", choices=("boot", "daily", "manual", "manufacturing"),
-                         default="manual", help=argparse.SUPPRESS)
-    if verb in (None, "explain"):
-        exp = sub.add_parser("explain", parents=[common, source],
-                             help="each field with its value, its policy line and its purposes")
-        exp.add_argument("--json", action="store_true", help="as JSON")
-    if verb in (None, "capture"):
-        cap = sub.add_parser("capture", parents=[common],
-                             help="record everything the collectors read into a .tar.gz "
-                                  "(stays here)")
-        cap.add_argument("-o", "--output", required=True, metavar="FILE.tar.gz")
-    if verb in (None, "collectors"):
-        col = sub.add_parser("collectors", parents=[common, source],
-                             help="each collector's status and time")
-        col.add_argument("--json", action="store_true", help="as JSON")
-    if verb is None:
-        from evo_agent.cli_delivery import add_verbs  # daemon, status, send, diff, sent, doctor
-
-        add_verbs(sub, common)
-        from evo_agent.cli_manufacture import add_verbs as add_manufacture
-
-        add_manufacture(sub, common)
-        from evo_agent.cli_objection import add_verbs as add_objection  # opt-out, opt-in
-
-        add_objection(sub, common)
+    inv = sub.add_parser("inventory", parents=[common, source],
+                         help="print the report exactly as it would be sent")
+    inv.add_argument("--json", action="store_true", help="the JSON document alone on stdout")
+    inv.add_argument("--raw", action="store_true",
+                     help="everything collected before filtering (never sent)")
+    inv.add_argument("--trigger", choices=("boot", "daily", "manual", "manufacturing"),
+                     default="manual", help=argparse.SUPPRESS)
+    exp = sub.add_parser("explain", parents=[common, source],
+                         help="each field with its value, its policy line and its purposes")
+    exp.add_argument("--json", action="store_true", help="as JSON")
+    cap = sub.add_parser("capture", parents=[common],
+                         help="record everything the collectors read into a .tar.gz "
+                              "(stays here)")
+    cap.add_argument("-o", "--output", required=True, metavar="FILE.tar.gz")
+    col = sub.add_parser("collectors", parents=[common, source],
+                         help="each collector's status and time")
+    col.add_argument("--json", action="store_true", help="as JSON")
+    cli_delivery.add_verbs(sub, common)  # daemon, status, send, diff, sent, doctor
+    cli_manufacture.add_verbs(sub, common)  # manufacture
+    cli_objection.add_verbs(sub, common)  # opt-out, opt-in
     return p
 
 
@@ -115,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
-        parser = _parser(_verb_of(argv))
+        parser = _parser()
         args = parser.parse_args(argv)
         _setup_logging(getattr(args, "verbose", False))
         if args.verb is None:

@@ -177,35 +177,3 @@ def test_man_page_lists_every_verb_and_exit_status() -> None:
         assert f".B {verb}" in page, verb
     for code in EXIT_CODES:
         assert f".TP\n.B {code}\n" in page, code
-
-
-FAST_ARGV = [
-    ["inventory"], ["inventory", "--json"], ["--config", "/x.toml", "inventory", "--json"],
-    ["--config=/x.toml", "-v", "inventory", "--raw", "--from", "/c"], ["-v", "collectors"],
-    ["--verbose", "explain", "--json"], ["capture", "-o", "/tmp/x.tar.gz"],
-    ["inventory", "--js"], ["inventory", "--trigger", "boot"], ["--config", "inventory", "explain"],
-    # errors: the same message from the verb's own parser
-    ["inventory", "--bogus"], ["inventory", "status"], ["inventory", "--trigger", "hourly"],
-    ["capture"], ["inventory", "--from"], ["-v", "inventory", "extra", "--json"],
-]
-FULL_ARGV = [[], ["--help"], ["-h", "inventory"], ["--version"], ["status"], ["--conf", "x",
-             "inventory"], ["invntory"], ["--", "inventory"], ["--config"], ["manufacture"]]
-
-
-@pytest.mark.parametrize("argv", FAST_ARGV + FULL_ARGV, ids=lambda a: " ".join(a) or "-")
-def test_the_parser_of_one_verb_parses_as_the_whole_parser(
-        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    from evo_agent.cli import _parser, _verb_of
-    from evo_agent.errors import UsageError
-
-    def outcome(verb: str | None) -> tuple[str, object]:
-        try:
-            return "ok", vars(_parser(verb).parse_args(argv))
-        except UsageError as exc:
-            return "usage", str(exc)
-        except SystemExit as exc:  # --help, --version
-            return f"exit {exc.code}", capsys.readouterr().out
-
-    verb = _verb_of(argv)
-    assert (verb is not None) == (argv in FAST_ARGV)
-    assert outcome(verb) == outcome(None)
