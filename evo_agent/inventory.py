@@ -1,9 +1,8 @@
 """Runs the collectors, each against its deadline.
 
-Collectors run one after the other in a worker thread, each with a deadline: one that raises,
+Collectors run side by side, each in its own thread, against one deadline: one that raises,
 hangs or meets garbage gets status ``error`` (or ``no_data``) and the report carries on with the
-others.  The
-report is then built by the privacy filter alone (``evo_agent.policy``).
+others.  The report is then built by the privacy filter alone (``evo_agent.policy``).
 """
 
 from __future__ import annotations
@@ -85,74 +84,26 @@ def _run_one(collector: Collector, host: Host) -> Outcome:
     return Outcome(collector.name, status, ms, raw)
 
 
-#: A collector still running after this long (or after a quarter of the deadline) gets company:
-#: the collectors queued after it start in another worker, so one that hangs delays the others by
-#: this much at most.
-HANDOFF_S = 1.0
-
-
 def collect(collectors: list[Collector], host: Host, deadline: float) -> Inventory:
-    """Run every collector against ``host``; each gets ``deadline`` seconds.
+    """Run every collector against ``host``, side by side; wait at most ``deadline`` seconds.
 
-    One worker thread runs them one after the other.  Side by side in threads, collectors that
-    are CPU-bound under the GIL hand the lock over at every file read: one live run made 3,092
-    futex calls, and each is a context switch, dear in a QEMU TCG guest.  A collector that runs
-    longer than the hand-off time (a wedged device, a command that hangs) keeps its worker, and the
-    collectors queued behind it go on in a new one.  Workers are daemon threads: one stuck in a
-    read of a wedged device must not keep the process alive; it is abandoned and its collector
-    reported as timed out.
+    One daemon thread per collector, not a ``ThreadPoolExecutor``: the executor's workers are
+    joined when the interpreter exits, so a collector stuck in a read of a wedged device would
+    keep the process alive; a daemon thread is abandoned and its collector reported as timed out.
     """
-    started = time.monotonic()
-    handoff = min(HANDOFF_S, deadline / 4)
     results: dict[str, Outcome] = {}
-    queue = list(collectors)
-    names = {c.name for c in collectors}
-    # worker -> when it started its current collector; guarded by ``changed``'s lock
-    busy_since: dict[threading.Thread, float] = {}
-    changed = threading.Condition()
 
-    def work() -> None:
-        me = threading.current_thread()
-        done: tuple[str, Outcome] | None = None
-        while True:
-            # one locked step records the last outcome and takes the next collector, so a worker
-            # between two collectors never looks stuck
-            with changed:
-                if done is not None:
-                    results[done[0]] = done[1]
-                    changed.notify()
-                if not queue:
-                    del busy_since[me]
-                    return
-                c = queue.pop(0)
-                busy_since[me] = time.monotonic()
-            done = (c.name, _run_one(c, host))
+    def run(c: Collector) -> None:
+        results[c.name] = _run_one(c, host)
 
-    def start_worker(n: int) -> None:
-        t = threading.Thread(target=work, name=f"collectors-{n}", daemon=True)
-        busy_since[t] = time.monotonic()  # the caller holds ``changed``
+    threads = [threading.Thread(target=run, args=(c,), name=f"collector-{c.name}", daemon=True)
+               for c in collectors]
+    for t in threads:
         t.start()
-
-    workers = 1
-    with changed:
-        start_worker(workers)
-        while True:
-            now = time.monotonic()
-            if len(results) == len(names) or now >= started + deadline:
-                break
-            waits = [started + deadline - now]
-            if queue:
-                # every worker is busy with one collector: once even the latest of those jobs is
-                # older than the hand-off time, the queue gets a worker of its own
-                newest = max(busy_since.values(), default=now)
-                if now - newest >= handoff:
-                    workers += 1
-                    start_worker(workers)
-                    continue
-                waits.append(newest + handoff - now)
-            changed.wait(max(0.0, min(waits)))
-        queue.clear()  # an abandoned worker must not start anything more
-        final = dict(results)
+    end = time.monotonic() + deadline
+    for t in threads:
+        t.join(max(0.0, end - time.monotonic()))
+    final = dict(results)  # what a collector abandoned here gives later is not used
     for c in collectors:
         if c.name not in final:
             LOG.warning("collector %s gave no answer within %.0f s", c.name, deadline)
