@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from evo_registry.cli import main
+from evo_registry.config import Settings
 from evo_registry.db import MIGRATIONS, Database
 from evo_registry.store import Store
 from tests.registry.conftest import FACTORY, SUPPORT, Device
@@ -119,6 +120,9 @@ def test_unit_file_runs_the_command() -> None:
     assert "ExecStart=/usr/bin/evo-registry serve --config %d/registry.toml" in unit
     assert "LoadCredential=registry.toml:/etc/evo-registry/registry.toml" in unit
     assert "DynamicUser=yes" in unit
+    # room for every connection a worker may hold, and its other descriptors
+    limit = re.search(r"^LimitNOFILE=(\d+)$", unit, re.MULTILINE)
+    assert limit is not None and int(limit.group(1)) >= 2 * Settings().max_connections
     verify = shutil.which("systemd-analyze")
     if verify is None:
         pytest.skip("systemd-analyze absent")
