@@ -1,4 +1,4 @@
-"""The registry: the backend that receives the agents' reports (issue 4).
+"""The registry: the backend that receives the agents' reports.
 
 It lives beside the agent in the same repository but is installed on its own
 (``pip install .[registry]``); nothing of it goes into the appliance's .deb.

@@ -258,7 +258,7 @@ def test_inventory_time_recorded(guest: dict[str, Any], out_dir: Path) -> None:
     assert all(r["wall_s"] > 0 for r in runs)
 
 
-# -- the unit's life with the registry (issues 3, 4, 6): evo-registry in the namespace -------------
+# -- the unit's life with the registry: evo-registry in the namespace -------------
 needs_daemon = pytest.mark.skipif(
     not vmlib.delivery_available(),
     reason="no daemon (evo_agent/delivery/daemon.py), registry (evo_registry/) or manufacturing in "

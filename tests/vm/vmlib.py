@@ -307,7 +307,7 @@ class Appliance:
     fiber_ip: str = "198.51.100.10"
     fiber_peer: str = "198.51.100.1"
     # The daemon spreads a fleet's boot reports over a few minutes by a splay derived from the
-    # VPNID (issue 3); this VPNID's is 0.5 s, so under TCG the boot report goes at once.
+    # VPNID; this VPNID's is 0.5 s, so under TCG the boot report goes at once.
     vpnid: str = "EVO432-0330-TEST"
     hostname: str = "evo-aeon-test"
     netbios_name: str = "EVO-LIVINGROOM"
@@ -505,7 +505,7 @@ def echo_server(ns: str, port: int) -> Iterator[subprocess.Popen[str]]:
             proc.stdout.close()
 
 
-# -- the registry (issues 3, 4, 6): evo-registry in the namespace ---------------------------------
+# -- the registry: evo-registry in the namespace ---------------------------------
 #: The TLS proxy in front of the registry, on the LAN gateway (what the VM is told to use).
 REGISTRY_PORT = 8443
 #: ``evo-registry serve`` itself, on the namespace's own loopback (out of the VM's reach).
@@ -517,7 +517,7 @@ SUPPORT_TOKEN = "evo-vm-support-token-71d0ae"  # noqa: S105 - the test registry'
 
 
 def delivery_available(repo: Path = REPO) -> bool:
-    """True when the tree has the daemon (issue 3), the registry (issue 4) and manufacturing."""
+    """True when the tree has the daemon, the registry and manufacturing."""
     return all((repo / f).is_file() for f in ("evo_agent/delivery/daemon.py", "evo_registry/cli.py",
                                               "evo_agent/manufacture.py", "tests/delivery/pki.py"))
 
