@@ -5,8 +5,6 @@ collector's files) and its real delivery code (gzip, Ed25519 key in its state di
 protocol's headers).  Between them a reverse proxy on loopback plays the home's router and the
 registry's front end: it adds the home's WAN address to X-Forwarded-For.  The device record must
 then show the right first/last seen, WAN IP and location (from the test GEO database).
-
-Skipped while the agent has no delivery (``evo_agent.delivery``, issue 3) in this tree.
 """
 
 from __future__ import annotations
@@ -19,8 +17,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import pytest
 
 from tests.registry.conftest import (
     FACTORY,
@@ -96,7 +92,6 @@ def _send_now(cfg: Path) -> subprocess.CompletedProcess[str]:
 
 def test_send_now_shows_up_in_the_device_record(server: Server, clock: Clock,
                                                 tmp_path: Path) -> None:
-    pytest.importorskip("evo_agent.delivery", reason="the agent's delivery (issue 3) is absent")
     from evo_agent.delivery import signing
 
     with _front(server.port, HOME_A) as port:

@@ -14,11 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
 
 from tests.registry.consoleenv import NEW_RIP, OLD_RIP, PASSWORDS, SCRIPT_NAME, World, served
-
-webdriver = pytest.importorskip("selenium.webdriver")
-By = pytest.importorskip("selenium.webdriver.common.by").By
 
 
 @pytest.fixture

@@ -10,14 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
 
-schemathesis = pytest.importorskip("schemathesis", reason="pip install schemathesis")
-
-from hypothesis import HealthCheck, settings  # noqa: E402
-
-from evo_registry.app import Registry  # noqa: E402
-from evo_registry.config import Settings  # noqa: E402
-from tests.registry.conftest import FACTORY, SUPPORT, Device, Server, enroll  # noqa: E402
+from evo_registry.app import Registry
+from evo_registry.config import Settings
+from tests.registry.conftest import FACTORY, SUPPORT, Device, Server, enroll
 
 SPEC = Path(__file__).resolve().parents[2] / "evo_registry" / "openapi.json"
 schema = schemathesis.openapi.from_path(str(SPEC))
