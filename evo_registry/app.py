@@ -165,6 +165,7 @@ class Registry:
                              settings.stored_bytes_per_day)
         self.writer = GroupCommit(self.store, self.limits)
         self._key_readers: dict[asyncio.AbstractEventLoop, KeyReader] = {}
+        self.wrong_vpnids = shared_finder.WrongGuesses(settings.finder_wrong_vpnids_per_hour)
 
     async def public_key(self, vpnid: str) -> str | None:
         """Return the enrolled key of a VPNID (read with the others of this turn), or None."""
@@ -455,9 +456,18 @@ class Registry:
         # On a shared address (evo_registry.finder) the page asks for the VPNID (``?vpnid=``).
         asked = request.query_params.get("vpnid", "")[:64] or None
         shown, ask = shared_finder.select(rows, asked, self.settings.finder_shared_units)
-        return pages.render(request, "finder.html",
-                            {"rows": shown, "days": self.settings.finder_days,
-                             "ask_vpnid": ask, "asked": asked},
+        context = {"rows": shown, "days": self.settings.finder_days, "ask_vpnid": ask,
+                   "asked": asked, "wait_minutes": 0}
+        if ask and asked and visitor:
+            now = self.clock().timestamp()
+            wait = self.wrong_vpnids.retry_after(visitor, now)
+            if wait:
+                context.update(rows=[], asked=None, wait_minutes=(wait + 59) // 60)
+                return pages.render(request, "finder.html", context, status=429,
+                                    headers={"Retry-After": str(wait)})
+            if not shown:
+                self.wrong_vpnids.wrong(visitor, now)
+        return pages.render(request, "finder.html", context,
                             form_action="'self'")  # the VPNID form submits to this page
 
     @staticmethod

@@ -27,8 +27,9 @@ The file (``/etc/evo-registry/registry.toml`` in production, mode 0640: it holds
     vpn_sync_interval_s = 300
     prune_interval_s = 21600                                 # retention, by serve's pruner
     finder_shared_units = 3         # more units than this from one address: the finder asks
-    not_seen_days = 30              # a unit silent this long gets a not_seen event
                                     # for the VPNID (a shared line: CGNAT, hotel, campus)
+    finder_wrong_vpnids_per_hour = 10  # per address and process; beyond: 429
+    not_seen_days = 30              # a unit silent this long gets a not_seen event
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class Settings:
     vpn_sync_interval_s: int = 300
     prune_interval_s: int = 6 * 3600
     finder_shared_units: int = 3
+    # Wrong VPNIDs one address may ask the finder for in an hour (per process): VPNIDs are made
+    # in sequence, so a stranger on a shared line could otherwise try them all.
+    finder_wrong_vpnids_per_hour: int = 10
     # A unit that has not reported for this many days gets a not_seen event (and its alerts).
     not_seen_days: int = 30
 

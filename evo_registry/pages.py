@@ -60,9 +60,12 @@ def templates() -> Jinja2Templates:
 
 
 def render(request: Request, name: str, context: Mapping[str, Any],
-           form_action: str = "'none'") -> Response:
+           form_action: str = "'none'", *, status: int = 200,
+           headers: Mapping[str, str] | None = None) -> Response:
     """Return a page from its template (``form_action``: where its forms may submit)."""
-    headers = dict(PAGE_HEADERS)
-    headers["Content-Security-Policy"] = headers["Content-Security-Policy"].replace(
+    sent = dict(PAGE_HEADERS)
+    sent["Content-Security-Policy"] = sent["Content-Security-Policy"].replace(
         "form-action 'none'", f"form-action {form_action}")
-    return templates().TemplateResponse(request, name, dict(context), headers=headers)
+    sent.update(headers or {})
+    return templates().TemplateResponse(request, name, dict(context), status_code=status,
+                                        headers=sent)

@@ -200,6 +200,35 @@ def test_finder_on_a_shared_address_asks_for_the_vpnid(server: Server) -> None:
     assert "form-action 'self'" in reply.headers["content-security-policy"]
 
 
+def test_finder_bounds_wrong_vpnids_per_address(server: Server, clock: Clock) -> None:
+    """VPNIDs are made in sequence: a stranger on a shared line gets 10 wrong ones an hour."""
+    units = [Device(f"EVO-84000{n}") for n in range(4)]
+    for n, unit in enumerate(units):
+        unit.template["functional"]["netbios_name"] = f"FLAT-{n}"
+        assert enroll(server, unit).status == 201
+        assert send(server, unit, wan=HOME_A).status == 201
+    for n in range(10):
+        miss = server.request("GET", f"/?vpnid=EVO-84010{n}", headers={"X-Forwarded-For": HOME_A})
+        assert miss.status == 200 and b"No 432 EVO with VPNID" in miss.body
+        if n == 5:  # the right VPNID counts for nothing
+            assert b"FLAT-0" in _devices_on(server, HOME_A, f"?vpnid={units[0].vpnid}")
+    # then anything typed from that address is refused, right or wrong (else guessing would
+    # go on and show its hits), until the oldest wrong one is an hour old
+    clock.advance(minutes=30)
+    refused = server.request("GET", f"/?vpnid={units[1].vpnid}",
+                             headers={"X-Forwarded-For": HOME_A})
+    assert refused.status == 429 and b"Too many VPNIDs" in refused.body
+    assert b"FLAT-" not in refused.body
+    assert int(refused.headers["retry-after"]) == 1800
+    # another address is not held up; the page without a VPNID still asks for one
+    assert server.request("GET", "/?vpnid=EVO-840199",
+                          headers={"X-Forwarded-For": HOME_B}).status == 200
+    assert b'name="vpnid"' in _devices_on(server, HOME_A)
+    clock.advance(minutes=31)
+    back = _devices_on(server, HOME_A, f"?vpnid={units[1].vpnid}")
+    assert b"FLAT-1" in back
+
+
 def test_finder_two_lans_behind_one_address_are_two_homes(server: Server) -> None:
     a, b = Device("EVO-820001"), Device("EVO-820002")
     b.template["functional"]["lan_ip"] = "192.168.0.30"
