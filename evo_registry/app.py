@@ -43,6 +43,7 @@ from evo_registry.console import accounts, audit
 from evo_registry.db import Database, Row, parse_utc, utc_text
 from evo_registry.errors import DatabaseError, HttpError
 from evo_registry.geo import Geo
+from evo_registry.misses import Misses
 from evo_registry.store import Limits, Outcome, Pending, Store
 
 #: which console roles an account's API token needs for the routes of a shared token kind
@@ -165,7 +166,7 @@ class Registry:
                              settings.stored_bytes_per_day)
         self.writer = GroupCommit(self.store, self.limits)
         self._key_readers: dict[asyncio.AbstractEventLoop, KeyReader] = {}
-        self.wrong_vpnids = shared_finder.WrongGuesses(settings.finder_wrong_vpnids_per_hour)
+        self.wrong_vpnids = Misses(settings.finder_wrong_vpnids_per_hour, 3600)
 
     async def public_key(self, vpnid: str) -> str | None:
         """Return the enrolled key of a VPNID (read with the others of this turn), or None."""
@@ -466,7 +467,7 @@ class Registry:
                 return pages.render(request, "finder.html", context, status=429,
                                     headers={"Retry-After": str(wait)})
             if not shown:
-                self.wrong_vpnids.wrong(visitor, now)
+                self.wrong_vpnids.missed(visitor, now)
         return pages.render(request, "finder.html", context,
                             form_action="'self'")  # the VPNID form submits to this page
 

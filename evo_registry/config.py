@@ -29,6 +29,7 @@ The file (``/etc/evo-registry/registry.toml`` in production, mode 0640: it holds
     finder_shared_units = 3         # more units than this from one address: the finder asks
                                     # for the VPNID (a shared line: CGNAT, hotel, campus)
     finder_wrong_vpnids_per_hour = 10  # per address and process; beyond: 429
+    console_failed_logins_per_hour = 20  # per address and process; beyond: 429
     not_seen_days = 30              # a unit silent this long gets a not_seen event
 """
 
@@ -85,6 +86,9 @@ class Settings:
     # Wrong VPNIDs one address may ask the finder for in an hour (per process): VPNIDs are made
     # in sequence, so a stranger on a shared line could otherwise try them all.
     finder_wrong_vpnids_per_hour: int = 10
+    # Failed console logins from one address in an hour (per process), whatever the accounts:
+    # an account locks after 5 wrong passwords, but one password tried on many accounts would not.
+    console_failed_logins_per_hour: int = 20
     # A unit that has not reported for this many days gets a not_seen event (and its alerts).
     not_seen_days: int = 30
 

@@ -7,15 +7,12 @@ shared when more units than ``finder_shared_units`` reported from it, or when it
 different LAN networks (homes behind one NAT each have their own LAN; one home rarely has two).
 Then the page asks for the VPNID printed on the product and its box and shows that unit only, if
 it is one of the address's units; for a single home the page is as before.  VPNIDs are made in
-sequence, so wrong ones are counted per visitor address (:class:`WrongGuesses`).
+sequence, so wrong ones are counted per visitor address (``evo_registry.misses``).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
-import threading
-from collections import deque
 from collections.abc import Sequence
 
 from evo_registry.db import Row
@@ -44,41 +41,3 @@ def select(rows: Sequence[Row], vpnid: str | None, max_units: int) -> tuple[list
     wanted = (vpnid or "").strip().upper()
     return [r for r in rows if wanted and str(r.get("vpnid", "")).upper() == wanted], True
 
-
-class WrongGuesses:
-    """The wrong VPNIDs each visitor address asked for in the last hour, in this process.
-
-    In memory, per worker process: a bound on guessing, not an account of it (with N workers an
-    address gets at most N times the limit).  Addresses whose guesses are all older than an hour
-    are forgotten, so the table holds only the last hour's guessers.
-    """
-
-    WINDOW_S = 3600.0
-
-    def __init__(self, per_hour: int) -> None:
-        self.per_hour = per_hour
-        self.times: dict[str, deque[float]] = {}
-        self.lock = threading.Lock()  # the finder's page runs in the server's thread pool
-
-    def _recent(self, address: str, now: float) -> deque[float]:
-        times = self.times.get(address, deque())
-        while times and times[0] <= now - self.WINDOW_S:
-            times.popleft()
-        return times
-
-    def retry_after(self, address: str, now: float) -> int:
-        """Return 0 when the address may ask, else the seconds until it may again."""
-        with self.lock:
-            times = self._recent(address, now)
-            if len(times) < self.per_hour:
-                return 0
-            return max(1, math.ceil(times[0] + self.WINDOW_S - now))
-
-    def wrong(self, address: str, now: float) -> None:
-        """Count one wrong VPNID of the address."""
-        with self.lock:
-            if len(self.times) > 10_000:  # forget the addresses with nothing in the window
-                self.times = {a: t for a, t in self.times.items() if self._recent(a, now)}
-            times = self._recent(address, now)
-            times.append(now)
-            self.times[address] = times

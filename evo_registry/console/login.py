@@ -56,6 +56,14 @@ async def login(console: Console, request: Request) -> Response:
     username = str(form.get("username") or "").strip().lower()
     password = str(form.get("password") or "")
     address = client_address(request, console.trusted)
+    # One address trying passwords on many accounts: each account's lock-out never trips.
+    started = console.clock().timestamp()
+    wait = console.failed_logins.retry_after(address or "", started)
+    if wait:
+        response = login_page(console, request, 429, "Too many failed sign-ins from your "
+                              f"address: try again in {(wait + 59) // 60} minutes.")
+        response.headers["Retry-After"] = str(wait)
+        return response
 
     def check() -> str | None:
         now = console.clock()
@@ -80,6 +88,7 @@ async def login(console: Console, request: Request) -> Response:
     except DatabaseError:
         return console.error(503, "database unavailable, try again later")
     if token is None:
+        console.failed_logins.missed(address or "", started)
         return login_page(console, request, 401, "Wrong username or password.")
     response = RedirectResponse(_next(str(form.get("next") or "")), 303)
     response.set_cookie(sessions.COOKIE, token, path=PREFIX, httponly=True, samesite="lax",

@@ -28,6 +28,7 @@ from evo_registry.console.accounts import Account
 from evo_registry.console.sessions import Session
 from evo_registry.db import Database
 from evo_registry.errors import DatabaseError, HttpError
+from evo_registry.misses import Misses
 
 LOG = logging.getLogger(__name__)
 PREFIX = "/console"
@@ -94,6 +95,7 @@ class Console:
             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
             lstrip_blocks=True)
         self.env.globals["P"] = PREFIX
+        self.failed_logins = Misses(settings.console_failed_logins_per_hour, 3600)
 
     # ---- pages -----------------------------------------------------------------------------
     def render(self, name: str, context: Mapping[str, Any], status: int = 200,

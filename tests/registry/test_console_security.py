@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import requests
 
 from evo_registry import console
 from evo_registry.config import Settings
@@ -235,6 +236,31 @@ def test_lockout_after_repeated_failures(world: World) -> None:
     assert r.status_code == 401  # locked: the right password is refused too
     world.clock.now += timedelta(minutes=16)
     login(world, "sam.support")
+
+
+def test_failed_logins_from_one_address_are_bounded(world: World) -> None:
+    """One password tried on many accounts never trips an account's lock-out: the address's
+    failures are bounded too (20 an hour), whatever the accounts."""
+    def attempt(address: str, username: str, password: str) -> requests.Response:
+        s = world.client()
+        s.headers["X-Forwarded-For"] = address
+        token = csrf_of(s, f"{world.url}/login")
+        return s.post(f"{world.url}/login", data={"csrf": token, "username": username,
+                                                  "password": password},
+                      timeout=30, allow_redirects=False)
+
+    names = [*PASSWORDS, "nobody.here"]
+    for n in range(20):  # at most 4 per account: no account locks
+        assert attempt("203.0.113.7", names[n % len(names)], "Summer2026!").status_code == 401
+    refused = attempt("203.0.113.7", "sam.support", PASSWORDS["sam.support"])
+    assert refused.status_code == 429 and "Too many failed sign-ins" in refused.text
+    assert int(refused.headers["retry-after"]) == 3600
+    assert "evo_console" not in refused.cookies
+    # another address is not held up; the accounts are not locked
+    assert attempt("198.51.100.9", "sam.support",
+                   PASSWORDS["sam.support"]).status_code == 303
+    world.clock.now += timedelta(minutes=61)
+    assert attempt("203.0.113.7", "dana.dealer", PASSWORDS["dana.dealer"]).status_code == 303
 
 
 def test_logout_and_disabling_end_sessions(world: World) -> None:
