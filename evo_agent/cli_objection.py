@@ -86,14 +86,20 @@ def _cycle_as_owner(cfg: Config, config: str | None) -> dict[str, Any]:
     if st.st_uid != os.geteuid():
         kwargs = {"user": st.st_uid, "group": st.st_gid, "extra_groups": []}
     timeout = cfg.values["delivery"]["total_timeout"] * 4 + 60
+    from evo_agent.delivery.daemon import child_env
+
     try:
         done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False, cwd="/",
-                              **kwargs)
+                              env=child_env(), **kwargs)
         lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
-        answer = json.loads(lines[-1]) if lines else {}
+        answer = json.loads(lines[-1]) if lines else None
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
         return {"ok": False, "error": f"the sending process failed: {exc}"}
-    return answer if isinstance(answer, dict) else {"ok": False, "error": "no result"}
+    if not isinstance(answer, dict):
+        said = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        return {"ok": False, "error": f"the sending process gave no result (exit status "
+                                      f"{done.returncode}{': ' + said[-1] if said else ''})"}
+    return answer
 
 
 def _reload_daemon(cfg: Config) -> None:

@@ -198,7 +198,7 @@ class Daemon:
     def describe(self) -> Settings:
         """Validate the configuration in a child; raise ConfigError with its reason."""
         proc = subprocess.run(self._child_argv("describe"), capture_output=True, timeout=60,
-                              check=False, env=_child_env())
+                              check=False, env=child_env())
         try:
             doc = json.loads(proc.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -450,7 +450,7 @@ class Daemon:
         argv = self._child_argv("snapshot", "--reason", reason)
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                    env=_child_env())
+                                    env=child_env())
         except OSError as exc:
             LOG.error("cannot refresh the local inventory: %s", exc)
             for conn in waiters:
@@ -519,7 +519,7 @@ class Daemon:
         LOG.info("report cycle: trigger %s, path %s", trigger, via)
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                    env=_child_env())
+                                    env=child_env())
         except OSError as exc:
             LOG.error("cannot start the report cycle: %s", exc)
             self._record_failure(f"cannot start the report cycle: {exc}")
@@ -704,13 +704,14 @@ def _fmt(wall: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(wall))
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """The environment of a child the agent starts: importable package, no systemd sockets."""
     env = dict(os.environ)
     # The child is not the service: it must not talk to systemd's notify socket or watchdog.
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         env.pop(name, None)
     # Make the package importable by `python3 -m` from a source tree too.
-    here = str(Path(__file__).resolve().parent.parent)
+    here = str(Path(__file__).resolve().parents[2])  # the tree holding evo_agent/
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 

@@ -47,3 +47,17 @@ def mounted_tmpfs(path: Path, size: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def launcher(*args: str, python: str = "/usr/bin/python3") -> list[str]:
+    """``evo-agent ARGS`` as the .deb's launcher (debian/bin/evo-agent) runs it.
+
+    Debian's ``python3 -I`` (no PYTHONPATH, no script directory on the path, and no evo_agent
+    installed in its site-packages, unlike the tests' venv) with the code's directory put on
+    ``sys.path`` by the launcher itself: run from anywhere, a process the agent starts (the
+    daemon's cycle child, opt-out's sending child) must find the package by itself.
+    """
+    repo = str(Path(__file__).resolve().parents[2])
+    code = (f"import sys; sys.path.insert(0, {repo!r}); from evo_agent.cli import main; "
+            "sys.exit(main())")
+    return [python, "-I", "-c", code, *args]

@@ -8,7 +8,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from evo_agent.cli import main
 from evo_agent.delivery.outbox import Outbox
 from evo_agent.delivery.schedule import load_state
 from tests.delivery.conftest import Agent
-from tests.delivery.fixtures import write_config
+from tests.delivery.fixtures import launcher, write_config
 from tests.delivery.pki import Pki
 from tests.delivery.server import RegistryServer
 
@@ -68,11 +67,11 @@ def run_daemon(tmp_path: Path) -> Iterator[object]:
         notify = Notify(tmp_path / f"notify-{len(procs)}")
         notifies.append(notify)
         log = tmp_path / f"daemon-{len(procs)}.log"
-        env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC=str(watchdog_usec),
-                   PYTHONPATH=str(REPO))
-        with log.open("wb") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "evo_agent", "daemon", "--config",
-                                     str(config)], env=env, stderr=fh, cwd=REPO)
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC=str(watchdog_usec))
+        env.pop("PYTHONPATH", None)
+        with log.open("wb") as fh:  # as the .deb's launcher runs it, away from the source tree
+            proc = subprocess.Popen(launcher("daemon", "--config", str(config)), env=env,
+                                    stderr=fh, cwd=tmp_path)
         procs.append(proc)
         return proc, notify, log
 
@@ -317,10 +316,10 @@ def test_daemon_runs_as_an_unprivileged_user(server: RegistryServer, pki: Pki,
         os.chown(state / "device.key", 65534, 65534)
         server.registry.enroll(VPNID, signing.public_b64(key))
         log = (tmp_path / "daemon.log").open("wb")
-        proc = subprocess.Popen(["/usr/bin/python3", "-m", "evo_agent", "daemon", "--config",
-                                 str(cfg)], cwd=REPO, user=65534, group=65534, extra_groups=[],
-                                umask=0o077, stderr=log, env={"PATH": "/usr/bin:/bin",
-                                                              "PYTHONPATH": str(REPO)})
+        proc = subprocess.Popen(launcher("daemon", "--config", str(cfg),
+                                         python="/usr/bin/python3"),
+                                cwd="/", user=65534, group=65534, extra_groups=[],
+                                umask=0o077, stderr=log, env={"PATH": "/usr/bin:/bin"})
         try:
             wait_for(lambda: len(server.registry.stored) == 1, 20)
             wait_for((run / "control.sock").exists, 5)

@@ -17,6 +17,7 @@ import pytest
 
 from evo_agent.delivery import objection, signing
 from evo_agent.delivery.outbox import Outbox
+from tests.delivery.fixtures import launcher
 from tests.registry.conftest import (
     FACTORY,
     HOME_A,
@@ -33,8 +34,10 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="opt-out and opt-in ne
 
 
 def _run(cfg: Path, *verb: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "evo_agent", *verb, "--config", str(cfg)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    """Run a verb as the .deb's launcher does, away from the source tree."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(launcher(*verb, "--config", str(cfg)), cwd="/", env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def _cycle(cfg: Path) -> dict[str, object]:
