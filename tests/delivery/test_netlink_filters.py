@@ -191,7 +191,7 @@ def test_router_advertisement_refreshes_do_not_pass(netns: str) -> None:
 
 @needs_netns
 def test_forged_announcement_from_a_non_root_sender_is_ignored(netns: str) -> None:
-    code = ("import json, sys, time, subprocess; from evo_agent import netlink; "
+    code = ("import json, sys, time, subprocess; from evo_agent.delivery import netlink; "
             "m = netlink.open_hotplug(['usb']); "
             "subprocess.run(sys.argv[1:], check=True); time.sleep(0.3); "
             "import os, socket; s = socket.socket(fileno=os.dup(m.fileno())); "
