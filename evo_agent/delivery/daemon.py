@@ -46,7 +46,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -54,8 +54,20 @@ from evo_agent.delivery import control, netlink, objection
 from evo_agent.delivery.boottimer import BootTimer
 from evo_agent.delivery.notify import Notifier
 from evo_agent.delivery.outbox import Outbox, ensure_dir, state_error, writer_lock
+from evo_agent.delivery.plan import (
+    HOTPLUG_SETTLE,
+    NET_KICK_INTERVAL,
+    Action,
+    KillChild,
+    Loop,
+    ReadSchedule,
+    Sleep,
+    StartCycle,
+    StartSnapshot,
+    kick_on_network,
+    next_action,
+)
 from evo_agent.delivery.schedule import (
-    RETRY,
     Due,
     Now,
     State,
@@ -70,19 +82,12 @@ from evo_agent.errors import ConfigError, StateError
 
 LOG = logging.getLogger(__name__)
 
-#: Sleep cap without a watchdog where there is no CLOCK_BOOTTIME timer (see ``boottimer``).
-IDLE_CAP = 900.0
-#: A network event starts a waiting report at most this often.
-NET_KICK_INTERVAL = 60.0
 #: Time a stopping daemon gives its child before SIGKILL.
 STOP_GRACE = 2.0
 #: How long a control client may take to send its request line.
 CLIENT_READ_TIMEOUT = 2.0
 #: Device classes whose hot-plug refreshes the local inventory.
 HOTPLUG_SUBSYSTEMS = frozenset({"usb", "sound", "block"})
-#: Quiet time after the last hot-plug event before the refresh (plugging a USB DAC emits dozens
-#: of events over a second or two: one refresh, not dozens).
-HOTPLUG_SETTLE = 5.0
 
 
 @dataclass
@@ -145,6 +150,7 @@ class Cycle:
     output: bytes = b""
     waiters: list[socket.socket] = field(default_factory=list)
     kind: str = "cycle"  # or "snapshot" (hot-plug refresh of the local inventory)
+    killed: bool = False
 
 
 class Daemon:
@@ -343,55 +349,52 @@ class Daemon:
                 self.network_wait_logged = False
         return due, now
 
+    def _decide(self) -> Action:
+        cycle = self.cycle
+        enabled = self.settings.enabled
+        mono = time.monotonic()
+        loop = Loop(enabled=enabled,
+                    objection_waiting=(not enabled and cycle is None
+                                       and objection.waiting(self.settings.state_dir)),
+                    objection_due=self.objection_due,
+                    send_via=self.pending_sends[0][1] if self.pending_sends else None,
+                    kick=self.kick, hold_until=self.hold_until, refresh_at=self.refresh_at,
+                    child_started=cycle.started if cycle else None,
+                    child_killed=bool(cycle and cycle.killed),
+                    child_deadline=self.settings.cycle_deadline(),
+                    watchdog_interval=self.notifier.watchdog_interval, next_ping=self.next_ping,
+                    has_timer=self.timer is not None)
+        action = next_action(loop, mono)
+        if isinstance(action, ReadSchedule):  # only then: it reads state.json and the routes
+            due, now = self._due()
+            action = next_action(replace(loop, due=due, boottime=now.boottime), mono)
+        return action
+
     def _step(self) -> None:
-        timeout: float | None = None
-        if self.cycle is None and (self.settings.enabled
-                                   or objection.waiting(self.settings.state_dir)):
-            if self.pending_sends:
-                sock, via = self.pending_sends.pop(0)
-                self._start_cycle("manual", via, [sock])
-            elif self.objection_due and time.monotonic() >= self.hold_until:
+        action = self._decide()
+        if isinstance(action, StartCycle):
+            waiters = [self.pending_sends.pop(0)[0]] if action.why == "manual" else []
+            if action.why == "objection":
                 self.objection_due = False
-                self._start_cycle(None, "auto", [])
-            else:
-                due, now = self._due()
-                held = time.monotonic() < self.hold_until and not self.kick
-                if held:
-                    timeout = self.hold_until - time.monotonic()
-                elif self.kick or due.at <= now.boottime:
-                    self.kick = False
-                    self._start_cycle(None if due.trigger == RETRY else due.trigger, "auto", [])
-                elif self.timer is not None:
-                    self.timer.set(due.at)
-                else:
-                    timeout = due.at - now.boottime
-                if self.cycle is None and self.refresh_at is not None:
-                    wait = self.refresh_at - time.monotonic()
-                    if wait <= 0:
-                        self._start_snapshot()
-                    else:
-                        timeout = wait if timeout is None else min(timeout, wait)
-        if self.cycle is not None:
-            left = self.cycle.started + self.settings.cycle_deadline() - time.monotonic()
-            timeout = max(0.0, left) if timeout is None else min(timeout, left)
-        cap: float | None = IDLE_CAP
-        if self.notifier.watchdog_interval:
-            cap = max(0.0, self.next_ping - time.monotonic())
-        elif self.timer is not None:
-            cap = None  # the timerfd brings the deadline; nothing else to look at
-        if cap is not None:
-            timeout = cap if timeout is None else min(timeout, cap)
-        for key, _mask in self.sel.select(timeout):
-            handler = {"signal": self._on_signal, "control": self._on_control,
-                       "netlink": self._on_netlink, "child": self._on_child,
-                       "uevent": self._on_uevent, "timer": self._on_timer}[key.data]
-            handler(key.fileobj)
-        if self.cycle is not None and (time.monotonic() - self.cycle.started
-                                       > self.settings.cycle_deadline()):
+            elif action.why == "schedule":
+                self.kick = False
+            self._start_cycle(action.trigger, action.via, waiters)
+        elif isinstance(action, StartSnapshot):
+            self._start_snapshot()
+        elif isinstance(action, KillChild) and self.cycle is not None:
             LOG.error("report cycle took longer than %.0f s: killed",
                       self.settings.cycle_deadline())
             self.cycle.proc.kill()
-        self._ping()
+            self.cycle.killed = True
+        elif isinstance(action, Sleep):
+            if action.arm is not None and self.timer is not None:
+                self.timer.set(action.arm)
+            for key, _mask in self.sel.select(action.timeout):
+                handler = {"signal": self._on_signal, "control": self._on_control,
+                           "netlink": self._on_netlink, "child": self._on_child,
+                           "uevent": self._on_uevent, "timer": self._on_timer}[key.data]
+                handler(key.fileobj)
+            self._ping()
 
     def _ping(self) -> None:
         if self.notifier.watchdog_interval and time.monotonic() >= self.next_ping:
@@ -424,8 +427,7 @@ class Daemon:
         if not relevant or self.cycle is not None or not self.settings.enabled:
             return
         due, now = self._due()
-        waiting = due.at > now.boottime and due.retry
-        if waiting and time.monotonic() - self.last_net_kick >= NET_KICK_INTERVAL:
+        if kick_on_network(due, now.boottime, time.monotonic(), self.last_net_kick):
             LOG.info("network event (%s %s): sending the waiting report now", relevant[0].kind,
                      relevant[0].name)
             self.last_net_kick = time.monotonic()
