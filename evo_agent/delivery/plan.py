@@ -14,11 +14,14 @@ The rules, first match wins:
 * opted out with no objection waiting: nothing starts;
 * a manual send (``evo-agent send --now``) goes first, whatever else waits or holds;
 * then a waiting objection (or its withdrawal), unless ``hold_until`` holds it;
-* then the schedule.  ``hold_until`` (set for a minute after a cycle failed or could not start, a
-  belt against spinning on odd failures) holds a due report, but not a kick (a network event or
-  a report waiting for its retry that the network now lets through, at most once a minute);
-* a pending hot-plug refresh starts once its settle time has passed (each new event restarts the
-  wait, so a device that emits dozens of events in a second gets one refresh).
+* then the schedule (read only now, ``ReadSchedule``: it costs a look at state.json and at the
+  kernel's routes, which a running child or a manual send does not need).  ``hold_until`` (set
+  for a minute after a cycle failed or could not start, a belt against spinning on odd failures)
+  holds a due report, but not a kick (the VPN link or a default route appeared while a report
+  waits for its retry; ``kick_on_network``);
+* a pending refresh of the local inventory starts once its time has come: at once for ``evo-agent
+  diff``, after a settle time for hot-plug (each new event restarts the wait, so a device that
+  emits dozens of events in a second gets one refresh).
 
 Sleeping: until the earliest of the hold, the refresh, the child's deadline and the watchdog's
 next ping.  The schedule's deadline goes on the CLOCK_BOOTTIME timer where there is one (a

@@ -85,8 +85,12 @@ class ControlServer:
         """Return the listening socket's descriptor."""
         return self.sock.fileno()
 
-    def accept(self) -> tuple[socket.socket, dict[str, Any]] | None:
-        """Return a client and its request, or None (no client, or one that sent no JSON)."""
+    def accept(self, enabled: bool) -> tuple[str, socket.socket, str] | None:
+        """Return a request the daemon acts on: ("status" | "refresh" | "send", client, path).
+
+        The others are answered here: malformed, unknown, refused (``send`` needs root, checked
+        with SO_PEERCRED), or asking for what an opted-out daemon does not do.
+        """
         try:
             conn, _ = self.sock.accept()
         except BlockingIOError:
@@ -94,10 +98,34 @@ class ControlServer:
         conn.settimeout(CLIENT_READ_TIMEOUT)  # a silent client must not stall the daemon
         try:
             req = json.loads(conn.makefile("rb").readline(control.MAX_REQUEST))
+            op = req.get("op") if isinstance(req, dict) else None
         except (OSError, ValueError):
             conn.close()
             return None
-        return conn, req if isinstance(req, dict) else {}
+        if op == "status" or (op == "refresh" and enabled):
+            return op, conn, ""
+        if op == "refresh":
+            answer(conn, {"ok": False, "exit_code": 75,
+                          "error": "opted out ([agent] enabled = false): no collection"})
+        elif op == "send":
+            try:
+                uid = control.peer_uid(conn)
+            except OSError:
+                uid = -1
+            via = req.get("via", "auto")
+            LOG.info("send requested by uid %s (via %s)", uid, via)
+            if uid != 0:
+                answer(conn, {"ok": False, "error": "sending needs root", "exit_code": 77})
+            elif not enabled:
+                answer(conn, {"ok": False, "disabled": True, "exit_code": 75,
+                              "error": "opted out ([agent] enabled = false)"})
+            elif via not in ("auto", "vpn", "https"):
+                answer(conn, {"ok": False, "error": f"unknown path {via!r}", "exit_code": 64})
+            else:
+                return op, conn, via
+        else:
+            answer(conn, {"ok": False, "error": f"unknown request {op!r}", "exit_code": 64})
+        return None
 
     def close(self) -> None:
         """Stop listening and remove the socket file."""
