@@ -86,7 +86,7 @@ def _cycle_as_owner(cfg: Config, config: str | None) -> dict[str, Any]:
     if st.st_uid != os.geteuid():
         kwargs = {"user": st.st_uid, "group": st.st_gid, "extra_groups": []}
     timeout = cfg.values["delivery"]["total_timeout"] * 4 + 60
-    from evo_agent.delivery.daemon import child_env
+    from evo_agent.delivery.sources import child_env
 
     try:
         done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False, cwd="/",

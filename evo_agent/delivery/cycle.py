@@ -385,7 +385,7 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     from evo_agent.config import load
 
     if os.environ.get("JOURNAL_STREAM"):  # started by the daemon under systemd
-        from evo_agent.delivery.daemon import setup_logging
+        from evo_agent.delivery.service import setup_logging
 
         setup_logging(False)
     else:

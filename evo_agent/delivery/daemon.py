@@ -2,149 +2,56 @@
 
 Design: a small supervisor that sleeps.  The appliance plays music; the agent must cost it nothing
 between reports.  The resident process imports neither psutil nor cryptography, ssl or the
-collectors (pyudev only for its hot-plug monitor, see ``evo_agent.delivery.netlink``): it holds the
-standard library's socket, selectors, signal, json and the pure modules ``schedule`` and
-``outbox``.  Each report cycle runs in a short-lived child
-(``python3 -m evo_agent.delivery cycle``, see ``evo_agent.delivery``) which does the heavy work,
-prints one JSON line and exits, giving its memory back.  The config is validated the same way
-(``describe``), so the collectors' option tables are never imported here either.
+collectors (pyudev only for its hot-plug monitor): it holds the standard library's socket,
+selectors, signal, json and the pure modules ``plan``, ``schedule`` and ``outbox``.  Each report
+cycle runs in a short-lived child (``python3 -m evo_agent.delivery cycle``) which does the heavy
+work, prints one JSON line and exits, giving its memory back; the config is validated by a child
+too (``evo_agent.delivery.settings``).
 
-The loop waits in one ``select()`` for, and only for:
+The loop asks ``plan.next_action`` what to do: start a child, kill an overdue one, or wait in one
+``select()`` on the event sources (``evo_agent.delivery.sources``: signals, the control socket,
+route and hot-plug events, the child's pipe) and on the schedule's deadline, a CLOCK_BOOTTIME
+timerfd (``evo_agent.delivery.boottimer``: ``select``'s own timeout stops during suspend, the
+schedule does not).  Each event changes what the daemon knows, then it asks again:
 
-* the deadline of the next report (``evo_agent.delivery.schedule``; CLOCK_BOOTTIME based), on a
-  CLOCK_BOOTTIME timerfd (``evo_agent.delivery.boottimer``), because ``select``'s timeout counts
-  CLOCK_MONOTONIC, which stops during suspend, and the deadline does not (where no timerfd can be
-  made, the sleep is capped at 15 minutes instead);
-* the watchdog's interval, when systemd asks for pings;
-* a signal (SIGTERM/SIGINT: stop the child, exit within seconds; SIGHUP: reload the config, a bad
-  one is refused and the old one kept), through ``signal.set_wakeup_fd``;
-* a request on the control socket (``evo_agent.delivery.control``);
-* a netlink event (``evo_agent.delivery.netlink``, filtered in the kernel): the VPN interface came
-  up or a default route appeared while a report waits for its retry -> the waiting report goes at
-  once (at most once a minute); a report that fell due while the kernel had no route to the registry
-  (``schedule.hold_for_network``) goes as soon as one appears;
-* a hot-plug announcement from udev (usb, sound, block; the kernel drops all others before they
-  wake us, see ``evo_agent.delivery.netlink``): once the devices settle, a child refreshes the local
-  inventory that ``status`` shows (``state_dir/local.json``); it never sends early;
-* the child's output, when a cycle is running.
+* SIGTERM/SIGINT: stop the child, exit within seconds; SIGHUP: reload the config (a bad one is
+  refused and the old one kept);
+* the control socket: status, send now, refresh the local inventory (``evo-agent diff``);
+* the VPN link or a default route appearing: a report waiting for its retry goes at once (at most
+  once a minute); one that fell due without a route to the registry goes as soon as there is one;
+* a hot-plug announcement (usb, sound, block): once the devices settle, a child refreshes the
+  local inventory that ``status`` shows (``state_dir/local.json``); nothing is sent early.
 
 No timer ticks otherwise: an idle daemon wakes for the watchdog only.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-import random
 import selectors
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from dataclasses import replace
+from typing import Any
 
-from evo_agent.delivery import control, netlink, objection
+from evo_agent.delivery import objection, plan, sources
 from evo_agent.delivery.boottimer import BootTimer
 from evo_agent.delivery.notify import Notifier
-from evo_agent.delivery.outbox import Outbox, ensure_dir, state_error, writer_lock
-from evo_agent.delivery.schedule import (
-    RETRY,
-    Due,
-    Now,
-    State,
-    after_failure,
-    hold_for_network,
-    load_state,
-    next_due,
-    read_clock,
-    save_state,
-)
+from evo_agent.delivery.outbox import Outbox, ensure_dir, writer_lock
+from evo_agent.delivery.schedule import Due, Now, read_clock
+from evo_agent.delivery.service import setup_logging, share_with_support
+from evo_agent.delivery.settings import Settings, describe
+from evo_agent.delivery.sources import Child, ControlServer, answer, child_argv
+from evo_agent.delivery.timetable import Timetable
 from evo_agent.errors import ConfigError, StateError
 
 LOG = logging.getLogger(__name__)
-
-#: Sleep cap without a watchdog where there is no CLOCK_BOOTTIME timer (see ``boottimer``).
-IDLE_CAP = 900.0
-#: A network event starts a waiting report at most this often.
-NET_KICK_INTERVAL = 60.0
-#: Time a stopping daemon gives its child before SIGKILL.
-STOP_GRACE = 2.0
-#: How long a control client may take to send its request line.
-CLIENT_READ_TIMEOUT = 2.0
-#: Device classes whose hot-plug refreshes the local inventory.
-HOTPLUG_SUBSYSTEMS = frozenset({"usb", "sound", "block"})
-#: Quiet time after the last hot-plug event before the refresh (plugging a USB DAC emits dozens
-#: of events over a second or two: one refresh, not dozens).
-HOTPLUG_SETTLE = 5.0
-
-
-@dataclass
-class Settings:
-    """What the daemon knows of a validated configuration (from the ``describe`` child)."""
-
-    enabled: bool
-    state_dir: Path
-    control_socket: str
-    vpn_interface: str
-    vpnid: str
-    collector_timeout: float
-    total_timeout: float
-    sources: list[str] = field(default_factory=list)
-    #: (boot, daily) splay, computed by the child (SHA-256 would load libcrypto here)
-    splay: tuple[float, float] = (0.0, 0.0)
-    #: the hosts of the registry's endpoints (vpn_url, https_url; "" when not configured)
-    vpn_host: str = ""
-    https_host: str = ""
-
-    @classmethod
-    def from_describe(cls, doc: dict[str, Any]) -> Settings:
-        """Build from the child's JSON."""
-        values = doc["values"]
-        return cls(bool(doc["enabled"]), Path(doc["state_dir"]),
-                   str(values["agent"]["control_socket"]),
-                   str(values["delivery"]["vpn_interface"]), str(doc.get("vpnid") or ""),
-                   float(values["collectors"]["timeout"]),
-                   float(values["delivery"]["total_timeout"]), list(doc.get("sources", [])),
-                   (float(doc["splay"][0]), float(doc["splay"][1])),
-                   _host(str(values["delivery"].get("vpn_url", ""))),
-                   _host(str(values["delivery"].get("https_url", ""))))
-
-    def network_up(self) -> bool:
-        """Return True when the kernel has a route to one of the registry's endpoints."""
-        if not self.vpn_host and not self.https_host:
-            return True  # nothing to wait for: the attempt itself says what is missing
-        try:
-            if self.vpn_host and self.vpn_interface and netlink.link_up(self.vpn_interface):
-                return netlink.can_reach(self.vpn_host) or bool(
-                    self.https_host and netlink.can_reach(self.https_host))
-            return bool(self.https_host) and netlink.can_reach(self.https_host)
-        except OSError as exc:  # cannot tell: do not hold the report on a netlink hiccup
-            LOG.debug("route check failed: %s", exc)
-            return True
-
-    def cycle_deadline(self) -> float:
-        """Return how long a cycle child may run before it is killed."""
-        return self.collector_timeout * 3 + self.total_timeout * 4 + 30
-
-
-@dataclass
-class Cycle:
-    """A running child."""
-
-    proc: subprocess.Popen[bytes]
-    trigger: str | None
-    via: str
-    started: float
-    output: bytes = b""
-    waiters: list[socket.socket] = field(default_factory=list)
-    kind: str = "cycle"  # or "snapshot" (hot-plug refresh of the local inventory)
+STOPPING = {"ok": False, "error": "the daemon is stopping", "exit_code": 75}
 
 
 class Daemon:
@@ -157,58 +64,30 @@ class Daemon:
         self.python = python
         self.clock = clock
         self.notifier = notifier or Notifier()
+        self.settings: Settings
+        self.timetable = Timetable(clock, on_network_wait=self._status)
         self.sel = selectors.DefaultSelector()
-        self.cycle: Cycle | None = None
-        self.pending_sends: list[tuple[socket.socket, str]] = []
-        self.last_result: dict[str, Any] | None = None
-        self.kick = False
-        #: no scheduled cycle before this (monotonic): a belt against spinning on odd failures
-        self.hold_until = 0.0
-        self.last_net_kick = -NET_KICK_INTERVAL
         self.stopping = False
         self.started_wall = time.time()
         self.next_ping = 0.0
-        self.settings: Settings
-        self.listener: socket.socket | None = None
-        self.monitor: socket.socket | None = None
-        #: the VPN interface's index the monitor's filter passes (None: no VPN; 0: absent)
-        self.vpn_index: int | None = None
-        self.network_wait_logged = False
-        #: CLOCK_BOOTTIME when a due report was first found without a route to the registry
-        self.network_wait_since: float | None = None
-        #: the schedule's deadline as a CLOCK_BOOTTIME timerfd (None: select's timeout + cap)
+        self.last_result: dict[str, Any] | None = None
+        #: the sources that may be missing (no control socket, no netlink, no timerfd)
+        self.control: ControlServer | None = None
+        self.routes: sources.RouteMonitor | None = None
         self.timer: BootTimer | None = None
-        #: monotonic time of the pending hot-plug refresh, and why
+        self.child: Child | None = None
+        #: what the sources asked for (see ``plan.Loop``)
+        self.pending_sends: list[tuple[socket.socket, str]] = []
+        self.objection_due = False
+        self.kick = False
+        self.last_net_kick = -plan.NET_KICK_INTERVAL
+        self.hold_until = 0.0
         self.refresh_at: float | None = None
         self.refresh_reason = ""
         #: clients of a "refresh" request (evo-agent diff), answered when the snapshot is done
         self.refresh_waiters: list[socket.socket] = []
-        #: the schedule state when state.json cannot be written (disk full): the backoff holds
-        self.unsaved_state: State | None = None
-        #: an objection or its withdrawal waits and goes now (evo_agent.delivery.objection)
-        self.objection_due = False
 
     # -- configuration ---------------------------------------------------------------------------
-    def _child_argv(self, action: str, *extra: str) -> list[str]:
-        argv = [self.python, "-m", "evo_agent.delivery", action]
-        if self.config:
-            argv += ["--config", self.config]
-        return argv + list(extra)
-
-    def describe(self) -> Settings:
-        """Validate the configuration in a child; raise ConfigError with its reason."""
-        proc = subprocess.run(self._child_argv("describe"), capture_output=True, timeout=60,
-                              check=False, env=child_env())
-        try:
-            doc = json.loads(proc.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise ConfigError(self.config, None, "validation failed: "
-                              + (err[-1] if err else f"exit {proc.returncode}")) from None
-        if not doc.get("ok"):  # the child's message names the file and the key already
-            raise ConfigError.relayed(str(doc.get("error")))
-        return Settings.from_describe(doc)
-
     def _apply(self, settings: Settings) -> None:
         ensure_dir(settings.state_dir)
         if os.statvfs(settings.state_dir).f_flag & os.ST_RDONLY:
@@ -231,7 +110,7 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: take a new configuration if it is valid, else keep the old one."""
         try:
-            new = self.describe()
+            new = describe(self.python, self.config)
         except (ConfigError, subprocess.TimeoutExpired, OSError) as exc:
             LOG.error("configuration reload refused, keeping the previous one: %s", exc)
             self._status()
@@ -246,39 +125,31 @@ class Daemon:
             LOG.error("configuration reload refused, keeping the previous one: %s", exc)
             return
         if new.vpn_interface != old_vpn:
-            self._open_monitor()
+            self._open_routes()
         LOG.info("configuration reloaded from %s", ", ".join(new.sources) or "defaults")
         self._status()
 
-    # -- main loop -------------------------------------------------------------------------------
+    # -- the loop --------------------------------------------------------------------------------
     def run(self) -> int:
         """Run until SIGTERM; return the exit status."""
         try:
-            self._apply(self.describe())
-            self._open_control()
+            self._apply(describe(self.python, self.config))
+            self.control = ControlServer.open(self.settings.control_socket)
         except (ConfigError, StateError) as exc:
             LOG.error("%s", exc)
             return exc.exit_code
         except (subprocess.TimeoutExpired, OSError) as exc:
             LOG.error("cannot validate the configuration: %s", exc)
             return ConfigError.exit_code
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, lambda *_: None)
-        self.sel.register(wake_r, selectors.EVENT_READ, "signal")
-        if self.listener is not None:
-            self.sel.register(self.listener, selectors.EVENT_READ, "control")
-        self._open_monitor()
-        self._open_hotplug()
+        self._watch(sources.Signals(), self._on_signal)
+        self._watch(self.control, self._on_control)
+        self._open_routes()
+        self._watch(sources.HotplugMonitor.open(), self._on_hotplug)
         if self.clock is read_clock:  # an injected clock is not the kernel's CLOCK_BOOTTIME
             self.timer = BootTimer.create()
-            if self.timer is not None:
-                self.sel.register(self.timer, selectors.EVENT_READ, "timer")
-        self.notifier.ready(self._status_line())
-        LOG.info("started (pid %s), %s", os.getpid(), self._status_line())
+            self._watch(self.timer, BootTimer.clear)  # the loop looks at the schedule anyway
+        self.notifier.ready(self.timetable.line(self.settings))
+        LOG.info("started (pid %s), %s", os.getpid(), self.timetable.line(self.settings))
         try:
             while not self.stopping:
                 self._step()
@@ -286,297 +157,155 @@ class Daemon:
             self._shutdown()
         return 0
 
-    def _open_monitor(self) -> None:
-        if self.monitor is not None:
-            self.sel.unregister(self.monitor)
-            self.monitor.close()
-            self.monitor = None
-        name = self.settings.vpn_interface
-        self.vpn_index = (netlink.ifindex(name) or 0) if name else None
-        try:
-            self.monitor = netlink.open_monitor(self.vpn_index)
-            self.sel.register(self.monitor, selectors.EVENT_READ, "netlink")
-        except OSError as exc:
-            LOG.warning("no netlink events (%s): waiting reports go at their retry time only", exc)
+    def _watch(self, source: Any, handler: Callable[[Any], None]) -> None:
+        if source is not None:
+            self.sel.register(source, selectors.EVENT_READ, handler)
 
-    def _open_hotplug(self) -> None:
-        if not netlink.udev_running():
-            # libudev's rule: without udevd (a container) nothing announces devices; the kernel's
-            # own uevents would wake the daemon for every device of the host
-            LOG.info("no udev (no /run/udev/control, /dev not devtmpfs): hot-plug does not "
-                     "refresh the local inventory")
-            return
-        try:
-            self.sel.register(netlink.open_hotplug(HOTPLUG_SUBSYSTEMS), selectors.EVENT_READ,
-                              "uevent")
-        except OSError as exc:
-            LOG.warning("no hot-plug events (%s): status shows the last collected inventory", exc)
+    def _open_routes(self) -> None:
+        if self.routes is not None:
+            self.sel.unregister(self.routes)
+            self.routes.close()
+        self.routes = sources.RouteMonitor.open(self.settings.vpn_interface)
+        self._watch(self.routes, self._on_routes)
 
-    def _open_control(self) -> None:
-        path = self.settings.control_socket
-        with contextlib.suppress(control.NoDaemon, OSError, ValueError):
-            control.request(path, {"op": "status"}, 1.0)
-            raise StateError(f"{path}: another evo-agent daemon is running")
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.listener = control.listen(path)
-            share_with_support(Path(path), 0o660)
-        except OSError as exc:
-            LOG.warning("no control socket at %s (%s): send --now will run standalone", path, exc)
-
-    def _due(self) -> tuple[Due, Now]:
-        now = self.clock()
-        due = next_due(self._state(), now, self.settings.splay)
-        if due.at <= now.boottime:  # due: is there a route to the registry at all?
-            up = self.settings.network_up()
-            if up:
-                self.network_wait_since = None
-            elif self.network_wait_since is None:
-                self.network_wait_since = now.boottime
-            due = hold_for_network(due, up, self.network_wait_since or now.boottime)
-            if due.network_wait and not self.network_wait_logged:
-                self.network_wait_logged = True  # before _status(), which comes back here
-                LOG.info("%s report due, but no route to the registry: waiting for one",
-                         due.trigger)
-                self._status()
-            elif not due.network_wait:
-                self.network_wait_logged = False
-        return due, now
+    def _decide(self) -> plan.Action:
+        child, enabled, mono = self.child, self.settings.enabled, time.monotonic()
+        loop = plan.Loop(enabled=enabled,
+                         objection_waiting=(not enabled and child is None
+                                            and objection.waiting(self.settings.state_dir)),
+                         objection_due=self.objection_due,
+                         send_via=self.pending_sends[0][1] if self.pending_sends else None,
+                         kick=self.kick, hold_until=self.hold_until, refresh_at=self.refresh_at,
+                         child_started=child.started if child else None,
+                         child_killed=bool(child and child.killed),
+                         child_deadline=self.settings.cycle_deadline(),
+                         watchdog_interval=self.notifier.watchdog_interval,
+                         next_ping=self.next_ping, has_timer=self.timer is not None)
+        action = plan.next_action(loop, mono)
+        if isinstance(action, plan.ReadSchedule):  # only then: it reads state.json and routes
+            due, now = self._due()
+            action = plan.next_action(replace(loop, due=due, boottime=now.boottime), mono)
+        return action
 
     def _step(self) -> None:
-        timeout: float | None = None
-        if self.cycle is None and (self.settings.enabled
-                                   or objection.waiting(self.settings.state_dir)):
-            if self.pending_sends:
-                sock, via = self.pending_sends.pop(0)
-                self._start_cycle("manual", via, [sock])
-            elif self.objection_due and time.monotonic() >= self.hold_until:
+        action = self._decide()
+        if isinstance(action, plan.Sleep):
+            if action.arm is not None and self.timer is not None:
+                self.timer.set(action.arm)
+            for key, _mask in self.sel.select(action.timeout):
+                key.data(key.fileobj)
+            if self.notifier.watchdog_interval and time.monotonic() >= self.next_ping:
+                self.notifier.watchdog()
+                self.next_ping = time.monotonic() + self.notifier.watchdog_interval
+        elif isinstance(action, plan.StartCycle):
+            waiters = [self.pending_sends.pop(0)[0]] if action.why == "manual" else []
+            if action.why == "objection":
                 self.objection_due = False
-                self._start_cycle(None, "auto", [])
-            else:
-                due, now = self._due()
-                held = time.monotonic() < self.hold_until and not self.kick
-                if held:
-                    timeout = self.hold_until - time.monotonic()
-                elif self.kick or due.at <= now.boottime:
-                    self.kick = False
-                    self._start_cycle(None if due.trigger == RETRY else due.trigger, "auto", [])
-                elif self.timer is not None:
-                    self.timer.set(due.at)
-                else:
-                    timeout = due.at - now.boottime
-                if self.cycle is None and self.refresh_at is not None:
-                    wait = self.refresh_at - time.monotonic()
-                    if wait <= 0:
-                        self._start_snapshot()
-                    else:
-                        timeout = wait if timeout is None else min(timeout, wait)
-        if self.cycle is not None:
-            left = self.cycle.started + self.settings.cycle_deadline() - time.monotonic()
-            timeout = max(0.0, left) if timeout is None else min(timeout, left)
-        cap: float | None = IDLE_CAP
-        if self.notifier.watchdog_interval:
-            cap = max(0.0, self.next_ping - time.monotonic())
-        elif self.timer is not None:
-            cap = None  # the timerfd brings the deadline; nothing else to look at
-        if cap is not None:
-            timeout = cap if timeout is None else min(timeout, cap)
-        for key, _mask in self.sel.select(timeout):
-            handler = {"signal": self._on_signal, "control": self._on_control,
-                       "netlink": self._on_netlink, "child": self._on_child,
-                       "uevent": self._on_uevent, "timer": self._on_timer}[key.data]
-            handler(key.fileobj)
-        if self.cycle is not None and (time.monotonic() - self.cycle.started
-                                       > self.settings.cycle_deadline()):
+            elif action.why == "schedule":
+                self.kick = False
+            self._start("cycle", "--via", action.via,
+                        *(["--trigger", action.trigger] if action.trigger else []),
+                        trigger=action.trigger, via=action.via, waiters=waiters)
+        elif isinstance(action, plan.StartSnapshot):
+            reason, self.refresh_at = self.refresh_reason, None
+            waiters, self.refresh_waiters = self.refresh_waiters, []
+            self._start("snapshot", "--reason", reason, waiters=waiters)
+        elif isinstance(action, plan.KillChild) and self.child is not None:
             LOG.error("report cycle took longer than %.0f s: killed",
                       self.settings.cycle_deadline())
-            self.cycle.proc.kill()
-        self._ping()
+            self.child.kill()
 
-    def _ping(self) -> None:
-        if self.notifier.watchdog_interval and time.monotonic() >= self.next_ping:
-            self.notifier.watchdog()
-            self.next_ping = time.monotonic() + self.notifier.watchdog_interval
+    def _due(self) -> tuple[Due, Now]:
+        return self.timetable.due(self.settings)
 
     # -- events ----------------------------------------------------------------------------------
-    def _on_signal(self, sock: Any) -> None:
-        with contextlib.suppress(BlockingIOError):
-            for signum in sock.recv(64):
-                if signum in (signal.SIGTERM, signal.SIGINT):
-                    LOG.info("stopping on %s", signal.Signals(signum).name)
-                    self.stopping = True
-                elif signum == signal.SIGHUP:
-                    self.reload()
+    def _on_signal(self, signals: sources.Signals) -> None:
+        for signum in signals.read():
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                LOG.info("stopping on %s", signal.Signals(signum).name)
+                self.stopping = True
+            elif signum == signal.SIGHUP:
+                self.reload()
 
-    def _on_netlink(self, sock: Any) -> None:
-        events = netlink.drain(sock)
-        vpn = self.settings.vpn_interface
-        for e in events:
-            if e.kind == "new_link" and vpn and e.name == vpn and e.index != self.vpn_index:
-                LOG.debug("VPN interface %s has index %s now", vpn, e.index)
-                self.vpn_index = e.index
-                try:
-                    netlink.attach_filter(sock, netlink.route_filter(e.index))
-                except OSError as exc:
-                    LOG.warning("cannot filter netlink events for %s: %s", vpn, exc)
-        relevant = [e for e in events if e.kind == "default_route"
-                    or (e.kind == "link_up" and e.name == self.settings.vpn_interface)]
-        if not relevant or self.cycle is not None or not self.settings.enabled:
+    def _on_routes(self, routes: sources.RouteMonitor) -> None:
+        relevant = routes.read()
+        if not relevant or self.child is not None or not self.settings.enabled:
             return
         due, now = self._due()
-        waiting = due.at > now.boottime and due.retry
-        if waiting and time.monotonic() - self.last_net_kick >= NET_KICK_INTERVAL:
+        if plan.kick_on_network(due, now.boottime, time.monotonic(), self.last_net_kick):
             LOG.info("network event (%s %s): sending the waiting report now", relevant[0].kind,
                      relevant[0].name)
             self.last_net_kick = time.monotonic()
             self.kick = True
 
-    def _on_timer(self, timer: Any) -> None:
-        timer.clear()  # the loop looks at the schedule after every wakeup
+    def _on_hotplug(self, hotplug: sources.HotplugMonitor) -> None:
+        reason = hotplug.read()
+        if reason and self.settings.enabled:
+            self.refresh_reason = reason
+            self.refresh_at = time.monotonic() + plan.HOTPLUG_SETTLE  # each event restarts it
+            LOG.debug("%s: local inventory refresh in %.0f s", reason, plan.HOTPLUG_SETTLE)
 
-    def _on_uevent(self, sock: Any) -> None:
-        relevant = [e for e in netlink.drain_hotplug(sock)
-                    if e.get("SUBSYSTEM") in HOTPLUG_SUBSYSTEMS | {"unknown"}]
-        if relevant and self.settings.enabled:
-            last = relevant[-1]
-            self.refresh_reason = f"hot-plug: {last.get('ACTION')} {last.get('SUBSYSTEM')}"
-            self.refresh_at = time.monotonic() + HOTPLUG_SETTLE  # debounce: restart the wait
-            LOG.debug("hot-plug %s: local inventory refresh in %.0f s", self.refresh_reason,
-                      HOTPLUG_SETTLE)
-
-    def _start_snapshot(self) -> None:
-        reason, self.refresh_at = self.refresh_reason, None
-        waiters, self.refresh_waiters = self.refresh_waiters, []
-        argv = self._child_argv("snapshot", "--reason", reason)
-        try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                    env=child_env())
-        except OSError as exc:
-            LOG.error("cannot refresh the local inventory: %s", exc)
-            for conn in waiters:
-                self._answer(conn, {"ok": False, "error": str(exc), "exit_code": 70})
+    def _on_control(self, server: ControlServer) -> None:
+        request = server.accept(self.settings.enabled)
+        if request is None:
             return
-        if proc.stdout is None:  # pragma: no cover - stdout=PIPE always gives one
-            return
-        os.set_blocking(proc.stdout.fileno(), False)
-        self.cycle = Cycle(proc, None, "none", time.monotonic(), kind="snapshot",
-                           waiters=waiters)
-        self.sel.register(proc.stdout, selectors.EVENT_READ, "child")
-
-    def _on_control(self, listener: Any) -> None:
-        try:
-            conn, _ = listener.accept()
-        except BlockingIOError:
-            return
-        conn.settimeout(CLIENT_READ_TIMEOUT)
-        try:
-            line = conn.makefile("rb").readline(control.MAX_REQUEST)
-            req = json.loads(line)
-            op = req.get("op") if isinstance(req, dict) else None
-        except (OSError, ValueError):
-            conn.close()
-            return
+        op, conn, via = request
         if op == "status":
-            self._answer(conn, {"ok": True, **self.status()})
-        elif op == "refresh":  # evo-agent diff: collect now with the daemon's rights, keep locally
-            if not self.settings.enabled:
-                self._answer(conn, {"ok": False, "exit_code": 75,
-                                    "error": "opted out ([agent] enabled = false): no collection"})
-            else:
-                self.refresh_waiters.append(conn)
-                self.refresh_reason = "asked by evo-agent diff"
-                self.refresh_at = time.monotonic()
+            answer(conn, {"ok": True, **self.status()})
         elif op == "send":
-            try:
-                uid = control.peer_uid(conn)
-            except OSError:
-                uid = -1
-            via = req.get("via", "auto")
-            LOG.info("send requested by uid %s (via %s)", uid, via)
-            if uid != 0:
-                self._answer(conn, {"ok": False, "error": "sending needs root", "exit_code": 77})
-            elif not self.settings.enabled:
-                self._answer(conn, {"ok": False, "disabled": True, "exit_code": 75,
-                                    "error": "opted out ([agent] enabled = false)"})
-            elif via not in ("auto", "vpn", "https"):
-                self._answer(conn, {"ok": False, "error": f"unknown path {via!r}", "exit_code": 64})
-            else:
-                self.pending_sends.append((conn, via))
-        else:
-            self._answer(conn, {"ok": False, "error": f"unknown request {op!r}", "exit_code": 64})
+            self.pending_sends.append((conn, via))
+        else:  # refresh (evo-agent diff): collect now with the daemon's rights, keep locally
+            self.refresh_waiters.append(conn)
+            self.refresh_reason = "asked by evo-agent diff"
+            self.refresh_at = time.monotonic()
 
-    def _answer(self, conn: socket.socket, doc: dict[str, Any]) -> None:
-        with contextlib.suppress(OSError):
-            conn.settimeout(2.0)
-            conn.sendall(json.dumps(doc).encode() + b"\n")
-        conn.close()
-
-    # -- cycles ----------------------------------------------------------------------------------
-    def _start_cycle(self, trigger: str | None, via: str, waiters: list[socket.socket]) -> None:
-        argv = self._child_argv("cycle", "--via", via)
-        if trigger:
-            argv += ["--trigger", trigger]
-        LOG.info("report cycle: trigger %s, path %s", trigger, via)
+    # -- children --------------------------------------------------------------------------------
+    def _start(self, action: str, *args: str, trigger: str | None = None, via: str = "none",
+               waiters: list[socket.socket]) -> None:
+        if action == "cycle":
+            LOG.info("report cycle: trigger %s, path %s", trigger, via)
         try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                    env=child_env())
+            self.child = Child.spawn(child_argv(self.python, self.config, action, *args),
+                                     time.monotonic(), kind=action, trigger=trigger, via=via,
+                                     waiters=waiters)
         except OSError as exc:
-            LOG.error("cannot start the report cycle: %s", exc)
-            self._record_failure(f"cannot start the report cycle: {exc}")
-            self.hold_until = time.monotonic() + NET_KICK_INTERVAL
+            if action == "cycle":
+                error = f"cannot start the report cycle: {exc}"
+                LOG.error("%s", error)
+                self.timetable.record_failure(self.settings, error)
+                self.hold_until = time.monotonic() + plan.NET_KICK_INTERVAL
+            else:
+                LOG.error("cannot refresh the local inventory: %s", exc)
             for conn in waiters:
-                self._answer(conn, {"ok": False, "error": str(exc), "exit_code": 70})
+                answer(conn, {"ok": False, "error": str(exc), "exit_code": 70})
             return
-        if proc.stdout is None:  # pragma: no cover - stdout=PIPE always gives one
-            raise OSError("no pipe from the report cycle")
-        os.set_blocking(proc.stdout.fileno(), False)
-        self.cycle = Cycle(proc, trigger, via, time.monotonic(), waiters=waiters)
-        self.sel.register(proc.stdout, selectors.EVENT_READ, "child")
-        self.notifier.status(f"sending a report ({trigger or 'waiting ones'})")
+        self.sel.register(self.child, selectors.EVENT_READ, self._on_child)
+        if action == "cycle":
+            self.notifier.status(f"sending a report ({trigger or 'waiting ones'})")
 
-    def _on_child(self, pipe: Any) -> None:
-        cycle = self.cycle
-        if cycle is None:  # pragma: no cover - the pipe is registered only while a cycle runs
+    def _on_child(self, child: Child) -> None:
+        result = child.read()
+        if result is None:
             return
-        try:
-            chunk = os.read(pipe.fileno(), 65536)
-        except BlockingIOError:
-            return
-        if chunk:
-            cycle.output += chunk[:65536]
-            return
-        self.sel.unregister(pipe)
-        pipe.close()
-        code = cycle.proc.wait()
-        self.cycle = None
-        try:
-            result = json.loads(cycle.output.decode("utf-8", "replace").strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            result = {"ok": False, "error": f"report cycle died (exit status {code})"}
-        if not isinstance(result, dict):
-            result = {"ok": False, "error": "report cycle gave no result"}
-        if cycle.kind == "snapshot":
+        self.sel.unregister(child)
+        child.close()
+        self.child = None
+        if child.kind == "snapshot":
             LOG.info("local inventory refreshed (%s): %s", result.get("reason"),
                      "ok" if result.get("ok") else result.get("error"))
-            for conn in cycle.waiters:
-                self._answer(conn, result)
+            for conn in child.waiters:
+                answer(conn, result)
             return
-        if result.get("state_saved"):
-            self.unsaved_state = None
-        elif not result.get("ok") and self.settings.enabled:
-            # The child died, failed before it could record the attempt, or could not write
-            # state.json (a full disk): record it here, so it backs off like any failure
-            # instead of spinning.
-            self._record_failure(str(result.get("error")))
+        self.timetable.after_cycle(self.settings, result)
         if not result.get("ok"):
-            self.hold_until = time.monotonic() + NET_KICK_INTERVAL
+            self.hold_until = time.monotonic() + plan.NET_KICK_INTERVAL
         if result.get("disabled") and self.settings.enabled:
             LOG.info("the configuration now says enabled = false: reloading it")
             self.reload()
         result["finished_wall"] = time.time()
-        result["trigger"] = cycle.trigger
+        result["trigger"] = child.trigger
         self.last_result = result
-        fields = {"EVO_TRIGGER": cycle.trigger or "", "EVO_PATH": result.get("path") or "",
+        fields = {"EVO_TRIGGER": child.trigger or "", "EVO_PATH": result.get("path") or "",
                   "EVO_STATUS": result.get("status") or ""}
         if result.get("ok"):
             LOG.info("report cycle done: acknowledged %s via %s",
@@ -584,169 +313,32 @@ class Daemon:
                      extra=fields)
         else:
             LOG.warning("report cycle failed: %s", result.get("error"), extra=fields)
-        for conn in cycle.waiters:
-            self._answer(conn, result)
+        for conn in child.waiters:
+            answer(conn, result)
         self._status()
-
-    def _state(self) -> State:
-        """Return the schedule state: state.json, or the newer one it could not take."""
-        if self.unsaved_state is not None:
-            return self.unsaved_state
-        return load_state(self.settings.state_dir / "state.json")
-
-    def _record_failure(self, error: str) -> None:
-        path = self.settings.state_dir / "state.json"
-        state = after_failure(self._state(), self.clock(), error,
-                              random.random())  # noqa: S311 - jitter
-        try:
-            with writer_lock(self.settings.state_dir, wait=False):
-                save_state(path, state)
-            self.unsaved_state = None
-        except (OSError, StateError) as exc:
-            self.unsaved_state = state
-            LOG.error("cannot record the failed attempt (%s): its backoff is kept in memory",
-                      exc if isinstance(exc, StateError) else state_error(path, exc))
 
     # -- status ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Return what the daemon knows (the control socket's status answer)."""
-        doc: dict[str, Any] = {"pid": os.getpid(), "started": self.started_wall,
-                               "enabled": self.settings.enabled,
-                               "config": self.settings.sources, "last_cycle": self.last_result,
-                               "cycle_running": self.cycle is not None}
-        if self.settings.enabled:
-            due, now = self._due()
-            doc["next_due"] = {"wall": due.wall(now), "trigger": due.trigger,
-                               "reason": due.reason}
-        if self.unsaved_state is not None:  # state.json is behind: what the daemon knows
-            doc["unsaved_state"] = json.loads(self.unsaved_state.to_json())
-        return doc
-
-    def _status_line(self) -> str:
-        if not self.settings.enabled:
-            return "opted out: no collection, no delivery"
-        state = self._state()
-        due, now = self._due()
-        last = (f"last report {_fmt(state.success_wall)} via {state.success_path}"
-                if state.success_wall else "no report delivered yet")
-        wait = ", waiting for a route to the registry" if due.network_wait else ""
-        return f"{last}; next ({due.trigger}) {_fmt(due.wall(now))}{wait}"
+        return {"pid": os.getpid(), "started": self.started_wall,
+                "enabled": self.settings.enabled, "config": self.settings.sources,
+                "last_cycle": self.last_result, "cycle_running": self.child is not None,
+                **self.timetable.status(self.settings)}
 
     def _status(self) -> None:
-        self.notifier.status(self._status_line())
+        self.notifier.status(self.timetable.line(self.settings))
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
-        if self.cycle is not None:
-            self.cycle.proc.terminate()
-            try:
-                self.cycle.proc.wait(STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                self.cycle.proc.kill()
-                self.cycle.proc.wait()
-            for conn in self.cycle.waiters:
-                self._answer(conn, {"ok": False, "error": "the daemon is stopping",
-                                    "exit_code": 75})
-        for conn, _via in self.pending_sends:
-            self._answer(conn, {"ok": False, "error": "the daemon is stopping", "exit_code": 75})
-        for conn in self.refresh_waiters:
-            self._answer(conn, {"ok": False, "error": "the daemon is stopping", "exit_code": 75})
-        if self.listener is not None:
-            self.listener.close()
-            with contextlib.suppress(OSError):
-                os.unlink(self.settings.control_socket)
+        waiters = [conn for conn, _via in self.pending_sends] + self.refresh_waiters
+        if self.child is not None:
+            self.child.stop()
+            waiters = self.child.waiters + waiters
+        for conn in waiters:
+            answer(conn, STOPPING)
+        if self.control is not None:
+            self.control.close()
         LOG.info("stopped")
-
-
-#: Members of this group may run the read-only verbs (status, sent, diff, doctor).
-SUPPORT_GROUP = "evo-support"
-
-
-def share_with_support(path: Path, mode: int) -> None:
-    """Give the support group read access (setgid on the state directory: new files inherit it)."""
-    import grp
-
-    try:
-        gid = grp.getgrnam(SUPPORT_GROUP).gr_gid
-    except KeyError:
-        return  # no such group on this system: root only
-    try:
-        st = os.stat(path)
-        # under the unit the group is already the service's primary group: no chown (a
-        # privileged call its seccomp filter refuses)
-        if st.st_gid != gid:
-            os.chown(path, -1, gid)
-        current = st.st_mode & 0o7777
-        if os.getegid() == gid:
-            # Group=evo-support (the unit): new files get the group anyway, so the setgid bit
-            # is not needed, and RestrictSUIDSGID= refuses to set it (EPERM, logged at every
-            # start in the appliance test's boots until this).
-            mode &= ~stat.S_ISGID
-            current &= ~stat.S_ISGID
-        if current != mode:
-            os.chmod(path, mode)
-    except OSError as exc:
-        LOG.warning("cannot share %s with group %s: %s", path, SUPPORT_GROUP, exc)
-
-
-def _host(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(url).hostname or ""
-    except ValueError:
-        return ""
-
-
-def _fmt(wall: float | None) -> str:
-    if wall is None:
-        return "never"
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(wall))
-
-
-def child_env() -> dict[str, str]:
-    """The environment of a child the agent starts: importable package, no systemd sockets."""
-    env = dict(os.environ)
-    # The child is not the service: it must not talk to systemd's notify socket or watchdog.
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
-        env.pop(name, None)
-    # Make the package importable by `python3 -m` from a source tree too.
-    here = str(Path(__file__).resolve().parents[2])  # the tree holding evo_agent/
-    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-def setup_logging(verbose: bool) -> None:
-    """Log to the journal with structured fields when possible, else to stderr."""
-    level = logging.DEBUG if verbose else logging.INFO
-    root = logging.getLogger()
-    root.setLevel(level)
-    for old in list(root.handlers):  # the command line's stderr handler
-        root.removeHandler(old)
-    if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
-        try:
-            from systemd.journal import JournalHandler
-
-            root.addHandler(JournalHandler(SYSLOG_IDENTIFIER="evo-agent"))
-            return
-        except ImportError:
-            pass
-        # journald reads sd-daemon(3) "<N>" priority prefixes on stderr: no python3-systemd needed
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_PrefixFormatter("%(name)s: %(message)s"))
-        root.addHandler(handler)
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("evo-agent: %(levelname)s: %(message)s"))
-    root.addHandler(handler)
-
-
-class _PrefixFormatter(logging.Formatter):
-    _PRIORITY: ClassVar[dict[int, int]] = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
-                                           logging.ERROR: 3, logging.CRITICAL: 2}
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{self._PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
 
 
 def main(config: str | None, verbose: bool = False) -> int:

@@ -430,21 +430,21 @@ def test_state_directory_shared_without_setgid_under_the_units_group(
     running the daemon by hand) the directory gets the group and the setgid bit."""
     import grp
 
-    from evo_agent.delivery import daemon
+    from evo_agent.delivery import service
 
     own = grp.getgrgid(os.getegid()).gr_name
     state = tmp_path / "state"
     state.mkdir(mode=0o750)
     os.chmod(state, 0o750)  # noqa: S103 - the state directory mode the unit sets (0750)
-    monkeypatch.setattr(daemon, "SUPPORT_GROUP", own)
+    monkeypatch.setattr(service, "SUPPORT_GROUP", own)
     with monkeypatch.context() as m:
         m.setattr(os, "chmod", lambda *a: pytest.fail(f"chmod{a} under the unit's group"))
-        daemon.share_with_support(state, 0o2750)
+        service.share_with_support(state, 0o2750)
     assert stat.S_IMODE(state.stat().st_mode) == 0o750
     if os.geteuid() != 0:
         return  # the other half needs a chown to another group
     other = next(g for g in grp.getgrall() if g.gr_gid != os.getegid())
-    monkeypatch.setattr(daemon, "SUPPORT_GROUP", other.gr_name)
-    daemon.share_with_support(state, 0o2750)
+    monkeypatch.setattr(service, "SUPPORT_GROUP", other.gr_name)
+    service.share_with_support(state, 0o2750)
     st = state.stat()
     assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (other.gr_gid, 0o2750)

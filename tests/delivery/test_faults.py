@@ -153,9 +153,9 @@ def test_the_daemons_backoff_grows_when_state_json_cannot_be_written(
         subprocess.run(["mount", "-o", "remount,ro", str(agent.state_dir)], check=True)
         gaps = []
         for n in range(1, 6):
-            d._record_failure("disk full (test)")
+            d.timetable.record_failure(d.settings, "disk full (test)")
             due, now = d._due()
-            assert d._state().failures == n and due.retry
+            assert d.timetable.state(d.settings).failures == n and due.retry
             gaps.append(due.at - now.boottime)
             clock[0] = Now("boot-1", due.at, 1.8e9 + due.at)
         assert not (agent.state_dir / "state.json").exists()
