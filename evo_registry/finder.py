@@ -15,15 +15,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
+from evo_registry import wire
 from evo_registry.db import Row
 
 
 def _lan_network(address: object) -> str | None:
-    if not isinstance(address, str):
-        return None
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
+    ip = wire.stored_ip(address)
+    if ip is None:
         return None
     return str(ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 64}", strict=False))
 

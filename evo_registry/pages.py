@@ -10,7 +10,6 @@ that parse as IP addresses.  Pages carry no script and load nothing from elsewhe
 from __future__ import annotations
 
 import functools
-import ipaddress
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
+
+from evo_registry import wire
 
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
@@ -31,11 +32,8 @@ PAGE_HEADERS = {
 
 def lan_link(address: object) -> str | None:
     """Return http://<address>/ for a valid IP address, else None."""
-    if not isinstance(address, str):
-        return None
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
+    ip = wire.stored_ip(address)
+    if ip is None:
         return None
     host = f"[{ip}]" if ip.version == 6 else str(ip)
     return f"http://{host}/"

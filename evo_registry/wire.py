@@ -240,6 +240,16 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(text)
 
 
+def stored_ip(value: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Return the address a stored column holds, or None (NULL, or not an address)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
 def canonical_ip(text: str) -> str | None:
     """Return an address in canonical form (IPv4-mapped IPv6 as IPv4), or None if invalid."""
     try:
