@@ -37,7 +37,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 fi
 
 # The appliance test (tests/vm): the .deb built and booted in a Debian 12 VM under QEMU (TCG); it
-# adds about 12 minutes on 2 cores (README.md gives the measured wall times). It needs root (debootstrap, chroot), network namespaces and /dev/net/tun
+# adds about 14 minutes on 2 cores (README.md gives the measured wall times). It needs root (debootstrap, chroot), network namespaces and /dev/net/tun
 # (its network never leaves the machine) and ~3 GB of disk. EVO_VM=1: run it (and fail if this
 # machine cannot); EVO_VM=0: skip it; unset (what CI does): run it when this machine can, else say
 # loudly why not. A boot hung in the guest (no console output, or a kernel lockup report, before
