@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -79,27 +78,20 @@ def _decide(args: argparse.Namespace, out: TextIO, *, objects: bool) -> int:
 
 def _cycle_as_owner(cfg: Config, config: str | None) -> dict[str, Any]:
     """Run a cycle that only sends what waits, as the state directory's owner."""
+    from evo_agent.delivery.sources import child_argv, child_env, result_of
+
     st = cfg.state_dir.stat()
-    argv = [sys.executable, "-m", "evo_agent.delivery", "cycle",
-            *(["--config", str(config)] if config else [])]
+    argv = child_argv(sys.executable, config, "cycle")
     kwargs: dict[str, Any] = {}
     if st.st_uid != os.geteuid():
         kwargs = {"user": st.st_uid, "group": st.st_gid, "extra_groups": []}
     timeout = cfg.values["delivery"]["total_timeout"] * 4 + 60
-    from evo_agent.delivery.sources import child_env
-
     try:
         done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False, cwd="/",
                               env=child_env(), **kwargs)
-        lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
-        answer = json.loads(lines[-1]) if lines else None
-    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+    except (OSError, subprocess.TimeoutExpired) as exc:
         return {"ok": False, "error": f"the sending process failed: {exc}"}
-    if not isinstance(answer, dict):
-        said = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        return {"ok": False, "error": f"the sending process gave no result (exit status "
-                                      f"{done.returncode}{': ' + said[-1] if said else ''})"}
-    return answer
+    return result_of(done.stdout, done.returncode, done.stderr)
 
 
 def _reload_daemon(cfg: Config) -> None:

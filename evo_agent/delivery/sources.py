@@ -240,6 +240,19 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def result_of(output: bytes, code: int, stderr: bytes = b"") -> dict[str, Any]:
+    """Return a child's result: the last line of its output, one JSON object."""
+    try:
+        result = json.loads(output.decode("utf-8", "replace").strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        said = stderr.decode("utf-8", "replace").strip().splitlines()
+        return {"ok": False, "error": f"report cycle died (exit status {code}"
+                                      f"{': ' + said[-1] if said else ''})"}
+    if not isinstance(result, dict):
+        return {"ok": False, "error": "report cycle gave no result"}
+    return result
+
+
 class Child:
     """A running child: a report cycle or a snapshot, read until it prints its one JSON line."""
 
@@ -275,14 +288,7 @@ class Child:
         if chunk:
             self.output += chunk
             return None
-        code = self.proc.wait()
-        try:
-            result = json.loads(self.output.decode("utf-8", "replace").strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            return {"ok": False, "error": f"report cycle died (exit status {code})"}
-        if not isinstance(result, dict):
-            return {"ok": False, "error": "report cycle gave no result"}
-        return result
+        return result_of(self.output, self.proc.wait())
 
     def close(self) -> None:
         """Close the pipe (after the loop stopped watching it)."""
